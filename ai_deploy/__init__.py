@@ -1,0 +1,1 @@
+"""ai-deploy: the wrapper around pyinfra that deploys the AI server."""
