@@ -1,0 +1,105 @@
+"""The `ai-deploy` command: argument parsing and dispatch to the modules that do the work."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_sandbox_up(args: argparse.Namespace) -> int:
+    from ai_deploy.sandbox import hosts
+
+    started, inventory = hosts.up(count=args.count, name=args.name)
+    for h in started:
+        print(f"sandbox host {h.name} ready at {h.address} (ssh ubuntu@{h.address})", file=sys.stderr)
+    print(inventory)
+    return 0
+
+
+def _cmd_sandbox_list(args: argparse.Namespace) -> int:
+    from ai_deploy.sandbox import hosts
+
+    found = hosts.list_hosts()
+    if not found:
+        print("no sandbox hosts", file=sys.stderr)
+        return 0
+    print(f"{'NAME':<20} {'ADDRESS':<15} {'STATE':<8} INVENTORY")
+    for h in found:
+        state = "running" if h.running else "stopped"
+        print(f"{h.name:<20} {h.address:<15} {state:<8} {h.inventory}")
+    return 0
+
+
+def _cmd_sandbox_down(args: argparse.Namespace) -> int:
+    from ai_deploy.sandbox import hosts
+
+    if not args.all and not args.names:
+        print("name the hosts to remove, or pass --all", file=sys.stderr)
+        return 2
+    removed = hosts.down(None if args.all else args.names)
+    print(f"removed {len(removed)} sandbox host(s){': ' + ', '.join(removed) if removed else ''}")
+    return 0
+
+
+def _cmd_artifact_build(args: argparse.Namespace) -> int:
+    from ai_deploy.artifact import build_artifact, sha256_file
+
+    path = build_artifact(Path(args.dir), Path(args.output), artifact_id=args.id)
+    print(f"sha256 {sha256_file(path)}", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ai-deploy",
+        description="Deploy the AI server with pyinfra: zero downtime, instant rollback.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sandbox = sub.add_parser("sandbox", help="throw-away local systemd hosts (root)")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
+    up = sandbox_sub.add_parser(
+        "up", help="boot fresh hosts; prints the path of a pyinfra inventory for them"
+    )
+    up.add_argument("--count", type=int, default=1, help="how many hosts (default 1)")
+    up.add_argument("--name", help="host name (NAME-1..N with --count > 1)")
+    up.set_defaults(func=_cmd_sandbox_up)
+    ls = sandbox_sub.add_parser("list", help="show sandbox hosts")
+    ls.set_defaults(func=_cmd_sandbox_list)
+    down = sandbox_sub.add_parser("down", help="remove hosts and everything they used")
+    down.add_argument("names", nargs="*", metavar="NAME")
+    down.add_argument("--all", action="store_true", help="remove every sandbox host")
+    down.set_defaults(func=_cmd_sandbox_down)
+
+    artifact = sub.add_parser("artifact", help="build the deploy artifact")
+    artifact_sub = artifact.add_subparsers(dest="artifact_command", metavar="ACTION", required=True)
+    build = artifact_sub.add_parser(
+        "build", help="deterministic tar.gz of an app directory (+ .sha256 beside it)"
+    )
+    build.add_argument("dir", metavar="DIR", help="the app directory (has pyproject.toml, uv.lock)")
+    build.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    build.add_argument("--id", help="release id (CI passes the git SHA); default: content hash")
+    build.set_defaults(func=_cmd_artifact_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ai_deploy.artifact import ArtifactError
+    from ai_deploy.sandbox.image import SandboxError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (SandboxError, ArtifactError) as exc:
+        print(f"ai-deploy: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ai-deploy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Throw-away local systemd hosts: systemd-nspawn containers that behave like a fresh cloud VM."""

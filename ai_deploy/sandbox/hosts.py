@@ -1,0 +1,392 @@
+"""Sandbox hosts: boot, list and remove systemd-nspawn containers from the cached base image.
+
+Each host owns: a state directory (meta.json, overlay upper/work/merged, console.log), a network
+namespace with its veth pair, and a supervisor process running systemd-nspawn. `down` removes
+all of them; the last `down` also removes the shared nftables table and restores ip_forward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ai_deploy.sandbox import network
+from ai_deploy.sandbox.image import SandboxError, ensure_image, mounts_under, remove_tree
+from ai_deploy.sandbox.locking import file_lock
+from ai_deploy.sandbox.paths import hosts_dir, inventories_dir, ssh_key_path, state_dir
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+BOOT_TIMEOUT_S = 60.0
+SUPERVISOR_MODULE = "ai_deploy.sandbox.supervise"
+
+
+@dataclass(frozen=True)
+class Host:
+    """One sandbox host as recorded in its meta.json."""
+
+    name: str
+    index: int
+    address: str
+    supervisor_pid: int
+    inventory: str
+
+    @property
+    def directory(self) -> Path:
+        return hosts_dir() / self.name
+
+    @property
+    def merged(self) -> Path:
+        return self.directory / "merged"
+
+    @property
+    def running(self) -> bool:
+        return _is_our_supervisor(self.supervisor_pid, self.name)
+
+
+def ssh_options() -> list[str]:
+    """OpenSSH options for reaching sandbox hosts (clones share host keys: never pin them)."""
+    return [
+        "-i",
+        str(ssh_key_path()),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=5",
+    ]
+
+
+def ssh(address: str, command: str, *, timeout: float = 60.0, check: bool = True) -> str:
+    """Run COMMAND as `ubuntu` on a sandbox host and return its stdout."""
+    proc = subprocess.run(
+        ["ssh", *ssh_options(), f"ubuntu@{address}", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise SandboxError(
+            f"ssh ubuntu@{address} {command!r} failed (exit {proc.returncode}): "
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    return proc.stdout
+
+
+def _read_meta(path: Path) -> Host | None:
+    try:
+        data = json.loads(path.read_text())
+        return Host(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def list_hosts() -> list[Host]:
+    """Every host with a state directory, running or not, ordered by index."""
+    if not hosts_dir().is_dir():
+        return []
+    found = []
+    for meta in hosts_dir().glob("*/meta.json"):
+        host = _read_meta(meta)
+        if host is not None:
+            found.append(host)
+    return sorted(found, key=lambda h: h.index)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_our_supervisor(pid: int, name: str) -> bool:
+    args = _cmdline(pid)
+    return SUPERVISOR_MODULE in args and name in args
+
+
+def _names_for(count: int, name: str | None, index_hint: int) -> list[str]:
+    if name is None:
+        return [f"sandbox-{index_hint + i}" for i in range(count)]
+    if not NAME_RE.match(name):
+        raise SandboxError(
+            f"invalid sandbox name {name!r}: use lower-case letters, digits and '-' "
+            "(start with a letter, at most 31 characters)"
+        )
+    return [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
+
+
+def _allocate(count: int, name: str | None) -> list[tuple[str, int]]:
+    """Reserve names and indexes (caller holds the state lock)."""
+    hosts = list_hosts()
+    used_idx = {h.index for h in hosts}
+    used_idx |= {
+        int(p.name.split("-")[-1])
+        for p in Path("/sys/class/net").glob("aid-*")
+        if p.name.split("-")[-1].isdigit()
+    }
+    free = [i for i in range(1, network.MAX_INDEX + 1) if i not in used_idx]
+    if len(free) < count:
+        raise SandboxError(f"no room for {count} more sandbox hosts; run `ai-deploy sandbox down`")
+    names = _names_for(count, name, free[0])
+    taken = {h.name for h in hosts} | {p.name for p in hosts_dir().glob("*")}
+    clash = sorted(set(names) & taken)
+    if clash:
+        raise SandboxError(
+            f"sandbox host {clash[0]} exists already; pick another --name or "
+            f"`ai-deploy sandbox down {clash[0]}`"
+        )
+    return list(zip(names, free[:count], strict=False))
+
+
+def _write_identity(merged: Path, name: str) -> None:
+    (merged / "etc/hostname").write_text(f"{name}\n")
+    (merged / "etc/hosts").write_text(
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
+
+
+def _start(name: str, index: int, image: Path, inventory: Path) -> Host:
+    directory = hosts_dir() / name
+    upper, work, merged = directory / "upper", directory / "work", directory / "merged"
+    for d in (upper, work, merged):
+        d.mkdir(parents=True, exist_ok=True)
+    host = Host(name, index, network.guest_address(index), 0, str(inventory))
+    _write_meta(host)  # before anything else exists, so a failed start can be torn down
+    network.create_host_link(index)
+    subprocess.run(
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={image},upperdir={upper},workdir={work}",
+            str(merged),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    _write_identity(merged, name)
+    console = (directory / "console.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            SUPERVISOR_MODULE,
+            "--merged",
+            str(merged),
+            "--machine",
+            name,
+            "--netns",
+            network.netns_path(index),
+            "--pidfile",
+            str(directory / "nspawn.pid"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    console.close()
+    host = Host(name, index, network.guest_address(index), proc.pid, str(inventory))
+    _write_meta(host)
+    return host
+
+
+def _write_meta(host: Host) -> None:
+    meta = host.directory / "meta.json"
+    tmp = meta.with_suffix(".tmp")
+    tmp.write_text(json.dumps(host.__dict__, indent=2) + "\n")
+    os.replace(tmp, meta)
+
+
+def wait_ready(host: Host, timeout: float = BOOT_TIMEOUT_S) -> None:
+    """Wait until sshd answers and systemd reports the system `running`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not host.running:
+            tail = _console_tail(host)
+            raise SandboxError(f"sandbox host {host.name} stopped while booting:\n{tail}")
+        try:
+            with socket.create_connection((host.address, 22), timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"sandbox host {host.name} did not open SSH within {timeout:.0f} s:\n"
+                    + _console_tail(host)
+                ) from None
+            time.sleep(0.1)
+    remaining = max(5.0, deadline - time.monotonic())
+    state = ssh(
+        host.address, "systemctl is-system-running --wait", timeout=remaining, check=False
+    ).strip()
+    if state != "running":
+        failed = ssh(host.address, "systemctl --failed --no-legend", check=False)
+        raise SandboxError(f"sandbox host {host.name} booted {state!r}; failed units:\n{failed}")
+
+
+def _console_tail(host: Host, lines: int = 20) -> str:
+    try:
+        text = (host.directory / "console.log").read_text(errors="replace")
+    except OSError:
+        return "(no console log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def write_inventory(path: Path, hosts: list[Host]) -> None:
+    """A pyinfra inventory for HOSTS; its file name puts them in the `sandbox` group."""
+    key = ssh_key_path()
+    entries = []
+    for h in hosts:
+        data = {
+            "ssh_hostname": h.address,
+            "ssh_user": "ubuntu",
+            "ssh_key": str(key),
+            "ssh_known_hosts_file": "/dev/null",
+            "ssh_strict_host_key_checking": "off",
+            "ssh_allow_agent": False,
+            "ssh_look_for_keys": False,
+        }
+        entries.append(f"    ({h.name!r}, {data!r}),")
+    body = "\n".join(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        '"""Sandbox hosts written by `ai-deploy sandbox up`; removed by `sandbox down`."""\n\n'
+        f"sandbox = [\n{body}\n]\n"
+    )
+    os.replace(tmp, path)
+
+
+def up(count: int = 1, name: str | None = None) -> tuple[list[Host], Path]:
+    """Boot COUNT fresh hosts and write their inventory; returns the hosts and its path."""
+    if count < 1:
+        raise SandboxError("--count must be at least 1")
+    image = ensure_image()
+    state_dir().mkdir(parents=True, exist_ok=True)
+    hosts: list[Host] = []
+    with file_lock(state_dir() / ".lock", "sandbox command"):
+        slots = _allocate(count, name)
+        inventory = inventories_dir() / slots[0][0] / "sandbox.py"
+        for host_name, _ in slots:
+            (hosts_dir() / host_name).mkdir(parents=True)
+        try:
+            if not network.table_exists() or not list_hosts():
+                network.setup_shared(state_dir() / "ip_forward.saved")
+            for host_name, index in slots:
+                hosts.append(_start(host_name, index, image, inventory))
+        except BaseException:
+            _teardown_many([h.name for h in hosts] or [n for n, _ in slots], shared=True)
+            raise
+    try:
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            list(pool.map(wait_ready, hosts))
+        write_inventory(inventory, hosts)
+    except BaseException:
+        down([h.name for h in hosts])
+        raise
+    return hosts, inventory
+
+
+def _kill_container_processes(merged: Path) -> None:
+    """SIGKILL processes whose root is the host's merged tree (left by a killed nspawn)."""
+    target = str(merged.resolve())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.readlink(proc / "root") == target:
+                os.kill(int(proc.name), signal.SIGKILL)
+        except OSError:
+            continue
+
+
+def _stop(host: Host, timeout: float = 20.0) -> None:
+    if host.supervisor_pid and host.running:
+        os.kill(host.supervisor_pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while host.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if host.running:
+            os.kill(host.supervisor_pid, signal.SIGKILL)
+    pidfile = host.directory / "nspawn.pid"
+    if pidfile.exists():
+        pid = int(pidfile.read_text().strip() or 0)
+        args = _cmdline(pid)
+        if args and args[0].endswith("systemd-nspawn") and str(host.merged) in args:
+            os.kill(pid, signal.SIGKILL)
+    if host.merged.exists():
+        _kill_container_processes(host.merged)
+
+
+def _teardown_one(name: str) -> None:
+    directory = hosts_dir() / name
+    host = _read_meta(directory / "meta.json")
+    if host is not None:
+        _stop(host)
+        network.remove_host_link(host.index)
+    for point in mounts_under(directory):
+        subprocess.run(["umount", point], check=False, capture_output=True)
+    remove_tree(directory)
+
+
+def _teardown_many(names: list[str], *, shared: bool) -> None:
+    for n in names:
+        _teardown_one(n)
+    if not shared:
+        return
+    remaining = list_hosts()
+    for inv in inventories_dir().glob("*/sandbox.py") if inventories_dir().is_dir() else []:
+        text = inv.read_text()
+        if not any(repr(h.name) in text for h in remaining):
+            remove_tree(inv.parent)
+    if not remaining:
+        network.teardown_shared(state_dir() / "ip_forward.saved")
+
+
+def down(names: list[str] | None = None) -> list[str]:
+    """Remove the named hosts (all when NAMES is None); returns the names removed."""
+    with file_lock(state_dir() / ".lock", "sandbox command"):
+        known = [h.name for h in list_hosts()]
+        if names is None:
+            targets = sorted(set(known) | {p.name for p in hosts_dir().glob("*") if p.is_dir()})
+        else:
+            unknown = [n for n in names if n not in known and not (hosts_dir() / n).exists()]
+            if unknown:
+                raise SandboxError(
+                    f"no sandbox host named {unknown[0]}; `ai-deploy sandbox list` shows them"
+                )
+            targets = names
+        _teardown_many(targets, shared=True)
+        if names is None:
+            _sweep_strays()
+        return targets
+
+
+def _sweep_strays() -> None:
+    """After `down --all`: remove namespaces and links of ours that no state names."""
+    for link in Path("/sys/class/net").glob("aid-*"):
+        suffix = link.name.split("-")[-1]
+        if suffix.isdigit():
+            network.remove_host_link(int(suffix))
+    netns = Path("/run/netns")
+    for ns in netns.glob("ai-deploy-*") if netns.is_dir() else []:
+        subprocess.run(["ip", "netns", "del", ns.name], check=False, capture_output=True)
+    network.teardown_shared(state_dir() / "ip_forward.saved")
