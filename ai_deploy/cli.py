@@ -13,7 +13,7 @@ def _cmd_sandbox_up(args: argparse.Namespace) -> int:
 
     started, inventory = hosts.up(count=args.count, name=args.name)
     for h in started:
-        print(f"sandbox host {h.name} ready at {h.address} (ssh ubuntu@{h.address})", file=sys.stderr)
+        print(f"sandbox host {h.name} ready at {h.address}", file=sys.stderr)
     print(inventory)
     return 0
 

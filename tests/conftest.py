@@ -47,9 +47,9 @@ def address_allowed(host: str) -> bool:
 
 
 def _check_sockaddr(sockaddr: object) -> None:
-    if isinstance(sockaddr, tuple) and sockaddr and isinstance(sockaddr[0], str):
-        if not address_allowed(sockaddr[0]):
-            raise NetworkJailError(f"network jail: connection to {sockaddr[0]} refused in tests")
+    is_inet = isinstance(sockaddr, tuple) and sockaddr and isinstance(sockaddr[0], str)
+    if is_inet and not address_allowed(sockaddr[0]):  # type: ignore[index]
+        raise NetworkJailError(f"network jail: connection to {sockaddr[0]} refused in tests")
     # AF_UNIX paths (str/bytes) are local and allowed.
 
 

@@ -69,8 +69,8 @@ def check_requirements() -> None:
     missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
     if missing:
         raise SandboxError(
-            f"missing tools for sandbox hosts; install them with: apt-get install -y {' '.join(missing)}"
-            " (or run ./scripts/setup, which the README's commands call)"
+            "missing tools for sandbox hosts; install them with: "
+            f"apt-get install -y {' '.join(missing)} (or run ./scripts/setup)"
         )
 
 

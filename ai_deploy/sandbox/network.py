@@ -87,7 +87,8 @@ def ruleset(uplink: str, dns: list[str]) -> str:
 
 
 def table_exists() -> bool:
-    return subprocess.run(["nft", "list", "table", "ip", TABLE], capture_output=True).returncode == 0
+    found = subprocess.run(["nft", "list", "table", "ip", TABLE], capture_output=True)
+    return found.returncode == 0
 
 
 def setup_shared(saved_forward: Path) -> None:
