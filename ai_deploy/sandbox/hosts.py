@@ -135,11 +135,7 @@ def _allocate(count: int, name: str | None) -> list[tuple[str, int]]:
     """Reserve names and indexes (caller holds the state lock)."""
     hosts = list_hosts()
     used_idx = {h.index for h in hosts}
-    used_idx |= {
-        int(p.name.split("-")[-1])
-        for p in Path("/sys/class/net").glob("aid-*")
-        if p.name.split("-")[-1].isdigit()
-    }
+    used_idx |= set(network.host_links())
     free = [i for i in range(1, network.MAX_INDEX + 1) if i not in used_idx]
     if len(free) < count:
         raise SandboxError(f"no room for {count} more sandbox hosts; run `ai-deploy sandbox down`")
@@ -168,7 +164,7 @@ def _start(name: str, index: int, image: Path, inventory: Path) -> Host:
         d.mkdir(parents=True, exist_ok=True)
     host = Host(name, index, network.guest_address(index), 0, str(inventory))
     _write_meta(host)  # before anything else exists, so a failed start can be torn down
-    network.create_host_link(index)
+    network.attach_host(index)
     subprocess.run(
         [
             "mount",
@@ -282,14 +278,12 @@ def up(count: int = 1, name: str | None = None) -> tuple[list[Host], Path]:
     image = ensure_image()
     state_dir().mkdir(parents=True, exist_ok=True)
     hosts: list[Host] = []
-    with file_lock(state_dir() / ".lock", "sandbox command"):
+    with file_lock(network.RUN_DIR / "sandbox.lock", "sandbox command"):
         slots = _allocate(count, name)
         inventory = inventories_dir() / slots[0][0] / "sandbox.py"
         for host_name, _ in slots:
             (hosts_dir() / host_name).mkdir(parents=True)
         try:
-            if not network.table_exists() or not list_hosts():
-                network.setup_shared(state_dir() / "ip_forward.saved")
             for host_name, index in slots:
                 hosts.append(_start(host_name, index, image, inventory))
         except BaseException:
@@ -341,7 +335,7 @@ def _teardown_one(name: str) -> None:
     host = _read_meta(directory / "meta.json")
     if host is not None:
         _stop(host)
-        network.remove_host_link(host.index)
+        network.detach_host(host.index)
     for point in mounts_under(directory):
         subprocess.run(["umount", point], check=False, capture_output=True)
     remove_tree(directory)
@@ -358,12 +352,12 @@ def _teardown_many(names: list[str], *, shared: bool) -> None:
         if not any(repr(h.name) in text for h in remaining):
             remove_tree(inv.parent)
     if not remaining:
-        network.teardown_shared(state_dir() / "ip_forward.saved")
+        network.detach_host(None)
 
 
 def down(names: list[str] | None = None) -> list[str]:
     """Remove the named hosts (all when NAMES is None); returns the names removed."""
-    with file_lock(state_dir() / ".lock", "sandbox command"):
+    with file_lock(network.RUN_DIR / "sandbox.lock", "sandbox command"):
         known = [h.name for h in list_hosts()]
         if names is None:
             targets = sorted(set(known) | {p.name for p in hosts_dir().glob("*") if p.is_dir()})
@@ -382,11 +376,24 @@ def down(names: list[str] | None = None) -> list[str]:
 
 def _sweep_strays() -> None:
     """After `down --all`: remove namespaces and links of ours that no state names."""
-    for link in Path("/sys/class/net").glob("aid-*"):
-        suffix = link.name.split("-")[-1]
-        if suffix.isdigit():
-            network.remove_host_link(int(suffix))
+    in_use = {h.index for h in list_hosts()}
+    for index in network.host_links():
+        if index not in in_use and not _index_claimed_elsewhere(index):
+            network.detach_host(index)
     netns = Path("/run/netns")
     for ns in netns.glob("ai-deploy-*") if netns.is_dir() else []:
-        subprocess.run(["ip", "netns", "del", ns.name], check=False, capture_output=True)
-    network.teardown_shared(state_dir() / "ip_forward.saved")
+        suffix = ns.name.split("-")[-1]
+        if suffix.isdigit() and int(suffix) not in network.host_links():
+            subprocess.run(["ip", "netns", "del", ns.name], check=False, capture_output=True)
+    network.detach_host(None)
+
+
+def _index_claimed_elsewhere(index: int) -> bool:
+    """True when a live supervisor (from another state directory) uses host INDEX's netns."""
+    wanted = network.netns_path(index)
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            args = _cmdline(int(proc.name))
+            if SUPERVISOR_MODULE in args and wanted in args:
+                return True
+    return False

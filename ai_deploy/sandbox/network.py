@@ -3,7 +3,8 @@ that lets guests reach the machine's DNS resolver and HTTP/HTTPS (package regist
 
 Host N uses 10.201.N.0/30: the machine's side is 10.201.N.1 (interface `aid-N`), the guest's
 `eth0` is 10.201.N.2. The table `ip ai_deploy_sandbox` and net.ipv4.ip_forward are set up with
-the first host and put back when the last host goes.
+the first host and put back when the last host goes, machine-wide (whatever state directory
+the hosts were made from), under one lock.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import subprocess
 from pathlib import Path
 
 from ai_deploy.sandbox.image import SandboxError
+from ai_deploy.sandbox.locking import file_lock
 
 NETWORK = "10.201.0.0/16"
 TABLE = "ai_deploy_sandbox"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 MAX_INDEX = 250
+RUN_DIR = Path("/run/ai-deploy")
 
 
 def netns_name(index: int) -> str:
@@ -91,23 +94,54 @@ def table_exists() -> bool:
     return found.returncode == 0
 
 
-def setup_shared(saved_forward: Path) -> None:
-    """Install the table and enable forwarding, remembering the old ip_forward value."""
-    if not saved_forward.exists():
-        saved_forward.write_text(IP_FORWARD.read_text())
+def _saved_forward() -> Path:
+    return RUN_DIR / "ip_forward.saved"
+
+
+def host_links() -> list[int]:
+    """Indexes of every sandbox veth on this machine."""
+    found = []
+    for link in Path("/sys/class/net").glob("aid-*"):
+        suffix = link.name.split("-")[-1]
+        if suffix.isdigit():
+            found.append(int(suffix))
+    return sorted(found)
+
+
+def _setup_shared() -> None:
+    saved = _saved_forward()
+    if not saved.exists():
+        saved.write_text(IP_FORWARD.read_text())
     IP_FORWARD.write_text("1\n")
     if table_exists():
         _run("nft", "delete", "table", "ip", TABLE)
     _run("nft", "-f", "-", input_text=ruleset(default_route_iface(), resolvers()))
 
 
-def teardown_shared(saved_forward: Path) -> None:
-    """Remove the table and restore ip_forward (called when the last host is gone)."""
+def _teardown_shared() -> None:
     if table_exists():
         _run("nft", "delete", "table", "ip", TABLE)
-    if saved_forward.exists():
-        IP_FORWARD.write_text(saved_forward.read_text())
-        saved_forward.unlink()
+    saved = _saved_forward()
+    if saved.exists():
+        IP_FORWARD.write_text(saved.read_text())
+        saved.unlink()
+
+
+def attach_host(index: int) -> None:
+    """Create host INDEX's namespace and link; the first host also sets up the shared parts."""
+    with file_lock(RUN_DIR / "network.lock", "sandbox network change"):
+        if not host_links() or not table_exists():
+            _setup_shared()
+        create_host_link(index)
+
+
+def detach_host(index: int | None) -> None:
+    """Remove host INDEX's link (None: none); the last host gone removes the shared parts."""
+    with file_lock(RUN_DIR / "network.lock", "sandbox network change"):
+        if index is not None:
+            remove_host_link(index)
+        if not host_links():
+            _teardown_shared()
 
 
 def create_host_link(index: int) -> None:
