@@ -37,7 +37,7 @@ PACKAGES = (
     "procps",
 )
 # Bump when the recipe below changes: a new name makes every machine build the new image.
-RECIPE = "r1"
+RECIPE = "r2"
 MASKED_UNITS = (
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
@@ -241,7 +241,12 @@ def _customize(root: Path, log: Path, lock_fd: int) -> None:
     _write(keys, pub, 0o600)
     uid_gid = (root / "home/ubuntu").stat()
     os.chown(keys, uid_gid.st_uid, uid_gid.st_gid)
-    _write(root / "etc/sudoers.d/90-ubuntu", "ubuntu ALL=(ALL) NOPASSWD:ALL\n", 0o440)
+    # SSL_CERT_FILE (see below) survives sudo, so `sudo uv ...` trusts the same CA store.
+    _write(
+        root / "etc/sudoers.d/90-ubuntu",
+        'Defaults env_keep += "SSL_CERT_FILE"\nubuntu ALL=(ALL) NOPASSWD:ALL\n',
+        0o440,
+    )
     _write(
         root / "etc/ssh/sshd_config.d/10-sandbox.conf",
         "PasswordAuthentication no\nUseDNS no\n",

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from ai_deploy.artifact import build_artifact
-from ai_deploy.sandbox import hosts, network
+from ai_deploy.sandbox import hosts, image, network
 from ai_deploy.sandbox.image import mounts_under
 from ai_deploy.uvbin import uv_binary
 from tests.e2e.conftest import Sandbox, boot, require_root
@@ -103,7 +103,8 @@ def test_killed_image_build_is_rebuilt_cleanly(
         os.environ, AI_DEPLOY_CACHE=str(tmp_path / "cache"), AI_DEPLOY_STATE=str(tmp_path / "state")
     )
     cmd = [sys.executable, "-m", "ai_deploy.cli", "sandbox", "up", "--name", "tkillbuild"]
-    partial = tmp_path / "cache" / "images" / "debian-bookworm-r1.partial"
+    final_name = f"debian-bookworm-{image.RECIPE}"
+    partial = tmp_path / "cache" / "images" / f"{final_name}.partial"
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -115,7 +116,7 @@ def test_killed_image_build_is_rebuilt_cleanly(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert partial.is_dir() and not partial.with_name("debian-bookworm-r1").exists()
+    assert partial.is_dir() and not partial.with_name(final_name).exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     try:
         assert done.returncode == 0, done.stderr

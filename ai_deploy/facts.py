@@ -1,0 +1,95 @@
+"""pyinfra facts about the app's tree on a host: releases, venvs, links, lock, service state."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+
+from pyinfra.api import FactBase
+
+MARK = "AI-DEPLOY-TREE"
+VENV_COMPLETE = ".ai-deploy-complete"
+
+
+@dataclass
+class AppTree:
+    """What a host has under app_root (an empty tree on a fresh host)."""
+
+    current: str | None = None  # release id `current` points at
+    previous: str | None = None
+    releases: list[str] = field(default_factory=list)  # complete releases, newest first
+    venvs: list[str] = field(default_factory=list)  # complete venvs (lock hashes)
+    release_venvs: dict[str, str] = field(default_factory=dict)  # release -> lock hash
+    lock: dict[str, object] | None = None
+    lock_raw: str | None = None  # lock directory present but its info unreadable
+    service_active: str = "unknown"
+
+    def venv_ready(self, release: str) -> bool:
+        return self.release_venvs.get(release) in self.venvs
+
+
+def tree_script(app_root: str, service: str) -> str:
+    """Shell that prints one tagged line per item of the tree (read-only)."""
+    r = shlex.quote(app_root)
+    s = shlex.quote(service)
+    return f"""
+echo {MARK}
+cur=$(readlink {r}/current 2>/dev/null) && echo "current ${{cur##*/}}"
+prev=$(readlink {r}/previous 2>/dev/null) && echo "previous ${{prev##*/}}"
+if [ -d {r}/releases ]; then
+  ls -1t {r}/releases | while read -r id; do
+    case "$id" in .*) continue ;; esac
+    v=$(readlink {r}/releases/"$id"/.venv 2>/dev/null) || v=
+    echo "release $id ${{v##*/}}"
+  done
+fi
+if [ -d {r}/venvs ]; then
+  for v in {r}/venvs/*/{VENV_COMPLETE}; do
+    [ -e "$v" ] && {{ d=${{v%/*}}; echo "venv ${{d##*/}}"; }}
+  done
+fi
+if [ -d {r}/.deploy.lock ]; then
+  echo "lock $(cat {r}/.deploy.lock/info 2>/dev/null | tr -d '\\n')"
+fi
+echo "active $(systemctl is-active {s} 2>/dev/null || true)"
+"""
+
+
+def parse_tree(lines: list[str]) -> AppTree:
+    tree = AppTree()
+    for line in lines:
+        kind, _, rest = line.partition(" ")
+        if kind == "current":
+            tree.current = rest.strip() or None
+        elif kind == "previous":
+            tree.previous = rest.strip() or None
+        elif kind == "release":
+            parts = rest.split()
+            if parts:
+                tree.releases.append(parts[0])
+                if len(parts) > 1:
+                    tree.release_venvs[parts[0]] = parts[1]
+        elif kind == "venv":
+            tree.venvs.append(rest.strip())
+        elif kind == "lock":
+            try:
+                tree.lock = json.loads(rest)
+            except ValueError:
+                tree.lock_raw = rest
+        elif kind == "active":
+            tree.service_active = rest.strip() or "unknown"
+    return tree
+
+
+class AppTreeFact(FactBase[AppTree]):
+    """The app tree under APP_ROOT and the state of SERVICE (see AppTree)."""
+
+    def command(self, app_root: str, service: str) -> str:  # type: ignore[override]
+        return tree_script(app_root, service)
+
+    def process(self, output: list[str]) -> AppTree:  # type: ignore[override]
+        lines = [str(line) for line in output]
+        if MARK in lines:
+            lines = lines[lines.index(MARK) + 1 :]
+        return parse_tree(lines)

@@ -1,0 +1,14 @@
+"""Converge hosts to the AI server's target state (see README): run with
+`pyinfra INVENTORY deploy.py [--data artifact=PATH | --data rollback=previous|RELEASE]`."""
+
+from tasks.env import env_file_present
+from tasks.layout import app_layout_present
+from tasks.release import release_serving
+from tasks.unit import unit_installed
+from tasks.uv import uv_installed
+
+app_layout_present()
+uv_installed()
+env = env_file_present()
+unit = unit_installed()
+release_serving(restart=unit.will_change or bool(env and env.will_change))

@@ -1,0 +1,48 @@
+"""Every tunable of the deploy with its default. Override per group in group_data/<group>.py
+or per run with `pyinfra ... --data name=value`."""
+
+# Every operation runs as root through sudo (the inventory's user only needs sudo rights).
+_sudo = True
+
+# The application and where it lives
+app_name = "ai-server"  # the systemd unit is <app_name>.service
+app_root = "/app/ai-server"
+app_user = "ubuntu"  # the service runs as this user (the seed's unit does)
+app_group = "ubuntu"
+code_owner = "root"  # owns releases and venvs: the service cannot rewrite its own code
+app_data_dirs = ["chroma_db"]  # under app_root, kept across releases, owned by app_user
+app_module = "main:app"  # uvicorn's APP argument; main.py must be in the artifact
+app_host = "0.0.0.0"
+app_port = 8000
+app_log_dir = "/var/log/dojangkok"
+app_log_rotate_days = 14
+
+# The .env file: /app/ai-server/.env, 0600, owned by app_user, never in an artifact.
+env_file = None  # a local file to upload (--data env_file=PATH); content is never printed
+env_default = None  # text written when the host has no .env and env_file is not given
+env_allow_empty = False  # when neither is available: create an empty .env instead of stopping
+
+# uv and Python
+uv_version = "0.13.9"  # pinned; the deploy uploads exactly this uv to uv_path
+uv_path = "/usr/local/bin/uv"
+uv_python = "python3"  # interpreter for the venv: a path, a command, or a version for uv
+uv_python_downloads = "never"  # "automatic" lets uv download uv_python when it is a version
+uv_env = {}  # extra environment for `uv sync` (an index URL, a CA bundle, ...)
+
+# The unit
+unit_restart_sec = 5
+unit_graceful_shutdown_s = 30  # uvicorn --timeout-graceful-shutdown
+unit_stop_timeout_s = 45  # systemd TimeoutStopSec: larger than the graceful shutdown
+
+# Releases, health gate, lock
+releases_keep = 5  # newest releases kept; current and previous are never removed
+health_path = "/health"
+health_deadline_s = 300  # generous: a release may spend minutes loading its model
+health_interval_s = 1.0
+health_fail_after_errors = 3  # consecutive 5xx answers that end the wait at once
+lock_wait_s = 0  # 0: a deploy that finds the host locked fails at once with the holder
+lock_stale_s = 7200  # a lock older than this is stale whoever holds it
+
+# What this run does (set with --data): artifact=PATH deploys it; rollback=RELEASE|previous
+artifact = None
+rollback = None

@@ -1,0 +1,1 @@
+"""One module per concern of the host's state, each with one @deploy function."""
