@@ -52,6 +52,39 @@ def _cmd_artifact_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from ai_deploy.remote import run_pyinfra
+
+    return run_pyinfra(args.inventory, {"rollback": args.release or "previous"})
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ai_deploy.status import show_status
+
+    return show_status(args.inventory)
+
+
+def _cmd_lock(args: argparse.Namespace) -> int:
+    from ai_deploy.status import lock_command
+
+    return lock_command(args.inventory, args.lock_command, force=getattr(args, "force", False))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ai_deploy.demo import run_demo
+
+    return run_demo()
+
+
+def _add_inventory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-i",
+        "--inventory",
+        metavar="INV",
+        help="pyinfra inventory file (default: inventories/prod.py)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ai-deploy",
@@ -83,17 +116,48 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     build.add_argument("--id", help="release id (CI passes the git SHA); default: content hash")
     build.set_defaults(func=_cmd_artifact_build)
+    rollback = sub.add_parser(
+        "rollback",
+        help="put the previous (or the named) release back in service, behind the health gate",
+    )
+    rollback.add_argument("release", nargs="?", metavar="RELEASE", help="default: previous")
+    _add_inventory(rollback)
+    rollback.set_defaults(func=_cmd_rollback)
+
+    status = sub.add_parser(
+        "status", help="per host: current release, kept releases, service, health, lock, log"
+    )
+    _add_inventory(status)
+    status.set_defaults(func=_cmd_status)
+
+    lock = sub.add_parser("lock", help="the per-host deploy lock")
+    lock_sub = lock.add_subparsers(dest="lock_command", metavar="ACTION", required=True)
+    lock_status = lock_sub.add_parser("status", help="who holds the lock on each host")
+    _add_inventory(lock_status)
+    lock_status.set_defaults(func=_cmd_lock)
+    lock_release = lock_sub.add_parser(
+        "release", help="remove a stale lock (a dead or expired deploy); --force for any"
+    )
+    _add_inventory(lock_release)
+    lock_release.add_argument("--force", action="store_true", help="remove a live holder's lock")
+    lock_release.set_defaults(func=_cmd_lock)
+
+    demo = sub.add_parser(
+        "demo", help="deploy the example AI server to a local sandbox host and print its URL"
+    )
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ai_deploy.artifact import ArtifactError
+    from ai_deploy.remote import RemoteError
     from ai_deploy.sandbox.image import SandboxError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (SandboxError, ArtifactError) as exc:
+    except (SandboxError, ArtifactError, RemoteError) as exc:
         print(f"ai-deploy: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -200,6 +200,14 @@ def _start(name: str, index: int, image: Path, inventory: Path) -> Host:
         start_new_session=True,
     )
     console.close()
+    # Popen may return (vfork) before the kernel has set the new program's arguments, and
+    # `running` reads them: wait until they name the supervisor, or a starting host reads as
+    # stopped.
+    settle = time.monotonic() + 5
+    while (
+        not _is_our_supervisor(proc.pid, name) and proc.poll() is None and time.monotonic() < settle
+    ):
+        time.sleep(0.01)
     host = Host(name, index, network.guest_address(index), proc.pid, str(inventory))
     _write_meta(host)
     return host
@@ -246,6 +254,15 @@ def _console_tail(host: Host, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def write_known_hosts(path: Path, hosts: list[Host], image: Path) -> None:
+    """known_hosts naming each host's address with the base image's host keys."""
+    keys = [
+        " ".join(p.read_text().split()[:2])
+        for p in sorted((image / "etc/ssh").glob("ssh_host_*_key.pub"))
+    ]
+    path.write_text("".join(f"{h.address} {key}\n" for h in hosts for key in keys))
+
+
 def write_inventory(path: Path, hosts: list[Host]) -> None:
     """A pyinfra inventory for HOSTS; its file name puts them in the `sandbox` group."""
     key = ssh_key_path()
@@ -255,8 +272,9 @@ def write_inventory(path: Path, hosts: list[Host]) -> None:
             "ssh_hostname": h.address,
             "ssh_user": "ubuntu",
             "ssh_key": str(key),
-            "ssh_known_hosts_file": "/dev/null",
-            "ssh_strict_host_key_checking": "off",
+            # Every clone has the base image's host keys: known_hosts lists them per address.
+            "ssh_known_hosts_file": str(path.parent / "known_hosts"),
+            "ssh_strict_host_key_checking": "yes",
             "ssh_allow_agent": False,
             "ssh_look_for_keys": False,
         }
@@ -293,6 +311,7 @@ def up(count: int = 1, name: str | None = None) -> tuple[list[Host], Path]:
         with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
             list(pool.map(wait_ready, hosts))
         write_inventory(inventory, hosts)
+        write_known_hosts(inventory.parent / "known_hosts", hosts, image)
     except BaseException:
         down([h.name for h in hosts])
         raise
