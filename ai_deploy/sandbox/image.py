@@ -163,7 +163,28 @@ def ensure_image() -> Path:
         _build(partial, lock_fd)
         os.rename(partial, image)
         print(f"base image ready: {image}", file=sys.stderr)
+        _remove_old_images(image)
     return image
+
+
+def _overlay_lowerdirs() -> set[str]:
+    found = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            for option in line.split()[-1].split(","):
+                if option.startswith("lowerdir="):
+                    found.update(option[len("lowerdir=") :].split(":"))
+    return found
+
+
+def _remove_old_images(keep: Path) -> None:
+    """Images of older recipes that no running host uses are removed (they are large)."""
+    in_use = _overlay_lowerdirs()
+    for old in keep.parent.glob(f"debian-{SUITE}-*"):
+        partial = old.name.endswith(".partial")
+        if old != keep and old.is_dir() and not partial and str(old) not in in_use:
+            print(f"removing the old base image {old}", file=sys.stderr)
+            remove_tree(old)
 
 
 def _run_logged(cmd: list[str], log: Path, lock_fd: int, what: str) -> None:
