@@ -52,6 +52,24 @@ def _cmd_artifact_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from ai_deploy.cideploy import DeployOptions, run_deploy
+
+    opts = DeployOptions.from_env(
+        Path(args.artifact),
+        inventory=args.inventory,
+        host=args.host,
+        use_gcp=not args.no_gcp,
+        dry_run=args.dry_run,
+        data=args.data,
+        health_attempts=args.health_attempts,
+        health_interval_s=args.health_interval,
+        target_tag=args.target_tag,
+        network=args.network,
+    )
+    return run_deploy(opts)
+
+
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from ai_deploy.remote import run_pyinfra
 
@@ -116,6 +134,35 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     build.add_argument("--id", help="release id (CI passes the git SHA); default: content hash")
     build.set_defaults(func=_cmd_artifact_build)
+    deploy = sub.add_parser(
+        "deploy",
+        help="the CI entry: GCP auth, firewall window, ephemeral SSH key, pyinfra, health, "
+        "notifications",
+        description="Deploy ARTIFACT to the GCP instance named by GCP_PROJECT_ID, GCP_ZONE and "
+        "GCP_INSTANCE (or to --host). Exit codes: 2 bad input, 10 auth, 11 runner address, "
+        "12 firewall, 13 SSH, 14 deploy, 15 health (previous release put back), 16 rollback.",
+    )
+    deploy.add_argument("--artifact", required=True, metavar="PATH", help="the release tar.gz")
+    _add_inventory(deploy)
+    deploy.add_argument("--host", metavar="ADDRESS", help="deploy to this address (no lookup)")
+    deploy.add_argument(
+        "--no-gcp",
+        action="store_true",
+        help="a non-GCP target: no auth, firewall window or key (use --host and "
+        "AI_DEPLOY_SSH_PRIVATE_KEY)",
+    )
+    deploy.add_argument(
+        "--dry-run", action="store_true", help="print what would be done; change nothing"
+    )
+    deploy.add_argument(
+        "--data", action="append", default=[], metavar="KEY=VALUE", help="passed to pyinfra"
+    )
+    deploy.add_argument("--health-attempts", type=int, help="outside health checks (default 12)")
+    deploy.add_argument("--health-interval", type=float, help="seconds between them (default 5)")
+    deploy.add_argument("--target-tag", help="instances the SSH rule targets (default ai-server)")
+    deploy.add_argument("--network", help="VPC network of the SSH rule (default default)")
+    deploy.set_defaults(func=_cmd_deploy)
+
     rollback = sub.add_parser(
         "rollback",
         help="put the previous (or the named) release back in service, behind the health gate",

@@ -1,19 +1,41 @@
 """The production GPU VM(s): the `prod` group (group_data/prod.py overrides group_data/all.py).
 
-Addresses come from AI_DEPLOY_HOSTS (comma-separated: a plain address, or any non-GCP target).
-SSH as AI_DEPLOY_SSH_USER (default ubuntu) with the key at AI_DEPLOY_SSH_KEY when set.
+Where the hosts are, in order:
+- AI_DEPLOY_HOSTS: comma-separated addresses (a plain address, or any non-GCP target);
+  `ai-deploy deploy` sets it to the instance's external address.
+- else GCP_PROJECT_ID, GCP_ZONE, GCP_INSTANCE: the instance's external address, read from the
+  Compute API with Application Default Credentials.
+SSH as AI_DEPLOY_SSH_USER (default ubuntu), with the key at AI_DEPLOY_SSH_KEY when set; host
+keys are learnt into AI_DEPLOY_SSH_KNOWN_HOSTS when set (first use accepted).
 """
 
 import os
 
-_addresses = [a.strip() for a in os.environ.get("AI_DEPLOY_HOSTS", "").split(",") if a.strip()]
-if not _addresses:
+
+def _addresses() -> list[str]:
+    listed = [a.strip() for a in os.environ.get("AI_DEPLOY_HOSTS", "").split(",") if a.strip()]
+    if listed:
+        return listed
+    zone, instance = os.environ.get("GCP_ZONE"), os.environ.get("GCP_INSTANCE")
+    if zone and instance:
+        from ai_deploy.gcp.auth import load_credentials
+        from ai_deploy.gcp.compute import get_instance_nat_ip
+
+        session = load_credentials()
+        return [get_instance_nat_ip(session.credentials, session.project, zone, instance)]
     raise SystemExit(
-        "inventories/prod.py: set AI_DEPLOY_HOSTS to the VM's address (comma-separated for several)"
+        "inventories/prod.py: set AI_DEPLOY_HOSTS to the VM's address, "
+        "or GCP_PROJECT_ID, GCP_ZONE and GCP_INSTANCE to look it up"
     )
 
-_data = {"ssh_user": os.environ.get("AI_DEPLOY_SSH_USER", "ubuntu")}
+
+_data: dict[str, object] = {"ssh_user": os.environ.get("AI_DEPLOY_SSH_USER", "ubuntu")}
 if os.environ.get("AI_DEPLOY_SSH_KEY"):
     _data["ssh_key"] = os.environ["AI_DEPLOY_SSH_KEY"]
+    _data["ssh_allow_agent"] = False
+    _data["ssh_look_for_keys"] = False
+if os.environ.get("AI_DEPLOY_SSH_KNOWN_HOSTS"):
+    _data["ssh_known_hosts_file"] = os.environ["AI_DEPLOY_SSH_KNOWN_HOSTS"]
+    _data["ssh_strict_host_key_checking"] = "accept-new"
 
-prod = [(address, dict(_data)) for address in _addresses]
+prod = [(address, dict(_data)) for address in _addresses()]
