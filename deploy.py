@@ -2,6 +2,7 @@
 `pyinfra INVENTORY deploy.py [--data artifact=PATH | --data rollback=previous|RELEASE]`."""
 
 from tasks.env import env_file_present
+from tasks.gpu import gpu_driver_ready
 from tasks.layout import app_layout_present
 from tasks.release import release_serving
 from tasks.unit import unit_installed
@@ -9,6 +10,7 @@ from tasks.uv import uv_installed
 
 app_layout_present()
 uv_installed()
+gpu_driver_ready()
 env = env_file_present()
 unit = unit_installed()
 release_serving(restart=unit.will_change or bool(env and env.will_change))

@@ -22,9 +22,11 @@ NVIDIA_VENDOR = "0x10de"
 DISPLAY_CLASS_PREFIX = "0x03"
 SMI_CANDIDATES = ("/usr/bin/nvidia-smi", "/usr/local/nvidia/bin/nvidia-smi", "/bin/nvidia-smi")
 
+SYSFS_PCI = "/sys/bus/pci/devices"
+
 PROBE_SCRIPT = r"""
 echo "== pci"
-for d in /sys/bus/pci/devices/*; do
+for d in SYSFS_PCI/*; do
   [ -r "$d/vendor" ] && echo "${d##*/} $(cat "$d/vendor") $(cat "$d/device") $(cat "$d/class")"
 done
 echo "== lspci"
@@ -47,6 +49,11 @@ echo "== kernel"
 echo "release $(uname -r)"
 [ -d "/lib/modules/$(uname -r)/build" ] && echo "headers present" || echo "headers missing"
 """.replace("SMI_CANDIDATES", " ".join(SMI_CANDIDATES))
+
+
+def probe_script(sysfs_pci: str = SYSFS_PCI) -> str:
+    """The read-only probe, reading PCI devices from SYSFS_PCI (the real sysfs by default)."""
+    return PROBE_SCRIPT.replace("SYSFS_PCI", sysfs_pci)
 
 
 @dataclass
@@ -207,7 +214,7 @@ def parse_probe(lines: list[str]) -> GpuReport:
 
 def probe_local() -> GpuReport:
     """Run the probe on this machine."""
-    out = subprocess.run(["sh", "-c", PROBE_SCRIPT], capture_output=True, text=True, check=False)
+    out = subprocess.run(["sh", "-c", probe_script()], capture_output=True, text=True, check=False)
     return parse_probe(out.stdout.splitlines())
 
 

@@ -9,6 +9,8 @@ import time
 
 from ai_deploy.facts import MARK, AppTree, parse_tree, tree_script
 from ai_deploy.gate import LOCK_DIR, PROBE, Spec, describe_lock, lock_is_stale, parse_probe
+from ai_deploy.gpu import parse_probe as parse_gpu_probe
+from ai_deploy.gpu import probe_script
 from ai_deploy.remote import HostRun, connected
 
 
@@ -45,6 +47,10 @@ def show_status(inventory: str | None) -> int:
             health = f"{code} {body[:100]}" if code else f"no answer ({body[:80]})"
             print(f"  health:    {health}")
             print(f"  lock:      {lock_line(tree)}")
+            _, gpu_out, _ = h.run(probe_script(h.data.gpu_sysfs_pci))
+            report = parse_gpu_probe(gpu_out)
+            if report.has_gpu:
+                print(f"  gpu:       {report.summary()}")
             print("  revisions.log:")
             for line in log or ["(empty)"]:
                 print(f"    {line}")

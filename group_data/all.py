@@ -43,6 +43,17 @@ health_fail_after_errors = 3  # consecutive 5xx answers that end the wait at onc
 lock_wait_s = 0  # 0: a deploy that finds the host locked fails at once with the holder
 lock_stale_s = 7200  # a lock older than this is stale whoever holds it
 
+# The NVIDIA driver (tasks/gpu.py): nothing happens on hosts without an NVIDIA GPU
+gpu_driver = "auto"  # "skip": never look at the GPU
+gpu_driver_method = "cuda-installer"  # or "ubuntu-drivers", "packages", "command"
+gpu_driver_branch = "570"  # ubuntu-drivers / packages: nvidia-driver-<branch>-server
+gpu_driver_command = None  # method "command": the shell command that installs the driver
+gpu_installer_url = (
+    "https://storage.googleapis.com/compute-gpu-installation-us/installer/latest/cuda_installer.pyz"
+)
+gpu_sysfs_pci = "/sys/bus/pci/devices"  # where PCI devices are read from
+gpu_reboot_timeout_s = 600
+
 # What this run does (set with --data): artifact=PATH deploys it; rollback=RELEASE|previous
 artifact = None
 rollback = None

@@ -3,7 +3,7 @@
 # detection and verification code there for real. Usage: sh tests/data/gpu/capture.sh OUTDIR
 out=${1:?usage: capture.sh OUTDIR}
 mkdir -p "$out"
-python3 -c 'from ai_deploy.gpu import PROBE_SCRIPT; print(PROBE_SCRIPT)' > "$out/probe.sh"
+python3 -c 'from ai_deploy.gpu import probe_script; print(probe_script())' > "$out/probe.sh"
 sh "$out/probe.sh" > "$out/probe-gpu-host.txt" 2>&1
 python3 -m ai_deploy.gpu > "$out/report.json"; echo "report exit $?" >> "$out/report.json"
 # The same probe with the driver's control device hidden: what a host whose driver does not
