@@ -254,10 +254,11 @@ def run_deploy(opts: DeployOptions, env: Mapping[str, str] | None = None) -> int
         from ai_deploy.gcp import Terminated
 
         if isinstance(exc, Terminated):
-            message = f"{exc}; the firewall rule and the SSH key were removed"
+            message = f"{exc}; cleanup ran (any rule or key it could not remove is named above)"
             code = exc.exit_code
         elif isinstance(exc, KeyboardInterrupt):
-            message, code = "interrupted; the firewall rule and the SSH key were removed", 130
+            message = "interrupted; cleanup ran (a rule or key it could not remove is named above)"
+            code = 130
         else:
             message = f"unexpected error: {type(exc).__name__}: {exc}"
             code = 1

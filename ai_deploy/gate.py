@@ -149,11 +149,15 @@ def acquire_lock(remote: Remote, spec: Spec, *, clock: Callable[[], float] = tim
         }
     )
     lock = spec.lock_path
+    # The lock directory appears with its info already inside (made aside, then renamed into
+    # place; rename fails on an existing non-empty directory), so a holder is never anonymous.
+    staged = f"{lock}.new-{token}"
     take = (
-        f"mkdir -p {spec.root} && if mkdir {lock} 2>/dev/null; then "
-        f"printf '%s\\n' {shlex.quote(info)} > {lock}/info && echo ACQUIRED; "
-        f"else echo HELD; cat {lock}/info 2>/dev/null; "
-        f"echo; echo AGE $(( $(date +%s) - $(stat -c %Y {lock}) )); fi"
+        f"mkdir -p {spec.root} && rm -rf {staged} && mkdir {staged} && "
+        f"printf '%s\\n' {shlex.quote(info)} > {staged}/info && "
+        f"if mv -T {staged} {lock} 2>/dev/null && grep -q {token} {lock}/info; then "
+        f"echo ACQUIRED; else rm -rf {staged}; echo HELD; cat {lock}/info 2>/dev/null; "
+        f"echo; echo AGE $(( $(date +%s) - $(stat -c %Y {lock} 2>/dev/null || date +%s) )); fi"
     )
     waited_from = clock()
     announced = False
@@ -271,7 +275,8 @@ def ensure_venv(
         f"rm -rf {venv} && cd {workdir} && env UV_PROJECT_ENVIRONMENT={venv} {_uv_env(spec)} "
         f"{shlex.quote(spec.uv_path)} sync --frozen --no-install-project --no-dev "
         f"--compile-bytecode --python {shlex.quote(spec.uv_python)} 2>&1 && "
-        f"touch {venv}/{VENV_COMPLETE}",
+        # uv leaves its own .lock world-writable: the service must not be able to write here.
+        f"chmod -R go-w {venv} && touch {venv}/{VENV_COMPLETE}",
         timeout=3600,
     )
     if not sync.ok:

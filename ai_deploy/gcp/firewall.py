@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -199,6 +200,8 @@ class _Window:
         self.timeout = timeout
         # Whether a rule of ours may exist and must be deleted on the way out.
         self.may_exist = False
+        # Whether the create operation was seen DONE (else it may still complete later).
+        self.confirmed = False
 
     def _create(self) -> None:
         w = self.window
@@ -232,6 +235,7 @@ class _Window:
             raise _create_error(exc, w) from exc
         except api_exceptions.GoogleAPICallError as exc:
             raise _create_error(exc, w) from exc
+        self.confirmed = True
         logger.info(
             "firewall rule %s open: tcp:%d from %s to tag %s on %s",
             w.name,
@@ -279,7 +283,25 @@ class _Window:
                 raise FirewallError(hint) from exc
             logger.error("%s", hint)
             return
+        if not deleted and not self.confirmed:
+            deleted = self._delete_late_create()
         logger.info("firewall rule %s %s", w.name, "deleted" if deleted else "was already gone")
+
+    def _delete_late_create(self, attempts: int = 15, interval_s: float = 2.0) -> bool:
+        """The open was interrupted before its create operation was seen DONE: the rule may
+        still appear. Watch for it for a while and delete it when it does."""
+        w = self.window
+        for _ in range(attempts):
+            try:
+                if compute.get_firewall_rule(self.credentials, w.project, w.name) is not None:
+                    return compute.delete_firewall_rule(
+                        self.credentials, w.project, w.name, timeout=self.timeout
+                    )
+            except (api_exceptions.GoogleAPIError, GcpError) as exc:
+                logger.error("checking for a late firewall rule %s failed: %s", w.name, exc)
+                return False
+            time.sleep(interval_s)
+        return False
 
 
 @contextmanager

@@ -318,17 +318,19 @@ def up(count: int = 1, name: str | None = None) -> tuple[list[Host], Path]:
     return hosts, inventory
 
 
-def _kill_container_processes(merged: Path) -> None:
-    """SIGKILL processes whose root is the host's merged tree (left by a killed nspawn)."""
-    target = str(merged.resolve())
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if os.readlink(proc / "root") == target:
-                os.kill(int(proc.name), signal.SIGKILL)
-        except OSError:
-            continue
+def _kill_container(directory: Path) -> None:
+    """SIGKILL the container's PID 1 (and so everything in its PID namespace) if still alive."""
+    try:
+        pid = int((directory / "init.pid").read_text().strip())
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, ValueError):
+        return
+    nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), [])
+    if len(nspid) > 1 and nspid[-1] == "1":
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _stop(host: Host, timeout: float = 20.0) -> None:
@@ -345,8 +347,7 @@ def _stop(host: Host, timeout: float = 20.0) -> None:
         args = _cmdline(pid)
         if args and args[0].endswith("systemd-nspawn") and str(host.merged) in args:
             os.kill(pid, signal.SIGKILL)
-    if host.merged.exists():
-        _kill_container_processes(host.merged)
+    _kill_container(host.directory)
 
 
 def _teardown_one(name: str) -> None:

@@ -35,6 +35,38 @@ def nspawn_command(merged: Path, machine: str, netns: str) -> list[str]:
     ]
 
 
+def container_init(nspawn_pid: int) -> int | None:
+    """The container's PID 1 as this machine sees it: nspawn's child that is PID 1 inside."""
+    for task in Path(f"/proc/{nspawn_pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            nspid = next(
+                (ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), []
+            )
+            if len(nspid) > 1 and nspid[-1] == "1":
+                return int(pid)
+    return None
+
+
+def _record_init(child: subprocess.Popen[bytes], path: Path, wait_s: float = 10.0) -> None:
+    """Write the container's PID 1 to PATH, so that `down` can end the whole container even
+    when nspawn itself was killed (killing a PID namespace's init ends everything in it)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and child.poll() is None:
+        pid = container_init(child.pid)
+        if pid:
+            path.write_text(f"{pid}\n")
+            return
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--merged", required=True, type=Path)
@@ -62,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             stdin=subprocess.DEVNULL,
         )
         args.pidfile.write_text(f"{child.pid}\n")
+        _record_init(child, args.pidfile.with_name("init.pid"))
         status = child.wait()
         print(f"[supervisor] nspawn exited with status {status}", flush=True)
         if stopping or status != REBOOT_STATUS:

@@ -93,6 +93,20 @@ def test_down_leaves_nothing_of_the_host_behind() -> None:
         assert not network.table_exists()
 
 
+def test_down_ends_a_container_whose_nspawn_was_killed() -> None:
+    started, _ = boot("nspawn-killed")
+    host = started[0]
+    init = int((host.directory / "init.pid").read_text())
+    nspawn = int((host.directory / "nspawn.pid").read_text())
+    os.kill(host.supervisor_pid, signal.SIGKILL)
+    os.kill(nspawn, signal.SIGKILL)
+    time.sleep(0.5)
+    assert Path(f"/proc/{init}").exists(), "the container outlived nspawn: down must end it"
+    hosts.down([host.name])
+    assert not Path(f"/proc/{init}").exists()
+    assert not host.directory.exists()
+
+
 @pytest.mark.slow
 def test_killed_image_build_is_rebuilt_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
