@@ -24,15 +24,52 @@ class AppTree:
     lock: dict[str, object] | None = None
     lock_raw: str | None = None  # lock directory present but its info unreadable
     service_active: str = "unknown"
+    units: dict[str, str] = field(default_factory=dict)  # unit -> `systemctl is-active`
+    live: str | None = None  # blue/green: the colour nginx sends traffic to
+    nginx_site: bool = False  # blue/green: our site is enabled in nginx
 
     def venv_ready(self, release: str) -> bool:
         return self.release_venvs.get(release) in self.venvs
+
+    def runs_strategy(self, strategy: str, service: str) -> bool:
+        """True when the host's units are in the steady state of STRATEGY."""
+        app = service.removesuffix(".service")
+        active = {u for u, state in self.units.items() if state == "active"}
+        plain, socket = service in active, f"{app}.socket" in active
+        if strategy == "restart":
+            return plain and not socket and not self.nginx_site
+        if strategy == "socket":
+            return plain and socket and not self.nginx_site
+        if strategy == "bluegreen":
+            live = f"{app}@{self.live}.service" if self.live else ""
+            return (
+                self.nginx_site
+                and live in active
+                and "nginx.service" in active
+                and not plain
+                and not socket
+            )
+        return False
+
+
+def related_units(service: str) -> list[str]:
+    """The units whose state tells which deploy strategy a host runs (see strategies)."""
+    app = service.removesuffix(".service")
+    return [
+        service,
+        f"{app}.socket",
+        f"{app}@blue.service",
+        f"{app}@green.service",
+        "nginx.service",
+    ]
 
 
 def tree_script(app_root: str, service: str) -> str:
     """Shell that prints one tagged line per item of the tree (read-only)."""
     r = shlex.quote(app_root)
     s = shlex.quote(service)
+    app = shlex.quote(service.removesuffix(".service"))
+    units = " ".join(shlex.quote(u) for u in related_units(service))
     return f"""
 echo {MARK}
 cur=$(readlink {r}/current 2>/dev/null) && echo "current ${{cur##*/}}"
@@ -53,6 +90,10 @@ if [ -d {r}/.deploy.lock ]; then
   echo "lock $(cat {r}/.deploy.lock/info 2>/dev/null | tr -d '\\n')"
 fi
 echo "active $(systemctl is-active {s} 2>/dev/null || true)"
+for u in {units}; do echo "unit $u $(systemctl is-active "$u" 2>/dev/null || true)"; done
+[ -f {r}/colors/LIVE ] && echo "live $(cat {r}/colors/LIVE)"
+[ -e /etc/nginx/sites-enabled/{app} ] && echo "nginx_site yes"
+true
 """
 
 
@@ -79,6 +120,13 @@ def parse_tree(lines: list[str]) -> AppTree:
                 tree.lock_raw = rest
         elif kind == "active":
             tree.service_active = rest.strip() or "unknown"
+        elif kind == "unit":
+            unit, _, state = rest.partition(" ")
+            tree.units[unit] = state.strip() or "unknown"
+        elif kind == "live":
+            tree.live = rest.strip() or None
+        elif kind == "nginx_site":
+            tree.nginx_site = True
     return tree
 
 

@@ -80,6 +80,10 @@ class Spec:
     uv_env: dict[str, str] = field(default_factory=dict)
     log_dir: str = "/var/log/dojangkok"
     app_name: str = "ai-server"
+    strategy: str = "restart"  # restart | socket | bluegreen (see ai_deploy.strategies)
+    colour_ports: tuple[int, int] = (8001, 8002)  # bluegreen: blue, green
+    drain_s: float = 5.0  # bluegreen: how long the old colour finishes its requests
+    nginx_upstream: str = "/etc/nginx/ai-server-upstream.conf"
 
     @property
     def root(self) -> str:
@@ -361,12 +365,13 @@ def parse_probe(lines: list[str]) -> tuple[dict[str, str], int, str]:
     return props, code, body
 
 
-def restart_service(remote: Remote, spec: Spec) -> int:
+def restart_service(remote: Remote, spec: Spec, service: str | None = None) -> int:
     """Restart (or start) the service; returns its restart counter afterwards."""
-    result = remote.run(f"systemctl restart {shlex.quote(spec.service)}")
+    unit = shlex.quote(service or spec.service)
+    result = remote.run(f"systemctl restart {unit}")
     if not result.ok:
         raise DeployFailed("restart", f"systemctl restart failed: {_tail(result.stderr)}")
-    out = remote.run(f"systemctl show -p NRestarts --value {shlex.quote(spec.service)}")
+    out = remote.run(f"systemctl show -p NRestarts --value {unit}")
     value = out.stdout[0].strip() if out.stdout else "0"
     return int(value) if value.isdigit() else 0
 
@@ -376,6 +381,8 @@ def wait_healthy(
     spec: Spec,
     baseline_restarts: int,
     *,
+    service: str | None = None,
+    port: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Health:
     """Poll the service and GET health_path on the host until healthy, failed or out of time.
@@ -383,8 +390,9 @@ def wait_healthy(
     A process that exits, a unit systemd reports failed or restarting, or repeated 5xx answers
     end the wait at once: only a release that is still starting uses the whole deadline.
     """
-    probe = PROBE.format(service=shlex.quote(spec.service), port=spec.port, path=spec.health_path)
-    url = f"http://127.0.0.1:{spec.port}{spec.health_path}"
+    unit, port = service or spec.service, port or spec.port
+    probe = PROBE.format(service=shlex.quote(unit), port=port, path=spec.health_path)
+    url = f"http://127.0.0.1:{port}{spec.health_path}"
     started = clock()
     next_note = started + 5
     errors = 0
@@ -423,8 +431,9 @@ def wait_healthy(
         time.sleep(spec.interval_s)
 
 
-def error_log_tail(remote: Remote, spec: Spec, n: int = 20) -> list[str]:
-    path = shlex.quote(f"{spec.log_dir}/{spec.app_name}-error.log")
+def error_log_tail(remote: Remote, spec: Spec, n: int = 20, colour: str | None = None) -> list[str]:
+    name = f"{spec.app_name}-{colour}" if colour else spec.app_name
+    path = shlex.quote(f"{spec.log_dir}/{name}-error.log")
     return remote.run(f"tail -n {n} {path} 2>/dev/null || true").stdout
 
 
@@ -464,14 +473,21 @@ done
 
 def put_in_service(remote: Remote, spec: Spec, *, have_release: bool) -> str:
     """Run the whole change under the lock; returns a one-line outcome or raises DeployFailed."""
+    from ai_deploy import strategies
+
     token = acquire_lock(remote, spec)
     try:
+        if spec.strategy == "bluegreen":
+            return strategies.change_bluegreen(remote, spec, token, have_release)
         return _change(remote, spec, token, have_release)
     finally:
         release_lock(remote, spec, token)
 
 
 def _change(remote: Remote, spec: Spec, token: str, have_release: bool) -> str:
+    """restart and socket: one service, restarted in place behind the health gate."""
+    from ai_deploy import strategies
+
     before_current, before_previous = read_links(remote, spec)
     prepare_release(remote, spec, token, have_release)
     target = spec.release_id
@@ -479,8 +495,8 @@ def _change(remote: Remote, spec: Spec, token: str, have_release: bool) -> str:
         before_current if before_current and before_current != target else before_previous
     )
     set_links(remote, spec, target, new_previous)
-    remote.say(f"current -> releases/{target}; restarting {spec.service}")
-    baseline = restart_service(remote, spec)
+    remote.say(f"current -> releases/{target}; restarting {spec.service} ({spec.strategy})")
+    baseline = strategies.restart_in_place(remote, spec)
     health = wait_healthy(remote, spec, baseline)
     if health.ok:
         remote.say(health.reason)
@@ -493,7 +509,8 @@ def _change(remote: Remote, spec: Spec, token: str, have_release: bool) -> str:
     remote.warn(f"last lines of {spec.log_dir}/{spec.app_name}-error.log:\n{log}")
     if not before_current:
         # A first deploy: no healthy release to go back to, so none is left in service.
-        remote.run(f"systemctl stop {shlex.quote(spec.service)}")
+        socket = shlex.quote(strategies.socket_unit(spec))
+        remote.run(f"systemctl stop {shlex.quote(spec.service)} {socket} 2>/dev/null; true")
         set_links(remote, spec, None, before_previous)
         record(remote, spec, "failed", f"no-previous-release reason={health.reason!r}")
         raise DeployFailed(
@@ -510,7 +527,7 @@ def _change(remote: Remote, spec: Spec, token: str, have_release: bool) -> str:
         )
     remote.warn(f"switching back to release {before_current}")
     set_links(remote, spec, before_current, before_previous)
-    baseline = restart_service(remote, spec)
+    baseline = strategies.restart_in_place(remote, spec)
     back = wait_healthy(remote, spec, baseline)
     if not back.ok:
         record(remote, spec, "failed", f"rollback-to={before_current} also-unhealthy")

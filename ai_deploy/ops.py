@@ -105,7 +105,7 @@ def release_in_service(spec: gate.Spec, restart: bool = False):
         tree.current == spec.release_id
         and have_release
         and tree.venv_ready(spec.release_id)
-        and tree.service_active == "active"
+        and tree.runs_strategy(spec.strategy, spec.service)
     )
     if serving and not restart:
         host.noop(f"release {spec.release_id} is already serving")

@@ -34,6 +34,16 @@ unit_restart_sec = 5
 unit_graceful_shutdown_s = 30  # uvicorn --timeout-graceful-shutdown
 unit_stop_timeout_s = 45  # systemd TimeoutStopSec: larger than the graceful shutdown
 
+# How a release goes into service (see README): "socket" (systemd socket owns the port; a
+# restart makes connections wait instead of failing), "restart" (the service binds the port),
+# or "bluegreen" (two instances behind nginx; traffic moves only to a healthy one; the GPU
+# holds two copies of the model while both run).
+deploy_strategy = "socket"
+socket_backlog = 4096
+bluegreen_ports = (8001, 8002)  # blue, green (internal, 127.0.0.1 only)
+bluegreen_upstream = "/etc/nginx/ai-server-upstream.conf"
+bluegreen_drain_s = 5  # the old colour finishes its requests, then stops
+
 # Releases, health gate, lock
 releases_keep = 5  # newest releases kept; current and previous are never removed
 health_path = "/health"

@@ -67,6 +67,10 @@ def _spec(action: str, release_id: str, **extra: object) -> Spec:
         uv_env={str(k): str(v) for k, v in dict(d.uv_env or {}).items()},
         log_dir=d.app_log_dir,
         app_name=d.app_name,
+        strategy=d.deploy_strategy,
+        colour_ports=tuple(int(p) for p in d.bluegreen_ports),
+        drain_s=float(d.bluegreen_drain_s),
+        nginx_upstream=d.bluegreen_upstream,
         **extra,  # type: ignore[arg-type]
     )
 

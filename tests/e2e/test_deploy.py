@@ -118,7 +118,9 @@ def test_fresh_host_deploy_serves_and_host_state_is_right(
     try:
         service = host.service("ai-server")
         assert service.is_running
-        assert service.is_enabled
+        # The default strategy (socket): the socket owns the port and is what starts at boot.
+        socket = host.service("ai-server.socket")
+        assert socket.is_running and socket.is_enabled
         release_dir = f"{APP_ROOT}/releases/{base.release_id}"
         current = host.file(f"{APP_ROOT}/current")
         assert current.is_symlink
@@ -501,8 +503,11 @@ def test_no_artifact_on_a_fresh_host_converges_all_but_the_release(
         assert host.file("/etc/logrotate.d/ai-server").is_file
         assert host.check_output("/usr/local/bin/uv --version").startswith("uv 0.13.9")
         service = host.service("ai-server")
-        assert service.is_enabled
+        assert host.file("/etc/systemd/system/ai-server.service").is_file
+        assert host.file("/etc/systemd/system/ai-server.socket").is_file
         assert not service.is_running
+        # Nothing listens until a release is in service (an open socket would answer nothing).
+        assert not host.service("ai-server.socket").is_running
         assert not host.file(f"{APP_ROOT}/current").exists
     finally:
         host.backend.client.close()
