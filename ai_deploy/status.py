@@ -28,6 +28,14 @@ def _collect(h: HostRun) -> tuple[AppTree, dict[str, str], int, str, str, list[s
     return tree, props, code, body, (enabled[0] if enabled else "unknown"), log
 
 
+def strategy_line(tree: AppTree, service: str) -> str:
+    for strategy in ("socket", "restart", "bluegreen"):
+        if tree.runs_strategy(strategy, service):
+            return f"{strategy} (live: {tree.live})" if strategy == "bluegreen" else strategy
+    active = sorted(u for u, state in tree.units.items() if state == "active")
+    return f"none steady (active units: {', '.join(active) or 'none'})"
+
+
 def lock_line(tree: AppTree) -> str:
     if tree.lock is None and tree.lock_raw is None:
         return "free"
@@ -44,6 +52,7 @@ def show_status(inventory: str | None) -> int:
             print(f"  releases:  {', '.join(tree.releases) or 'none'}")
             state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}"
             print(f"  service:   {state}, {enabled}, pid {props.get('MainPID', '?')}")
+            print(f"  strategy:  {strategy_line(tree, f'{h.data.app_name}.service')}")
             health = f"{code} {body[:100]}" if code else f"no answer ({body[:80]})"
             print(f"  health:    {health}")
             print(f"  lock:      {lock_line(tree)}")
