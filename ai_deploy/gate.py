@@ -336,18 +336,21 @@ class Health:
     reason: str
 
 
+# The HTTP check first, with a short timeout (under socket activation a connection waits in
+# the backlog while nothing accepts), then the unit's state as it is after that wait, so a
+# process that died meanwhile is seen in the same round.
 PROBE = """
-systemctl show -p ActiveState -p SubState -p NRestarts -p ExecMainStatus -p MainPID {service}
 python3 - <<'EOF'
 import urllib.request, urllib.error
 try:
-    with urllib.request.urlopen("http://127.0.0.1:{port}{path}", timeout=5) as r:
+    with urllib.request.urlopen("http://127.0.0.1:{port}{path}", timeout=2) as r:
         print("HTTP", r.status, r.read(300).decode(errors="replace").replace("\\n", " "))
 except urllib.error.HTTPError as e:
     print("HTTP", e.code, e.read(300).decode(errors="replace").replace("\\n", " "))
 except Exception as e:
     print("HTTP 0", type(e).__name__, str(e)[:200])
 EOF
+systemctl show -p ActiveState -p SubState -p NRestarts -p ExecMainStatus -p MainPID {service}
 """
 
 

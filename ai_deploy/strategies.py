@@ -68,7 +68,11 @@ def _leave_bluegreen(remote: Remote, spec: Spec) -> bool:
     if not remote.run(f"test -e {_site(spec)}").ok:
         return False
     remote.say("leaving blue/green: nginx stops serving the public port")
-    remote.run(f"rm -f {_site(spec)} && (systemctl reload nginx || true)")
+    # nginx stops too when no other site is left in it (it was there for blue/green).
+    remote.run(
+        f"rm -f {_site(spec)} && if [ -z \"$(ls -A /etc/nginx/sites-enabled)\" ]; then "
+        "systemctl disable --now nginx; else systemctl reload nginx; fi; true"
+    )
     for colour in COLOURS:
         unit = shlex.quote(colour_unit(spec, colour))
         remote.run(f"systemctl disable --now {unit} 2>/dev/null || true")
