@@ -70,7 +70,7 @@ def _leave_bluegreen(remote: Remote, spec: Spec) -> bool:
     remote.say("leaving blue/green: nginx stops serving the public port")
     # nginx stops too when no other site is left in it (it was there for blue/green).
     remote.run(
-        f"rm -f {_site(spec)} && if [ -z \"$(ls -A /etc/nginx/sites-enabled)\" ]; then "
+        f'rm -f {_site(spec)} && if [ -z "$(ls -A /etc/nginx/sites-enabled)" ]; then '
         "systemctl disable --now nginx; else systemctl reload nginx; fi; true"
     )
     for colour in COLOURS:
