@@ -378,6 +378,8 @@ def _teardown_many(names: list[str], *, shared: bool) -> None:
 def down(names: list[str] | None = None) -> list[str]:
     """Remove the named hosts (all when NAMES is None); returns the names removed."""
     with file_lock(network.RUN_DIR / "sandbox.lock", "sandbox command"):
+        if names is None:
+            _end_orphaned_supervisors()  # before their trees are unmounted under them
         known = [h.name for h in list_hosts()]
         if names is None:
             targets = sorted(set(known) | {p.name for p in hosts_dir().glob("*") if p.is_dir()})
@@ -392,6 +394,33 @@ def down(names: list[str] | None = None) -> list[str]:
         if names is None:
             _sweep_strays()
         return targets
+
+
+def _orphaned_supervisors() -> list[int]:
+    """Supervisors of this state directory whose host has no state left (a teardown that
+    could not see them running), newest last."""
+    root = str(hosts_dir())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        args = _cmdline(int(proc.name))
+        if SUPERVISOR_MODULE not in args or "--merged" not in args:
+            continue
+        merged = args[args.index("--merged") + 1]
+        if merged.startswith(root + "/") and not Path(merged).parent.joinpath("meta.json").exists():
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+def _end_orphaned_supervisors() -> None:
+    for pid in _orphaned_supervisors():
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
 
 
 def _sweep_strays() -> None:

@@ -107,6 +107,26 @@ def test_down_ends_a_container_whose_nspawn_was_killed() -> None:
     assert not host.directory.exists()
 
 
+def test_down_all_ends_a_host_whose_state_was_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A state directory of its own, so `down --all` touches only this test's host.
+    monkeypatch.setenv("AI_DEPLOY_STATE", str(tmp_path / "state"))
+    started, _ = boot("state-lost")
+    host = started[0]
+    (host.directory / "meta.json").unlink()
+    assert host.running
+    hosts.down(None)
+    assert not host.running
+    assert not any(
+        str(host.merged) in " ".join(hosts._cmdline(int(p.name)))
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit()
+    )
+    assert not mounts_under(host.directory) and not host.directory.exists()
+    assert not Path(network.netns_path(host.index)).exists()
+
+
 @pytest.mark.slow
 def test_killed_image_build_is_rebuilt_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
