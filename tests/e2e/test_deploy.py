@@ -163,7 +163,10 @@ def test_fresh_host_deploy_serves_and_host_state_is_right(
         assert log.is_file and error_log.is_file
         # uvicorn logs to stderr: the model-loaded line lands in the error log.
         assert error_log.contains(f"release {base.release_id} ready")
-        assert host.file("/etc/logrotate.d/ai-server").contains("/var/log/dojangkok/ai-server.log")
+        # logrotate itself (dry run) says it would rotate both logs.
+        plan = host.run("logrotate -d /etc/logrotate.d/ai-server 2>&1").stdout
+        for log in ("ai-server.log", "ai-server-error.log"):
+            assert f"considering log /var/log/dojangkok/{log}" in plan, plan
         assert host.check_output("/usr/local/bin/uv --version").startswith("uv 0.13.9")
     finally:
         host.backend.client.close()

@@ -150,3 +150,22 @@ def test_secure_boot_on_install_path_is_named(fresh_sandbox: Sandbox) -> None:
     assert result.returncode != 0
     assert "Secure Boot is enabled" in result.stdout
     assert sandbox.sudo(f"ls {shlex.quote('/usr/local/nvidia/bin')} 2>/dev/null || true") == ""
+
+
+def test_missing_kernel_headers_on_the_install_path_are_named(fresh_sandbox: Sandbox) -> None:
+    """method `packages` on a GPU host whose kernel has no headers package to install (the
+    sandbox runs the machine's kernel, for which the guest's archive has none): a clear error
+    naming the package, and no driver installed."""
+    sandbox = fresh_sandbox
+    _fake_gpu_host(sandbox, "probe-driver-broken.txt", 17)
+    kernel = sandbox.ssh("uname -r").strip()
+    result = run_deploy(
+        sandbox.inventory,
+        f"gpu_sysfs_pci={FAKE_PCI}",
+        "gpu_driver_method=packages",
+        "gpu_reboot_timeout_s=60",
+    )
+    assert result.returncode != 0
+    assert f"the kernel headers package linux-headers-{kernel} is needed" in result.stdout
+    assert "rebooting" not in result.stdout
+    assert sandbox.ssh("dpkg -l 'nvidia-driver-*' 2>/dev/null | grep -c ^ii || true").strip() == "0"
