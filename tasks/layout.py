@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server
 
 from tasks.paths import template
@@ -44,7 +45,8 @@ def app_layout_present() -> None:
         group=d.app_group,
         mode="755",
     )
-    apt.packages(name="Ensure logrotate is installed", packages=["logrotate"], update=False)
+    if "logrotate" not in host.get_fact(DebPackages):
+        apt.packages(name="Ensure logrotate is installed", packages=["logrotate"], update=True)
     files.template(
         name="Ensure the service's logs are rotated",
         src=template("logrotate.j2"),

@@ -16,6 +16,7 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import OperationError, deploy
 from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, systemd
 
@@ -97,12 +98,13 @@ def unit_installed() -> bool:
 def _bluegreen_files() -> list[OperationMeta]:
     d = host.data
     blue_port, green_port = (int(p) for p in d.bluegreen_ports)
-    apt.packages(
-        name="Ensure nginx is installed (blue/green proxy)",
-        packages=["nginx"],
-        update=True,
-        cache_time=86400,
-    )
+    if "nginx" not in host.get_fact(DebPackages):
+        apt.packages(
+            name="Ensure nginx is installed (blue/green proxy)",
+            packages=["nginx"],
+            update=True,
+            cache_time=86400,
+        )
     files.link(
         name="Ensure nginx's default site (port 80) is off",
         path="/etc/nginx/sites-enabled/default",
@@ -135,13 +137,12 @@ def _bluegreen_files() -> list[OperationMeta]:
         group=d.code_owner,
         mode="755",
     )
-    for colour, port in zip(COLOURS, (blue_port, green_port), strict=True):
-        files.put(
-            name=f"Ensure the {colour} colour listens on {port}",
-            src=StringIO(f"PORT={port}\n"),
-            dest=f"{d.app_root}/colors/{colour}.port",
-            mode="644",
-        )
+    files.put(
+        name=f"Ensure blue listens on {blue_port} and green on {green_port}",
+        src=StringIO(f"blue_PORT={blue_port}\ngreen_PORT={green_port}\n"),
+        dest=f"{d.app_root}/colors/ports.env",
+        mode="644",
+    )
     return [
         files.template(
             name=f"Ensure the {d.app_name}@ unit is rendered (blue/green)",

@@ -101,7 +101,8 @@ def test_socket_flavour_takes_the_port_from_the_socket() -> None:
 def test_colour_instances_listen_inside_only() -> None:
     unit = _parse(_render("ai-server@.service.j2"))
     service = unit["Service"]
-    assert "--host 127.0.0.1 --port ${PORT}" in service["ExecStart"]
+    assert "--host 127.0.0.1 --port ${%i_PORT}" in service["ExecStart"]
+    assert service["EnvironmentFile"].endswith("/app/ai-server/colors/ports.env")
     assert service["WorkingDirectory"] == "/app/ai-server/colors/%i"
     assert service["StandardError"] == "append:/var/log/dojangkok/ai-server-%i-error.log"
     site = _render("ai-server.nginx.j2", upstream="/etc/nginx/up.conf", read_timeout_s=45)
