@@ -31,7 +31,7 @@ from ai_deploy import ci_output
 from ai_deploy.artifact import ArtifactError
 from ai_deploy.artifact_check import check_artifact
 from ai_deploy.notify import DeployEvent, Outcome, notify
-from ai_deploy.remote import project_dir, resolve_inventory
+from ai_deploy.remote import project_dir, pyinfra_command, resolve_inventory
 
 EXIT_OK = 0
 EXIT_CONFIG = 2  # bad artifact or settings: nothing was touched
@@ -157,15 +157,6 @@ def wait_for_ssh(address: str, user: str, key: Path, known_hosts: Path, wait_s: 
         if attempt == 1 or attempt % 5 == 0:
             _say(f"waiting for SSH to {user}@{address} ({last})")
         time.sleep(2)
-
-
-def _pyinfra_cmd(inventory: str, data: Sequence[str], dry: bool) -> list[str]:
-    cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", inventory, "deploy.py"]
-    for item in data:
-        cmd += ["--data", item]
-    if dry:
-        cmd.append("--dry")
-    return cmd
 
 
 def run_pyinfra_streamed(cmd: list[str], env: Mapping[str, str]) -> tuple[int, list[str]]:
@@ -391,7 +382,7 @@ def _deploy_phases(
         }
         with phases.phase("deploy", "Deploy with pyinfra"):
             data = [f"artifact={opts.artifact.resolve()}", *opts.data]
-            rc, tail = run_pyinfra_streamed(_pyinfra_cmd(inventory, data, False), run_env)
+            rc, tail = run_pyinfra_streamed(pyinfra_command(inventory, data), run_env)
             if rc != 0:
                 rolled = _gate_rolled_back(tail)
                 detail = "\n".join(line for line in tail[-12:] if line.strip())
@@ -411,7 +402,7 @@ def _deploy_phases(
             return Outcome.SUCCESS, f"release {release} is healthy at {url}"
         with phases.phase("rollback", "Roll back to the previous release"):
             data = ["rollback=previous", *opts.data]
-            rc, _ = run_pyinfra_streamed(_pyinfra_cmd(inventory, data, False), run_env)
+            rc, _ = run_pyinfra_streamed(pyinfra_command(inventory, data), run_env)
             back, back_why = (
                 (False, "the rollback run failed")
                 if rc
@@ -460,7 +451,7 @@ def _dry_run(
                 "AI_DEPLOY_SSH_KNOWN_HOSTS": str(Path(tmp) / "known_hosts"),
             }
             data = [f"artifact={opts.artifact.resolve()}", *opts.data]
-            rc, _ = run_pyinfra_streamed(_pyinfra_cmd(inventory, data, True), run_env)
+            rc, _ = run_pyinfra_streamed(pyinfra_command(inventory, data, dry=True), run_env)
             if rc != 0:
                 raise PhaseFailed("deploy", f"pyinfra --dry failed (exit {rc})")
     else:

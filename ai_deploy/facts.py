@@ -23,7 +23,6 @@ class AppTree:
     release_venvs: dict[str, str] = field(default_factory=dict)  # release -> lock hash
     lock: dict[str, object] | None = None
     lock_raw: str | None = None  # lock directory present but its info unreadable
-    service_active: str = "unknown"
     units: dict[str, str] = field(default_factory=dict)  # unit -> `systemctl is-active`
     live: str | None = None  # blue/green: the colour nginx sends traffic to
     nginx_site: bool = False  # blue/green: our site is enabled in nginx
@@ -67,7 +66,6 @@ def related_units(service: str) -> list[str]:
 def tree_script(app_root: str, service: str) -> str:
     """Shell that prints one tagged line per item of the tree (read-only)."""
     r = shlex.quote(app_root)
-    s = shlex.quote(service)
     app = shlex.quote(service.removesuffix(".service"))
     units = " ".join(shlex.quote(u) for u in related_units(service))
     return f"""
@@ -89,7 +87,6 @@ fi
 if [ -d {r}/.deploy.lock ]; then
   echo "lock $(cat {r}/.deploy.lock/info 2>/dev/null | tr -d '\\n')"
 fi
-echo "active $(systemctl is-active {s} 2>/dev/null || true)"
 for u in {units}; do echo "unit $u $(systemctl is-active "$u" 2>/dev/null || true)"; done
 [ -f {r}/colors/LIVE ] && echo "live $(cat {r}/colors/LIVE)"
 [ -e /etc/nginx/sites-enabled/{app} ] && echo "nginx_site yes"
@@ -118,8 +115,6 @@ def parse_tree(lines: list[str]) -> AppTree:
                 tree.lock = json.loads(rest)
             except ValueError:
                 tree.lock_raw = rest
-        elif kind == "active":
-            tree.service_active = rest.strip() or "unknown"
         elif kind == "unit":
             unit, _, state = rest.partition(" ")
             tree.units[unit] = state.strip() or "unknown"

@@ -84,11 +84,18 @@ def connected(inventory: str | None, data: dict[str, str] | None = None) -> Iter
         os.chdir(old_cwd)
 
 
-def run_pyinfra(inventory: str | None, data: dict[str, str], extra: Sequence[str] = ()) -> int:
-    """Run `pyinfra -y INVENTORY deploy.py --data k=v ...` from the checkout, output streamed."""
-    cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", resolve_inventory(inventory)]
-    cmd.append("deploy.py")
-    for key, value in data.items():
-        cmd += ["--data", f"{key}={value}"]
-    cmd += list(extra)
+def pyinfra_command(inventory: str, data: Sequence[str], *, dry: bool = False) -> list[str]:
+    """`pyinfra -y INVENTORY deploy.py --data k=v ... [--dry]`, run from project_dir()."""
+    cmd = [str(Path(sys.executable).with_name("pyinfra")), "-y", inventory, "deploy.py"]
+    for item in data:
+        cmd += ["--data", item]
+    if dry:
+        cmd.append("--dry")
+    return cmd
+
+
+def run_pyinfra(inventory: str | None, data: dict[str, str]) -> int:
+    """Run deploy.py on INVENTORY with DATA from the checkout, output streamed."""
+    items = [f"{key}={value}" for key, value in data.items()]
+    cmd = pyinfra_command(resolve_inventory(inventory), items)
     return subprocess.run(cmd, cwd=project_dir(), check=False).returncode
