@@ -1,95 +1,75 @@
-"""The `ai-deploy` command: argument parsing and dispatch to the modules that do the work."""
+"""The `ai-deploy` command: argument parsing, wired to one module per command (commands/)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+
+from ai_deploy.ci.exitcodes import TABLE
 
 
 def _cmd_sandbox_up(args: argparse.Namespace) -> int:
-    from ai_deploy.sandbox import hosts
+    from ai_deploy.commands import sandbox
 
-    started, inventory = hosts.up(count=args.count, name=args.name)
-    for h in started:
-        print(f"sandbox host {h.name} ready at {h.address}", file=sys.stderr)
-    print(inventory)
-    return 0
+    return sandbox.up(args.count, args.name)
 
 
 def _cmd_sandbox_list(args: argparse.Namespace) -> int:
-    from ai_deploy.sandbox import hosts
+    from ai_deploy.commands import sandbox
 
-    found = hosts.list_hosts()
-    if not found:
-        print("no sandbox hosts", file=sys.stderr)
-        return 0
-    print(f"{'NAME':<20} {'ADDRESS':<15} {'STATE':<8} INVENTORY")
-    for h in found:
-        state = "running" if h.running else "stopped"
-        print(f"{h.name:<20} {h.address:<15} {state:<8} {h.inventory}")
-    return 0
+    return sandbox.list_hosts()
 
 
 def _cmd_sandbox_down(args: argparse.Namespace) -> int:
-    from ai_deploy.sandbox import hosts
+    from ai_deploy.commands import sandbox
 
-    if not args.all and not args.names:
-        print("name the hosts to remove, or pass --all", file=sys.stderr)
-        return 2
-    removed = hosts.down(None if args.all else args.names)
-    print(f"removed {len(removed)} sandbox host(s){': ' + ', '.join(removed) if removed else ''}")
-    return 0
+    return sandbox.down(args.names, args.all)
 
 
 def _cmd_artifact_build(args: argparse.Namespace) -> int:
-    from ai_deploy.artifact import build_artifact, sha256_file
+    from ai_deploy.commands.artifact import build
 
-    path = build_artifact(Path(args.dir), Path(args.output), artifact_id=args.id)
-    print(f"sha256 {sha256_file(path)}", file=sys.stderr)
-    print(path)
-    return 0
+    return build(args.dir, args.output, args.id)
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from ai_deploy.cideploy import DeployOptions, run_deploy
+    from ai_deploy.commands.deploy import deploy
 
-    opts = DeployOptions.from_env(
-        Path(args.artifact),
+    return deploy(
+        args.artifact,
         inventory=args.inventory,
         host=args.host,
-        use_gcp=not args.no_gcp,
+        no_gcp=args.no_gcp,
         dry_run=args.dry_run,
         data=args.data,
         health_attempts=args.health_attempts,
-        health_interval_s=args.health_interval,
+        health_interval=args.health_interval,
         target_tag=args.target_tag,
         network=args.network,
     )
-    return run_deploy(opts)
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from ai_deploy.remote import run_pyinfra
+    from ai_deploy.commands.rollback import rollback
 
-    return run_pyinfra(args.inventory, {"rollback": args.release or "previous"})
+    return rollback(args.inventory, args.release)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ai_deploy.status import show_status
+    from ai_deploy.commands.status import show_status
 
     return show_status(args.inventory)
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
-    from ai_deploy.status import lock_command
+    from ai_deploy.commands.lock import lock_command
 
     return lock_command(args.inventory, args.lock_command, force=getattr(args, "force", False))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ai_deploy.demo import run_demo
+    from ai_deploy.commands.demo import run_demo
 
     return run_demo()
 
@@ -139,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the CI entry: GCP auth, firewall window, ephemeral SSH key, pyinfra, health, "
         "notifications",
         description="Deploy ARTIFACT to the GCP instance named by GCP_PROJECT_ID, GCP_ZONE and "
-        "GCP_INSTANCE (or to --host). Exit codes: 2 bad input, 10 auth, 11 runner address, "
-        "12 firewall, 13 SSH, 14 deploy, 15 health (previous release put back), 16 rollback.",
+        "GCP_INSTANCE (or to --host), with the settings of the inventory's group_data.",
+        epilog=TABLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     deploy.add_argument("--artifact", required=True, metavar="PATH", help="the release tar.gz")
     _add_inventory(deploy)
@@ -152,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         "AI_DEPLOY_SSH_PRIVATE_KEY)",
     )
     deploy.add_argument(
-        "--dry-run", action="store_true", help="print what would be done; change nothing"
+        "--dry-run",
+        action="store_true",
+        help="print pyinfra's plan for each host (same user, key and settings); change nothing",
     )
     deploy.add_argument(
         "--data", action="append", default=[], metavar="KEY=VALUE", help="passed to pyinfra"
@@ -197,14 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ai_deploy.artifact import ArtifactError
-    from ai_deploy.remote import RemoteError
+    from ai_deploy.artifact.build import ArtifactError
+    from ai_deploy.inventory import RemoteError
+    from ai_deploy.project import ProjectError
     from ai_deploy.sandbox.image import SandboxError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (SandboxError, ArtifactError, RemoteError) as exc:
+    except (SandboxError, ArtifactError, RemoteError, ProjectError) as exc:
         print(f"ai-deploy: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.proc import CmdResult, run_streamed
-from bench.remote import sudo, write_file
+from testkit.remote import sudo, write_file
 
 REPO = Path(__file__).resolve().parents[1]
 APP_ROOT = "/app/ai-server"

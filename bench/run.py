@@ -24,9 +24,9 @@ from types import FrameType
 
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.image import SandboxError
-from ai_deploy.uvbin import uv_binary
+from ai_deploy.host.uvbin import uv_binary
 from bench import ours, report, seed
-from bench.remote import ssh
+from testkit.remote import ssh
 from bench.scenarios import (
     SCENARIOS,
     DeployError,
@@ -38,8 +38,8 @@ from bench.scenarios import (
     measure,
     scenario,
 )
-from bench.variants import RELOCK_DEPENDENCY, Variant, build, crash_at_import, health_500
-from bench.variants import relock_on_host as relock_step
+from testkit.variants import RELOCK_DEPENDENCY, Variant, build, crash_at_import, health_500
+from testkit.variants import relock_on_host as relock_step
 
 REPO = Path(__file__).resolve().parents[1]
 _T0 = time.monotonic()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from ai_deploy.sandbox import hosts
 from bench import ours, seed
-from bench.load import LoadGenerator, RequestRecord, http_get
+from testkit.load import LoadGenerator, RequestRecord, http_get
 from bench.metrics import Summary, summarize
 from bench.proc import CmdResult
-from bench.variants import Variant
+from testkit.variants import Variant
 
 Echo = Callable[[str], None]
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.load import http_get
+from testkit.load import http_get
 from bench.proc import CmdResult, run_streamed
-from bench.remote import put, scp_argv, ssh, ssh_argv, sudo, write_file
+from testkit.remote import put, scp_argv, ssh, ssh_argv, sudo, write_file
 
 REMOTE_ARTIFACT = "/tmp/ai-server-deploy.tar.gz"
 APP_ROOT = "/app/ai-server"

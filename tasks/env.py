@@ -12,7 +12,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import files
 
-from ai_deploy.ops import secret_file
+from ai_deploy.host.ops import secret_file
 
 
 @deploy(".env file")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 
-from ai_deploy.gpu_ops import nvidia_driver_working
+from ai_deploy.host.gpu_ops import nvidia_driver_working
 
 
 @deploy("NVIDIA GPU driver")

@@ -7,7 +7,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server
 
-from tasks.paths import template
+from ai_deploy.project import template
 
 
 @deploy("Service user, directories and logs")

@@ -6,20 +6,17 @@ current release is left alone and restarted only when its unit or .env changed."
 
 from __future__ import annotations
 
-import getpass
-import os
-import socket
 from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import OperationError, deploy
 from pyinfra.operations import files
 
-from ai_deploy.artifact import ArtifactError
-from ai_deploy.artifact_check import CheckedArtifact, check_artifact
-from ai_deploy.facts import AppTreeFact
-from ai_deploy.gate import Spec
-from ai_deploy.ops import release_in_service
+from ai_deploy.artifact.build import ArtifactError
+from ai_deploy.artifact.check import CheckedArtifact, check_artifact
+from ai_deploy.host.facts import AppTreeFact
+from ai_deploy.host.ops import release_in_service
+from ai_deploy.host.settings import Spec
 
 _checked: dict[str, CheckedArtifact] = {}
 
@@ -34,45 +31,8 @@ def _artifact(path: str, app_module: str) -> CheckedArtifact:
     return _checked[path]
 
 
-def _who() -> str:
-    actor = os.environ.get("GITHUB_ACTOR")
-    if actor:
-        run = os.environ.get("GITHUB_RUN_ID", "?")
-        return f"{actor}@github-run-{run}"
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 def _spec(action: str, release_id: str, **extra: object) -> Spec:
-    d = host.data
-    return Spec(
-        app_root=d.app_root,
-        service=f"{d.app_name}.service",
-        action=action,
-        release_id=release_id,
-        port=int(d.app_port),
-        health_path=d.health_path,
-        deadline_s=float(d.health_deadline_s),
-        interval_s=float(d.health_interval_s),
-        fail_after_errors=int(d.health_fail_after_errors),
-        keep=int(d.releases_keep),
-        lock_wait_s=float(d.lock_wait_s),
-        lock_stale_s=float(d.lock_stale_s),
-        who=_who(),
-        deployer=socket.gethostname(),
-        pid=os.getpid(),
-        code_owner=d.code_owner,
-        uv_path=d.uv_path,
-        uv_python=d.uv_python,
-        uv_python_downloads=d.uv_python_downloads,
-        uv_env={str(k): str(v) for k, v in dict(d.uv_env or {}).items()},
-        log_dir=d.app_log_dir,
-        app_name=d.app_name,
-        strategy=d.deploy_strategy,
-        colour_ports=tuple(int(p) for p in d.bluegreen_ports),
-        drain_s=float(d.bluegreen_drain_s),
-        nginx_upstream=d.bluegreen_upstream,
-        **extra,  # type: ignore[arg-type]
-    )
+    return Spec.from_data(host.data, action=action, release_id=release_id, **extra)
 
 
 @deploy("Release in service")

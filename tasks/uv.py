@@ -8,7 +8,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Arch
 from pyinfra.operations import files
 
-from ai_deploy.uvbin import uv_binary
+from ai_deploy.host.uvbin import uv_binary
 
 
 @deploy("uv, pinned")

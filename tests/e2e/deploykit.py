@@ -22,7 +22,7 @@ import testinfra
 import testinfra.backend
 import testinfra.host
 
-from ai_deploy.artifact import build_artifact, release_id_from_artifact
+from ai_deploy.artifact.build import build_artifact, release_id_from_artifact
 from ai_deploy.sandbox.paths import ssh_key_path
 from tests.e2e.conftest import Sandbox
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ai_deploy.artifact import build_artifact
+from ai_deploy.artifact.build import build_artifact
 from tests.e2e.conftest import Sandbox
 from tests.e2e.deploykit import grand_total, run_deploy
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from ai_deploy.artifact import build_artifact
+from ai_deploy.artifact.build import build_artifact
 from ai_deploy.sandbox import hosts, image, network
 from ai_deploy.sandbox.image import mounts_under
-from ai_deploy.uvbin import uv_binary
+from ai_deploy.host.uvbin import uv_binary
 from tests.e2e.conftest import Sandbox, boot, require_root
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bench.load import LoadGenerator, RequestRecord
-from bench.variants import crash_at_import, health_500
+from testkit.load import LoadGenerator, RequestRecord
+from testkit.variants import crash_at_import, health_500
 from tests.e2e.conftest import Sandbox
 from tests.e2e.deploykit import (
     Artifact,

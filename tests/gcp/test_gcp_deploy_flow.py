@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ai_deploy.artifact import build_artifact
-from ai_deploy.artifact_check import check_artifact
+from ai_deploy.artifact.build import build_artifact
+from ai_deploy.artifact.check import check_artifact
 from ai_deploy.gcp.auth import load_credentials
 from ai_deploy.gcp.firewall import firewall_window
 from ai_deploy.gcp.sshkeys import generate_key_pair, ssh_keys_entry

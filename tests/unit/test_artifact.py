@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy.artifact import (
+from ai_deploy.artifact.build import (
     ArtifactError,
     build_artifact,
     release_id_from_artifact,
@@ -280,7 +280,7 @@ def test_failed_write_leaves_no_file_behind(
     def refuse(*_args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("ai_deploy.artifact.os.replace", refuse)
+    monkeypatch.setattr("ai_deploy.artifact.build.os.replace", refuse)
     with pytest.raises(OSError, match="disk full"):
         build_artifact(src, outdir)
     assert list(outdir.iterdir()) == []

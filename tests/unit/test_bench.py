@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench import ours, seed
-from bench.guard import AddressRefused, address_allowed, check_address
-from bench.load import OK, REFUSED, LoadGenerator, RequestRecord, http_get
+from testkit.guard import AddressRefused, address_allowed, check_address
+from testkit.load import OK, REFUSED, LoadGenerator, RequestRecord, http_get
 from bench.metrics import (
     failure_windows,
     format_ratio,
@@ -27,7 +27,7 @@ from bench.metrics import (
 )
 from bench.report import RunInfo, render_markdown, render_table
 from bench.scenarios import Measurement, Outcome
-from bench.variants import EXAMPLE, add_dependency, crash_at_import, health_500, mark
+from testkit.variants import EXAMPLE, add_dependency, crash_at_import, health_500, mark
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy.ci_output import (
+from ai_deploy.ci.output import (
     Phases,
     add_mask,
     commands_stopped,
@@ -21,7 +21,7 @@ from ai_deploy.ci_output import (
     warning,
     write_step_summary,
 )
-from ai_deploy.notify import DeployEvent
+from ai_deploy.ci.notify import DeployEvent
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy import gpu
+from ai_deploy.host import gpu
 
 pytestmark = pytest.mark.unit
 DATA = Path(__file__).resolve().parents[1] / "data" / "gpu"

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import pytest
 
-from ai_deploy.myip import (
+from ai_deploy.ci.myip import (
     DEFAULT_MYIP_URLS,
     MYIP_URLS_ENV,
     RunnerIpError,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import requests
 
-from ai_deploy.artifact import build_artifact
-from ai_deploy.remote import project_dir, run_pyinfra
+from ai_deploy.artifact.build import build_artifact
+from ai_deploy.inventory import run_pyinfra
+from ai_deploy.project import project_dir
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.image import SandboxError
 from ai_deploy.sandbox.paths import state_dir

@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ai_deploy.artifact import ArtifactError, release_id_from_artifact, sha256_file
+from ai_deploy.artifact.build import ArtifactError, release_id_from_artifact, sha256_file
 
 
 @dataclass(frozen=True)

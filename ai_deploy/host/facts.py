@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
+from ai_deploy.host.paths import LOCK_DIR, VENV_COMPLETE, Layout
+from ai_deploy.host.remote import Remote
+
 MARK = "AI-DEPLOY-TREE"
-VENV_COMPLETE = ".ai-deploy-complete"
 
 
 @dataclass
@@ -30,44 +32,15 @@ class AppTree:
     def venv_ready(self, release: str) -> bool:
         return self.release_venvs.get(release) in self.venvs
 
-    def runs_strategy(self, strategy: str, service: str) -> bool:
-        """True when the host's units are in the steady state of STRATEGY."""
-        app = service.removesuffix(".service")
-        active = {u for u, state in self.units.items() if state == "active"}
-        plain, socket = service in active, f"{app}.socket" in active
-        if strategy == "restart":
-            return plain and not socket and not self.nginx_site
-        if strategy == "socket":
-            return plain and socket and not self.nginx_site
-        if strategy == "bluegreen":
-            live = f"{app}@{self.live}.service" if self.live else ""
-            return (
-                self.nginx_site
-                and live in active
-                and "nginx.service" in active
-                and not plain
-                and not socket
-            )
-        return False
-
-
-def related_units(service: str) -> list[str]:
-    """The units whose state tells which deploy strategy a host runs (see strategies)."""
-    app = service.removesuffix(".service")
-    return [
-        service,
-        f"{app}.socket",
-        f"{app}@blue.service",
-        f"{app}@green.service",
-        "nginx.service",
-    ]
+    def active_units(self) -> set[str]:
+        return {unit for unit, state in self.units.items() if state == "active"}
 
 
 def tree_script(app_root: str, service: str) -> str:
     """Shell that prints one tagged line per item of the tree (read-only)."""
-    r = shlex.quote(app_root)
-    app = shlex.quote(service.removesuffix(".service"))
-    units = " ".join(shlex.quote(u) for u in related_units(service))
+    layout = Layout(app_root, service.removesuffix(".service"), "")
+    r = layout.root
+    units = " ".join(shlex.quote(u) for u in layout.related_units())
     return f"""
 echo {MARK}
 cur=$(readlink {r}/current 2>/dev/null) && echo "current ${{cur##*/}}"
@@ -84,12 +57,12 @@ if [ -d {r}/venvs ]; then
     [ -e "$v" ] && {{ d=${{v%/*}}; echo "venv ${{d##*/}}"; }}
   done
 fi
-if [ -d {r}/.deploy.lock ]; then
-  echo "lock $(cat {r}/.deploy.lock/info 2>/dev/null | tr -d '\\n')"
+if [ -d {r}/{LOCK_DIR} ]; then
+  echo "lock $(cat {r}/{LOCK_DIR}/info 2>/dev/null | tr -d '\\n')"
 fi
 for u in {units}; do echo "unit $u $(systemctl is-active "$u" 2>/dev/null || true)"; done
 [ -f {r}/colors/LIVE ] && echo "live $(cat {r}/colors/LIVE)"
-[ -e /etc/nginx/sites-enabled/{app} ] && echo "nginx_site yes"
+[ -e {shlex.quote(layout.nginx_site)} ] && echo "nginx_site yes"
 true
 """
 
@@ -136,3 +109,9 @@ class AppTreeFact(FactBase[AppTree]):
         if MARK in lines:
             lines = lines[lines.index(MARK) + 1 :]
         return parse_tree(lines)
+
+
+def read_tree(remote: Remote, layout: Layout) -> AppTree:
+    """The app tree read through REMOTE (the same script as the fact)."""
+    out = remote.run(tree_script(layout.app_root, layout.service)).stdout
+    return parse_tree(out[out.index(MARK) + 1 :] if MARK in out else out)

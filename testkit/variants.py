@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ai_deploy.artifact import build_artifact, release_id_from_artifact
-from bench.remote import put, ssh
+from ai_deploy.artifact.build import build_artifact, release_id_from_artifact
+from testkit.remote import put, ssh
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "ai-server"

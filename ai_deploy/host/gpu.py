@@ -5,7 +5,7 @@ Detection needs no driver: PCI vendor 0x10de with a display-controller class, re
 it all (`PROBE_SCRIPT`) is read-only and runs on any Linux host; the parsing here is pure, so it
 is tested with outputs captured on a real GPU machine (tests/data/gpu/).
 
-`python3 -m ai_deploy.gpu` runs the probe on this machine and prints the report as JSON
+`python3 -m ai_deploy.host.gpu` runs the probe on this machine and prints the report as JSON
 (standard library only, so it runs where nothing else is installed).
 """
 

@@ -1,5 +1,5 @@
 """pyinfra operations of this project: a secret file whose content is never shown, and a
-release put in service behind the health gate (ai_deploy.gate)."""
+release put in service behind the health gate (ai_deploy.host.release.gate)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.api.util import format_exception
 from pyinfra.facts.files import File, Sha256File
 
-from ai_deploy import gate
-from ai_deploy.facts import AppTreeFact
+from ai_deploy.host import strategies
+from ai_deploy.host.facts import AppTreeFact
+from ai_deploy.host.outcome import ALREADY_SERVING, FAILED, HostOutcome, report
+from ai_deploy.host.release.gate import put_in_service
+from ai_deploy.host.remote import PyinfraRemote
+from ai_deploy.host.settings import Spec
 
 
 @operation()
@@ -51,52 +55,34 @@ def secret_file(content: bytes, dest: str, user: str, group: str, mode: str = "6
         host.noop(f"{dest} is up to date")
 
 
-class _PyinfraRemote:
-    """gate.Remote over a pyinfra host: every command as root through sudo."""
-
-    def __init__(self, host: Any) -> None:
-        self.host = host
-
-    def run(self, script: str, *, timeout: float | None = None) -> gate.Result:
-        ok, output = self.host.run_shell_command(
-            StringCommand(script), _sudo=True, _timeout=timeout or 600
-        )
-        return gate.Result(ok, list(output.stdout_lines), list(output.stderr_lines))
-
-    def say(self, message: str) -> None:
-        for line in message.splitlines():
-            logger.info(f"{self.host.print_prefix}{line}")
-
-    def warn(self, message: str) -> None:
-        for line in message.splitlines():
-            logger.warning(f"{self.host.print_prefix}{line}")
-
-
-def _put_in_service(state: Any, host: Any, spec: gate.Spec, have_release: bool) -> bool:
-    remote = _PyinfraRemote(host)
+def _put_in_service(state: Any, host: Any, spec: Spec, have_release: bool) -> bool:
+    remote = PyinfraRemote(host)
     try:
-        outcome = gate.put_in_service(remote, spec, have_release=have_release)
-    except gate.DeployFailed as exc:
-        host.log_styled(f"{exc.phase} failed: {exc}", fg="red", log_func=logger.error)
-        return False
-    except Exception as exc:  # report any surprise the same way, naming it
-        host.log_styled(
-            f"unexpected error putting {spec.release_id} in service: {format_exception(exc)}",
-            fg="red",
-            log_func=logger.error,
+        result = put_in_service(remote, spec, host=host.name, have_release=have_release)
+    except Exception as exc:  # report any surprise as a failure of this host, naming it
+        result = HostOutcome(
+            host=host.name,
+            action=spec.action,
+            release=spec.release_id,
+            status=FAILED,
+            phase="unexpected",
+            reason=f"unexpected error putting {spec.release_id} in service: "
+            f"{format_exception(exc)}",
         )
-        return False
-    remote.say(outcome)
-    return True
+    report(result)
+    if not result.ok:
+        host.log_styled(f"{result.phase} failed: {result.reason}", fg="red", log_func=logger.error)
+    return result.ok
 
 
 @operation()
-def release_in_service(spec: gate.Spec, restart: bool = False):
+def release_in_service(spec: Spec, restart: bool = False):
     """
-    Ensure release SPEC.release_id is what `current` points at and that the service is
-    running it healthily; does nothing when that is already so and RESTART is false.
+    Ensure release SPEC.release_id is what `current` points at, recorded healthy, with the
+    service running it in SPEC.strategy's steady state; does nothing when that is already so
+    and RESTART is false.
 
-    + spec: the gate's settings (ai_deploy.gate.Spec), decided on the deployer
+    + spec: the gate's settings (ai_deploy.host.settings.Spec), decided on the deployer
     + restart: the unit or the .env changed, so the running service must restart
     """
     tree = host.get_fact(AppTreeFact, app_root=spec.app_root, service=spec.service, _sudo=True)
@@ -105,9 +91,19 @@ def release_in_service(spec: gate.Spec, restart: bool = False):
         tree.current == spec.release_id
         and have_release
         and tree.venv_ready(spec.release_id)
-        and tree.runs_strategy(spec.strategy, spec.service)
+        and strategies.get(spec.strategy).is_steady(tree, spec.layout)
     )
     if serving and not restart:
+        report(
+            HostOutcome(
+                host=host.name,
+                action=spec.action,
+                release=spec.release_id,
+                status=ALREADY_SERVING,
+                serving=spec.release_id,
+                previous=tree.current,
+            )
+        )
         host.noop(f"release {spec.release_id} is already serving")
         return
     yield FunctionCommand(_put_in_service, (spec, have_release), {})

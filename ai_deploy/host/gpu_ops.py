@@ -13,13 +13,13 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FunctionCommand, OperationError, StringCommand, operation
 
-from ai_deploy.gpu import GpuReport, parse_probe, probe_script
+from ai_deploy.host.gpu import GpuReport, parse_probe, probe_script
 
 REBOOT_MARKER = "/run/ai-deploy-before-reboot"
 
 
 class GpuFact(FactBase[GpuReport]):
-    """What the read-only GPU probe finds (see ai_deploy.gpu)."""
+    """What the read-only GPU probe finds (see ai_deploy.host.gpu)."""
 
     def command(self, sysfs_pci: str) -> str:  # type: ignore[override]
         return probe_script(sysfs_pci)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from ai_deploy.notify import DeployEvent, Outcome
+from ai_deploy.ci.notify import DeployEvent, Outcome
 
 __all__ = [
     "GITHUB_ACTIONS_ENV",
@@ -249,6 +249,11 @@ class Phases:
             raise
         finally:
             self.durations[name] = self.durations.get(name, 0.0) + time.monotonic() - started
+
+    def fail(self, name: str) -> None:
+        """Mark NAME failed (when it ended with a failing result rather than an exception)."""
+        if self.failed is None:
+            self.failed = name
 
 
 def _cell(text: str) -> str:

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from bench.guard import check_address
+from testkit.guard import check_address
 
 OK = "ok"
 REFUSED = "refused"

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from ai_deploy.sandbox import hosts
-from bench.guard import check_address
+from testkit.guard import check_address
 
 
 def ssh(address: str, command: str, *, timeout: float = 300.0, check: bool = True) -> str:

@@ -1,0 +1,1 @@
+"""Building the release artifact (a deterministic tar.gz) and checking one before a deploy."""

@@ -1,0 +1,42 @@
+"""The typed context the CI entry's phases share: what was asked, and what each phase learnt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ai_deploy.ci import output as ci_output
+from ai_deploy.ci.options import DeployOptions, HostSettings
+
+
+@dataclass
+class Run:
+    """What the phases learn, in order."""
+
+    opts: DeployOptions
+    environ: dict[str, str]
+    phases: ci_output.Phases
+    inventory: str = ""
+    settings: HostSettings | None = None
+    release: str = "unknown"
+    session: Any = None  # GCP credentials, when use_gcp
+    runner_ip: str | None = None
+    address: str = ""
+    hosts: list[str] = field(default_factory=list)
+    user: str = ""
+    key: Path | None = None
+    known_hosts: Path | None = None
+
+    def pyinfra_env(self) -> dict[str, str]:
+        env = {**self.environ, "AI_DEPLOY_HOSTS": self.address, "AI_DEPLOY_SSH_USER": self.user}
+        if self.key is not None:
+            env["AI_DEPLOY_SSH_KEY"] = str(self.key)
+        if self.known_hosts is not None:
+            env["AI_DEPLOY_SSH_KNOWN_HOSTS"] = str(self.known_hosts)
+        return env
+
+    @property
+    def health_url(self) -> str:
+        assert self.settings is not None
+        return f"http://{self.address}:{self.settings.app_port}{self.settings.health_path}"

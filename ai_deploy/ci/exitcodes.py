@@ -1,0 +1,75 @@
+"""The exit codes of `ai-deploy deploy`, one table: from the phase that stopped the run, or from
+what the hosts reported (ai_deploy.host.outcome), to the code CI sees."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ai_deploy.host.outcome import (
+    ALREADY_SERVING,
+    FAILED,
+    SERVED,
+    SWITCH_BACK_FAILED,
+    SWITCHED_BACK,
+    HostOutcome,
+)
+
+EXIT_OK = 0
+EXIT_CONFIG = 2  # bad artifact or settings: nothing was touched
+EXIT_AUTH = 10
+EXIT_RUNNER_IP = 11
+EXIT_FIREWALL = 12
+EXIT_SSH = 13
+EXIT_DEPLOY = 14  # the deploy failed on a host (not a health failure that was switched back)
+EXIT_SWITCHED_BACK = 15  # the release was not healthy; the previous release serves again
+EXIT_SWITCH_BACK_FAILED = 16  # not healthy, and putting the previous release back failed too
+EXIT_UNEXPECTED = 1
+
+# A phase that stops the run before any host reports.
+PHASE_EXIT = {
+    "artifact": EXIT_CONFIG,
+    "config": EXIT_CONFIG,
+    "auth": EXIT_AUTH,
+    "runner-ip": EXIT_RUNNER_IP,
+    "instance": EXIT_AUTH,
+    "firewall": EXIT_FIREWALL,
+    "ssh": EXIT_SSH,
+    "deploy": EXIT_DEPLOY,
+}
+
+# What hosts report. A run with several outcomes exits with the most urgent: a host left with
+# no healthy release (16), then a failure (14), then a switch back (15).
+STATUS_EXIT = {
+    SERVED: EXIT_OK,
+    ALREADY_SERVING: EXIT_OK,
+    SWITCHED_BACK: EXIT_SWITCHED_BACK,
+    FAILED: EXIT_DEPLOY,
+    SWITCH_BACK_FAILED: EXIT_SWITCH_BACK_FAILED,
+}
+_URGENCY = (EXIT_SWITCH_BACK_FAILED, EXIT_DEPLOY, EXIT_SWITCHED_BACK, EXIT_OK)
+
+TABLE = """\
+exit codes:
+   0  every host serves the release (or already did)
+   2  bad input (artifact, settings, key): nothing was touched
+  10  GCP authentication, or the instance could not be read
+  11  the runner's address could not be found
+  12  the firewall window could not be opened
+  13  SSH to the host did not work
+  14  the deploy failed on a host (see its phase and reason)
+  15  the release was not healthy (on the host or from outside) and the previous
+      release was put back and is healthy
+  16  the release was not healthy and putting the previous release back failed
+ 128+N  stopped by signal N (the window and the key were removed)"""
+
+
+def exit_for_outcomes(outcomes: Iterable[HostOutcome], expected: Iterable[str]) -> int:
+    """The exit code for what the hosts reported; a host that reported nothing failed."""
+    found = {o.host: o for o in outcomes}
+    codes = {STATUS_EXIT[o.status] for o in found.values()}
+    if any(name not in found for name in expected):
+        codes.add(EXIT_DEPLOY)
+    for code in _URGENCY:
+        if code in codes:
+            return code
+    return EXIT_OK

@@ -1,0 +1,283 @@
+"""`ai-deploy deploy`: everything the CI job does around the pyinfra run, one function a phase.
+
+check the artifact → authenticate to GCP → find the runner's address → find the instance's
+address → open the firewall window → authorize an SSH key and wait for it → run pyinfra (each
+host reports its outcome as data) → check health from outside → on an outside failure, roll
+back through the same window. The window and the key are context managers on one stack, so
+they are removed on every way out, SIGTERM and SIGINT included (pyinfra is stopped first).
+Notifications and the job summary come last and never change the exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+
+from ai_deploy.artifact.build import ArtifactError
+from ai_deploy.artifact.check import check_artifact
+from ai_deploy.ci import exitcodes
+from ai_deploy.ci import output as ci_output
+from ai_deploy.ci.context import Run
+from ai_deploy.ci.dryrun import dry_run
+from ai_deploy.ci.health import check_health
+from ai_deploy.ci.notify import DeployEvent, Outcome, notify
+from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, HostSettings, PhaseFailed
+from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
+from ai_deploy.ci.ssh import provided_key, wait_for_ssh
+from ai_deploy.gcp import Terminated, raise_on_termination
+from ai_deploy.inventory import RemoteError, resolve_inventory
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_deploy(opts: DeployOptions, env: Mapping[str, str] | None = None) -> int:
+    """The whole CI deploy; returns the exit code (see ai_deploy.ci.exitcodes)."""
+    run = Run(opts, dict(os.environ if env is None else env), ci_output.Phases())
+    started = time.monotonic()
+    outcome, message, code = Outcome.FAILURE, "", exitcodes.EXIT_OK
+    try:
+        with raise_on_termination():
+            code, message = _phases(run)
+        outcome = {
+            exitcodes.EXIT_OK: Outcome.SUCCESS,
+            exitcodes.EXIT_SWITCHED_BACK: Outcome.ROLLBACK,
+        }.get(code, Outcome.FAILURE)
+        if outcome is not Outcome.SUCCESS:
+            ci_output.error(message, title=f"deploy failed (exit {code})")
+    except PhaseFailed as exc:
+        message = str(exc)
+        code = exitcodes.PHASE_EXIT.get(exc.phase, exitcodes.EXIT_UNEXPECTED)
+        ci_output.error(message, title=f"deploy failed in phase {exc.phase}")
+    except Terminated as exc:
+        message = f"{exc}; cleanup ran (any rule or key it could not remove is named above)"
+        code = exc.exit_code
+        ci_output.error(message, title="deploy stopped")
+    except KeyboardInterrupt:
+        message = "interrupted; cleanup ran (a rule or key it could not remove is named above)"
+        code = 130
+        ci_output.error(message, title="deploy stopped")
+    except Exception as exc:
+        message = f"unexpected error: {type(exc).__name__}: {exc}"
+        code = exitcodes.EXIT_UNEXPECTED
+        ci_output.error(message, title="deploy stopped")
+    _report(run, outcome, message, time.monotonic() - started)
+    return code
+
+
+def _report(run: Run, outcome: Outcome, message: str, duration: float) -> None:
+    failed = None if outcome is Outcome.SUCCESS else (run.phases.failed or "health")
+    event = DeployEvent(
+        outcome=outcome,
+        release=run.release,
+        hosts=run.hosts,
+        duration_s=duration,
+        failed_phase=failed,
+        message=message,
+        run_url=ci_output.run_url(run.environ),
+    )
+    if not run.opts.dry_run:
+        for result in notify(event, env=run.environ):
+            state = "sent" if result.ok else f"failed ({result.error or result.status})"
+            _say(f"notification to {result.notifier}: {state}")
+    ci_output.write_step_summary(event, run.phases.durations, env=run.environ)
+    _say(event.headline if not run.opts.dry_run else f"dry run finished in {duration:.1f} s")
+    if message and outcome is not Outcome.SUCCESS:
+        print(f"ai-deploy: {message}", file=sys.stderr)
+
+
+def _phases(run: Run) -> tuple[int, str]:
+    check_artifact_phase(run)
+    if run.opts.use_gcp:
+        auth_phase(run)
+        runner_ip_phase(run)
+    instance_phase(run)
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="ai-deploy-ssh-") as tmp:
+        run.known_hosts = Path(tmp) / "known_hosts"
+        if run.opts.dry_run:
+            return dry_run(run, Path(tmp))
+        if run.session is not None and run.runner_ip is not None:
+            firewall_phase(run, stack)
+        ssh_phase(run, stack, Path(tmp))
+        code, message = deploy_phase(run)
+        if code != exitcodes.EXIT_OK:
+            return code, message
+        return health_phase(run)
+
+
+def check_artifact_phase(run: Run) -> None:
+    with run.phases.phase("artifact", "Check the artifact and the settings"):
+        try:
+            run.inventory = resolve_inventory(run.opts.inventory)
+        except RemoteError as exc:
+            raise PhaseFailed("config", str(exc)) from exc
+        probe = run.opts.host or SETTINGS_PROBE_HOST
+        run.settings = HostSettings.read(run.inventory, run.opts.data, run.environ, probe)
+        try:
+            art = check_artifact(run.opts.artifact, run.settings.app_module)
+        except ArtifactError as exc:
+            raise PhaseFailed("artifact", str(exc)) from exc
+        run.release = art.release_id
+        _say(f"release {run.release} ({art.members} members, sha256 {art.sha256[:16]}...)")
+
+
+def auth_phase(run: Run) -> None:
+    from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.auth import load_credentials
+
+    with run.phases.phase("auth", "Authenticate to GCP"):
+        try:
+            run.session = load_credentials(run.opts.project, environ=run.environ)
+        except GcpError as exc:
+            raise PhaseFailed("auth", str(exc)) from exc
+        _say(f"authenticated for project {run.session.project} ({run.session.source})")
+
+
+def runner_ip_phase(run: Run) -> None:
+    from ai_deploy.ci.myip import RunnerIpError, runner_ip
+
+    with run.phases.phase("runner-ip", "Find this runner's address"):
+        try:
+            run.runner_ip = runner_ip()
+        except RunnerIpError as exc:
+            raise PhaseFailed("runner-ip", str(exc)) from exc
+        _say(f"runner address: {run.runner_ip}")
+
+
+def instance_phase(run: Run) -> None:
+    from ai_deploy.gcp.compute import get_instance_nat_ip
+
+    opts = run.opts
+    with run.phases.phase("instance", "Find the instance's address"):
+        if opts.host:
+            run.address = opts.host
+        elif run.session is None or not (opts.zone and opts.instance):
+            raise PhaseFailed("config", "set GCP_ZONE and GCP_INSTANCE, or pass --host ADDRESS")
+        else:
+            try:
+                run.address = get_instance_nat_ip(
+                    run.session.credentials, run.session.project, opts.zone, opts.instance
+                )
+            except Exception as exc:
+                raise PhaseFailed(
+                    "instance", f"could not read instance {opts.instance}: {exc}"
+                ) from exc
+        run.hosts.append(run.address)
+        _say(f"target: {run.address}")
+
+
+def firewall_phase(run: Run, stack: ExitStack) -> None:
+    from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.firewall import firewall_window
+
+    opts = run.opts
+    with run.phases.phase("firewall", "Open the SSH firewall window"):
+        try:
+            window = stack.enter_context(
+                firewall_window(
+                    run.session.credentials,
+                    run.session.project,
+                    source_ip=run.runner_ip,
+                    target_tag=opts.target_tag,
+                    network=opts.network,
+                    prefix=opts.rule_prefix,
+                    stale_after=timedelta(minutes=opts.stale_rule_minutes),
+                    environ=run.environ,
+                )
+            )
+        except GcpError as exc:
+            raise PhaseFailed("firewall", str(exc)) from exc
+        _say(f"firewall rule {window.name}: tcp:22 from {window.source_range}")
+
+
+def ssh_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
+    from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.sshkeys import SshSettings, ephemeral_ssh_key
+
+    opts = run.opts
+    settings = SshSettings.from_env(run.environ)
+    with run.phases.phase("ssh", "Authorize an SSH key"):
+        key_is_new = run.session is not None and bool(opts.instance and opts.zone)
+        if key_is_new:
+            try:
+                access = stack.enter_context(
+                    ephemeral_ssh_key(
+                        run.session.credentials,
+                        run.session.project,
+                        zone=opts.zone,
+                        instance=opts.instance,
+                        settings=settings,
+                        principal=run.session.principal,
+                    )
+                )
+            except GcpError as exc:
+                raise PhaseFailed("ssh", str(exc)) from exc
+            run.user, run.key = access.user, access.private_key_path
+        else:
+            run.key = provided_key(run.environ, tmp)
+            run.user = settings.user
+        assert run.known_hosts is not None
+        wait_for_ssh(
+            run.address, run.user, run.key, run.known_hosts, opts.ssh_wait_s, key_is_new=key_is_new
+        )
+
+
+def deploy_phase(run: Run) -> tuple[int, str]:
+    """pyinfra with the artifact; the exit code follows from what each host reported."""
+    with run.phases.phase("deploy", "Deploy with pyinfra"):
+        data = [f"artifact={run.opts.artifact.resolve()}", *run.opts.data]
+        result = run_pyinfra_streamed(run.inventory, data, run.pyinfra_env())
+        code = exitcodes.exit_for_outcomes(result.outcomes.values(), [run.address])
+        if code == exitcodes.EXIT_OK and result.returncode != 0:
+            code = exitcodes.EXIT_DEPLOY
+        if code == exitcodes.EXIT_OK:
+            return code, ""
+        reasons = [f"{o.host}: {o.status} ({o.reason})" for o in result.outcomes.values()]
+        if not result.outcomes:
+            detail = "\n".join(line for line in result.tail[-12:] if line.strip())
+            reasons = [
+                f"pyinfra failed (exit {result.returncode}) before a host reported:\n{detail}"
+            ]
+        run.phases.fail("deploy")
+        return code, "; ".join(reasons)
+
+
+def health_phase(run: Run) -> tuple[int, str]:
+    """The outside health check; a failure rolls back through the same window."""
+    opts, url = run.opts, run.health_url
+    with run.phases.phase("health", "Check health from outside"):
+        ok, why = check_health(
+            url, opts.health_attempts, opts.health_interval_s, opts.health_timeout_s, _say
+        )
+        _say(why)
+    if ok:
+        return exitcodes.EXIT_OK, f"release {run.release} is healthy at {url}"
+    with run.phases.phase("rollback", "Roll back to the previous release"):
+        result = run_pyinfra_streamed(
+            run.inventory, ["rollback=previous", *opts.data], run.pyinfra_env()
+        )
+        back_code = exitcodes.exit_for_outcomes(result.outcomes.values(), [run.address])
+        if back_code == exitcodes.EXIT_OK and result.returncode == 0:
+            back, back_why = check_health(
+                url, opts.health_attempts, opts.health_interval_s, opts.health_timeout_s, _say
+            )
+        else:
+            back, back_why = False, "the rollback run failed"
+        if not back:
+            run.phases.fail("rollback")
+            return (
+                exitcodes.EXIT_SWITCH_BACK_FAILED,
+                f"{why}; rolling back did not bring it back: {back_why}",
+            )
+        _say(f"rolled back: {back_why}")
+    run.phases.fail("health")
+    return (
+        exitcodes.EXIT_SWITCHED_BACK,
+        f"{why}; rolled back to the previous release, which is healthy",
+    )

@@ -1,0 +1,109 @@
+"""What `ai-deploy deploy` was asked to do (DeployOptions, from flags and the environment) and
+the host settings it reads from group_data exactly as the pyinfra run does (HostSettings)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The prod inventory reads its hosts from AI_DEPLOY_HOSTS; group settings do not depend on the
+# address, so they are read before the address is known with this stand-in (never connected).
+SETTINGS_PROBE_HOST = "settings.invalid"
+
+
+class PhaseFailed(Exception):
+    """A phase ended the deploy; `phase` names it (see exitcodes.PHASE_EXIT)."""
+
+    def __init__(self, phase: str, message: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
+@dataclass
+class DeployOptions:
+    artifact: Path
+    inventory: str | None = None  # default inventories/prod.py (hosts come through env)
+    host: str | None = None  # a plain address: no instance lookup
+    project: str | None = None
+    zone: str | None = None
+    instance: str | None = None
+    use_gcp: bool = True  # False: no auth, no firewall window, no ephemeral key
+    target_tag: str = "ai-server"
+    network: str = "default"
+    rule_prefix: str = "ai-deploy-ssh-"
+    stale_rule_minutes: int = 60
+    health_attempts: int = 12
+    health_interval_s: float = 5.0
+    health_timeout_s: float = 5.0
+    ssh_wait_s: float = 180.0
+    dry_run: bool = False
+    data: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_env(
+        cls, artifact: Path, env: Mapping[str, str] | None = None, **kw: object
+    ) -> DeployOptions:
+        e = os.environ if env is None else env
+        opts = cls(
+            artifact=artifact,
+            project=e.get("GCP_PROJECT_ID") or None,
+            zone=e.get("GCP_ZONE") or None,
+            instance=e.get("GCP_INSTANCE") or None,
+            target_tag=e.get("AI_DEPLOY_TARGET_TAG", "ai-server"),
+            network=e.get("AI_DEPLOY_NETWORK", "default"),
+            health_attempts=int(e.get("AI_DEPLOY_HEALTH_ATTEMPTS", "12")),
+            health_interval_s=float(e.get("AI_DEPLOY_HEALTH_INTERVAL_S", "5")),
+        )
+        for key, value in kw.items():
+            if value is not None:
+                setattr(opts, key, value)
+        return opts
+
+
+def parse_data(items: Sequence[str]) -> dict[str, Any]:
+    """`--data key=value` items as pyinfra parses them (true/false, numbers, JSON, text)."""
+    from pyinfra_cli.util import parse_cli_arg
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PhaseFailed("config", f"--data {item!r} is not KEY=VALUE")
+        parsed[key] = parse_cli_arg(value)
+    return parsed
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """The group_data settings the CI entry needs, as the pyinfra run sees them."""
+
+    app_module: str
+    app_port: int
+    health_path: str
+    deploy_strategy: str
+    ssh_user: str | None
+
+    @classmethod
+    def read(
+        cls, inventory: str | None, data: Sequence[str], environ: Mapping[str, str], host: str
+    ) -> HostSettings:
+        from ai_deploy.inventory import RemoteError, host_settings
+
+        env = {**environ, "AI_DEPLOY_HOSTS": host}
+        try:
+            found = host_settings(inventory, parse_data(data), env)
+        except RemoteError as exc:
+            raise PhaseFailed("config", f"reading the inventory's settings: {exc}") from exc
+        if not found:
+            raise PhaseFailed("config", f"inventory {inventory or 'prod'} has no hosts")
+        d = next(iter(found.values()))
+        return cls(
+            app_module=str(d.app_module),
+            app_port=int(d.app_port),
+            health_path=str(d.health_path),
+            deploy_strategy=str(d.deploy_strategy),
+            ssh_user=d.ssh_user,
+        )

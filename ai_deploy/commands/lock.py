@@ -1,0 +1,52 @@
+"""`ai-deploy lock status|release`: who holds each host's deploy lock; remove a stale one (or,
+forced, any), with a line in revisions.log."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+
+from ai_deploy.commands.status import layout_of, lock_line
+from ai_deploy.host.facts import read_tree
+from ai_deploy.host.paths import revisions_line
+from ai_deploy.host.release.lock import lock_is_stale, now_iso
+from ai_deploy.host.settings import Spec, deploy_who
+from ai_deploy.inventory import connected
+
+
+def lock_command(inventory: str | None, action: str, force: bool = False) -> int:
+    rc = 0
+    with connected(inventory) as hosts:
+        for h in hosts:
+            layout = layout_of(h)
+            tree = read_tree(h, layout)
+            print(f"{h.name}: {lock_line(tree)}")
+            if action != "release" or (tree.lock is None and tree.lock_raw is None):
+                continue
+            stale = lock_is_stale(tree.lock, Spec.from_data(h.data), time.time())
+            if not stale and not force:
+                print(
+                    f"{h.name}: the holder may still be running; release anyway with --force "
+                    "once you are sure it is gone"
+                )
+                rc = 1
+                continue
+            removed = h.run(f"rm -rf {layout.lock}")
+            if not removed.ok:
+                print(f"{h.name}: could not remove the lock: {' '.join(removed.stderr)}")
+                rc = 1
+                continue
+            reason = stale or "forced"
+            print(f"{h.name}: lock released ({reason})")
+            info = json.dumps(tree.lock) if tree.lock else tree.lock_raw
+            line = revisions_line(
+                now_iso(),
+                "lock-release",
+                "-",
+                "ok",
+                deploy_who(),
+                f"reason={reason!r} holder={info}",
+            )
+            h.run(f"printf '%s\\n' {shlex.quote(line)} >> {layout.revisions}")
+    return rc

@@ -1,0 +1,114 @@
+"""The host's layout, named once: the app tree, the unit names, the nginx files and the
+revisions.log line. Everything that reads or changes a host takes its paths from here."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+VENV_COMPLETE = ".ai-deploy-complete"  # a venv holding it was built to the end
+LOCK_DIR = ".deploy.lock"
+UNIT_DIR = "/etc/systemd/system"
+NGINX_SITES_AVAILABLE = "/etc/nginx/sites-available"
+NGINX_SITES_ENABLED = "/etc/nginx/sites-enabled"
+COLOURS = ("blue", "green")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths and unit names for one app on one host (app_root, app_name and app_log_dir)."""
+
+    app_root: str
+    app_name: str
+    log_dir: str
+
+    # --- the app tree (shell-quoted: for scripts) ---
+    @property
+    def root(self) -> str:
+        return shlex.quote(self.app_root)
+
+    @property
+    def releases(self) -> str:
+        return f"{self.root}/releases"
+
+    def release(self, release_id: str) -> str:
+        return f"{self.releases}/{shlex.quote(release_id)}"
+
+    @property
+    def venvs(self) -> str:
+        return f"{self.root}/venvs"
+
+    def venv(self, lock_hash: str) -> str:
+        return f"{self.venvs}/{shlex.quote(lock_hash)}"
+
+    def link(self, name: str) -> str:
+        """`current` or `previous`."""
+        return f"{self.root}/{name}"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.root}/{LOCK_DIR}"
+
+    @property
+    def incoming(self) -> str:
+        return f"{self.root}/.incoming"
+
+    @property
+    def colors(self) -> str:
+        return f"{self.root}/colors"
+
+    @property
+    def revisions(self) -> str:
+        return f"{self.root}/revisions.log"
+
+    def error_log(self, colour: str | None = None) -> str:
+        name = f"{self.app_name}-{colour}" if colour else self.app_name
+        return shlex.quote(f"{self.log_dir}/{name}-error.log")
+
+    # --- units ---
+    @property
+    def service(self) -> str:
+        return f"{self.app_name}.service"
+
+    @property
+    def socket(self) -> str:
+        return f"{self.app_name}.socket"
+
+    @property
+    def colour_template(self) -> str:
+        return f"{self.app_name}@.service"
+
+    def colour_unit(self, colour: str) -> str:
+        return f"{self.app_name}@{colour}.service"
+
+    def unit_file(self, unit: str) -> str:
+        return f"{UNIT_DIR}/{unit}"
+
+    def related_units(self) -> list[str]:
+        """The units whose state tells which deploy strategy a host runs."""
+        return [
+            self.service,
+            self.socket,
+            *(self.colour_unit(c) for c in COLOURS),
+            "nginx.service",
+        ]
+
+    # --- nginx (blue/green) ---
+    @property
+    def nginx_site(self) -> str:
+        return f"{NGINX_SITES_ENABLED}/{self.app_name}"
+
+    @property
+    def nginx_site_available(self) -> str:
+        return f"{NGINX_SITES_AVAILABLE}/{self.app_name}"
+
+
+def revisions_line(
+    when: str, action: str, release: str, outcome: str, who: str, detail: str = ""
+) -> str:
+    """One line of revisions.log: `WHEN ACTION RELEASE OUTCOME by=WHO [DETAIL]`, on one line."""
+    line = f"{when} {action} {release} {outcome} by={who}"
+    if detail:
+        line += f" {detail}"
+    return re.sub(r"[\r\n]+", " ", line)

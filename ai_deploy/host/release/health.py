@@ -1,0 +1,138 @@
+"""The health gate on the host: restart a unit, then poll it and GET health_path from the host
+itself until it is healthy, has failed, or runs out of time."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ai_deploy.host.outcome import DeployFailed
+from ai_deploy.host.remote import Remote, tail
+from ai_deploy.host.settings import Spec
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    reason: str
+
+
+# The HTTP check first, with a short timeout (under socket activation a connection waits in
+# the backlog while nothing accepts), then the unit's state as it is after that wait, so a
+# process that died meanwhile is seen in the same round.
+PROBE = """
+python3 - <<'EOF'
+import urllib.request, urllib.error
+try:
+    with urllib.request.urlopen("http://127.0.0.1:{port}{path}", timeout=2) as r:
+        print("HTTP", r.status, r.read(300).decode(errors="replace").replace("\\n", " "))
+except urllib.error.HTTPError as e:
+    print("HTTP", e.code, e.read(300).decode(errors="replace").replace("\\n", " "))
+except Exception as e:
+    print("HTTP 0", type(e).__name__, str(e)[:200])
+EOF
+systemctl show -p ActiveState -p SubState -p NRestarts -p ExecMainStatus -p MainPID {service}
+"""
+
+
+def probe_script(service: str, port: int, path: str) -> str:
+    return PROBE.format(service=shlex.quote(service), port=int(port), path=path)
+
+
+def parse_probe(lines: list[str]) -> tuple[dict[str, str], int, str]:
+    """(unit properties, HTTP status or 0, body) from PROBE's output."""
+    props: dict[str, str] = {}
+    code, body = 0, ""
+    for line in lines:
+        if line.startswith("HTTP "):
+            parts = line.split(" ", 2)
+            code = int(parts[1]) if parts[1].isdigit() else 0
+            body = parts[2] if len(parts) > 2 else ""
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            props[key] = value
+    return props, code, body
+
+
+def restart_service(remote: Remote, unit: str) -> int:
+    """Restart (or start) UNIT; returns its restart counter afterwards."""
+    q = shlex.quote(unit)
+    result = remote.run(f"systemctl restart {q}")
+    if not result.ok:
+        raise DeployFailed("restart", f"systemctl restart {unit} failed: {tail(result.stderr)}")
+    out = remote.run(f"systemctl show -p NRestarts --value {q}")
+    value = out.stdout[0].strip() if out.stdout else "0"
+    return int(value) if value.isdigit() else 0
+
+
+def wait_healthy(
+    remote: Remote,
+    spec: Spec,
+    baseline_restarts: int,
+    *,
+    service: str | None = None,
+    port: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Health:
+    """Poll the service and GET health_path on the host until healthy, failed or out of time.
+
+    A process that exits, a unit systemd reports failed or restarting, or repeated 5xx answers
+    end the wait at once: only a release that is still starting uses the whole deadline.
+    """
+    unit, port = service or spec.service, port or spec.port
+    probe = probe_script(unit, port, spec.health_path)
+    url = f"http://127.0.0.1:{port}{spec.health_path}"
+    started = clock()
+    next_note = started + 5
+    errors = 0
+    while True:
+        props, code, body = parse_probe(remote.run(probe).stdout)
+        state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}"
+        restarts = int(props.get("NRestarts", "0") or 0)
+        if code == 200:
+            return Health(True, f"{url} answered 200 after {clock() - started:.1f} s: {body[:120]}")
+        if (
+            props.get("ActiveState") == "failed"
+            or restarts > baseline_restarts
+            or props.get("SubState") in ("auto-restart", "dead", "exited")
+        ):
+            status = props.get("ExecMainStatus", "?")
+            return Health(
+                False, f"the service exited while starting (exit status {status}, {state})"
+            )
+        if code >= 500:
+            errors += 1
+            if errors >= spec.fail_after_errors:
+                return Health(False, f"{url} answered {code} {errors} times in a row: {body[:120]}")
+        else:
+            errors = 0
+        now = clock()
+        if now - started >= spec.deadline_s:
+            return Health(
+                False, f"{url} not healthy within health_deadline_s={spec.deadline_s:.0f} s"
+            )
+        if now >= next_note:
+            remote.say(
+                f"waiting for {url}: {now - started:.0f} s of {spec.deadline_s:.0f} s "
+                f"(service {state}, last answer {code or 'none'})"
+            )
+            next_note = now + 5
+        sleep(spec.interval_s)
+
+
+def error_log_tail(remote: Remote, spec: Spec, n: int = 20, colour: str | None = None) -> list[str]:
+    path = spec.layout.error_log(colour)
+    return remote.run(f"tail -n {n} {path} 2>/dev/null || true").stdout
+
+
+def warn_unhealthy(remote: Remote, spec: Spec, health: Health, colour: str | None = None) -> None:
+    """Say why the release is not healthy, with the last lines of its error log."""
+    lines = error_log_tail(remote, spec, colour=colour)
+    remote.warn(f"release {spec.release_id} is not healthy: {health.reason}")
+    remote.warn(
+        f"last lines of {spec.layout.error_log(colour)}:\n"
+        + ("\n".join(f"    {x}" for x in lines) or "    (empty)")
+    )

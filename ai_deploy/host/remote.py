@@ -1,0 +1,66 @@
+"""The one way this project runs shell on a host as root: `Remote`, and its pyinfra adapter.
+
+The release gate and the strategies talk only to a `Remote`, so they can be driven by pyinfra
+on a real host and, in tests, by a Remote that runs the same shell on a temporary directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    stdout: list[str]
+    stderr: list[str]
+
+
+class Remote(Protocol):
+    """Runs shell on the host as root and reports to the person running the deploy."""
+
+    def run(self, script: str, *, timeout: float | None = None) -> Result: ...
+
+    def say(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+
+class PyinfraRemote:
+    """A Remote over a connected pyinfra host: every command as root through sudo."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    @property
+    def name(self) -> str:
+        return str(self.host.name)
+
+    @property
+    def data(self) -> Any:
+        return self.host.data
+
+    def run(self, script: str, *, timeout: float | None = None) -> Result:
+        from pyinfra.api import StringCommand
+
+        ok, output = self.host.run_shell_command(
+            StringCommand(script), _sudo=True, _timeout=timeout or 600
+        )
+        return Result(ok, list(output.stdout_lines), list(output.stderr_lines))
+
+    def say(self, message: str) -> None:
+        from pyinfra import logger
+
+        for line in message.splitlines():
+            logger.info(f"{self.host.print_prefix}{line}")
+
+    def warn(self, message: str) -> None:
+        from pyinfra import logger
+
+        for line in message.splitlines():
+            logger.warning(f"{self.host.print_prefix}{line}")
+
+
+def tail(lines: list[str], n: int = 15) -> str:
+    """The last N lines, indented, for an error message."""
+    return "\n".join(f"    {line}" for line in lines[-n:])

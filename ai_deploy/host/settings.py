@@ -1,0 +1,98 @@
+"""The settings of one host's deploy, read from its pyinfra data (group_data and --data).
+
+Defaults live in group_data/all.py only: `Spec.from_data` reads every setting by name and has
+none of its own, so the pyinfra run, the `ai-deploy` commands and the CI entry agree."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ai_deploy.host.paths import Layout
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything the release gate needs for one host, decided on the deployer before the run."""
+
+    # from group_data
+    app_root: str
+    app_name: str
+    log_dir: str
+    port: int
+    health_path: str
+    deadline_s: float
+    interval_s: float
+    fail_after_errors: int
+    keep: int
+    lock_wait_s: float
+    lock_stale_s: float
+    code_owner: str
+    uv_path: str
+    uv_python: str
+    uv_python_downloads: str
+    uv_env: Mapping[str, str]
+    strategy: str  # a name in ai_deploy.host.strategies.STRATEGIES
+    colour_ports: tuple[int, int]  # bluegreen: blue, green
+    drain_s: float  # bluegreen: how long the old colour finishes its requests
+    nginx_upstream: str
+    # this run
+    action: str = "deploy"  # deploy | rollback | restart
+    release_id: str = ""
+    who: str = field(default_factory=lambda: deploy_who())
+    deployer: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    artifact_remote: str | None = None
+    artifact_sha256: str | None = None
+    lock_hash: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Any, **run: Any) -> Spec:
+        """The spec for host DATA (pyinfra's host.data or a mapping of group_data names)."""
+        get = data.get if isinstance(data, Mapping) else lambda name: getattr(data, name)
+        return cls(
+            app_root=str(get("app_root")),
+            app_name=str(get("app_name")),
+            log_dir=str(get("app_log_dir")),
+            port=int(get("app_port")),
+            health_path=str(get("health_path")),
+            deadline_s=float(get("health_deadline_s")),
+            interval_s=float(get("health_interval_s")),
+            fail_after_errors=int(get("health_fail_after_errors")),
+            keep=int(get("releases_keep")),
+            lock_wait_s=float(get("lock_wait_s")),
+            lock_stale_s=float(get("lock_stale_s")),
+            code_owner=str(get("code_owner")),
+            uv_path=str(get("uv_path")),
+            uv_python=str(get("uv_python")),
+            uv_python_downloads=str(get("uv_python_downloads")),
+            uv_env={str(k): str(v) for k, v in dict(get("uv_env") or {}).items()},
+            strategy=str(get("deploy_strategy")),
+            colour_ports=tuple(int(p) for p in get("bluegreen_ports")),  # type: ignore[arg-type]
+            drain_s=float(get("bluegreen_drain_s")),
+            nginx_upstream=str(get("bluegreen_upstream")),
+            **run,
+        )
+
+    def with_run(self, **run: Any) -> Spec:
+        return replace(self, **run)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.app_root, self.app_name, self.log_dir)
+
+    @property
+    def service(self) -> str:
+        return self.layout.service
+
+
+def deploy_who() -> str:
+    """Who deploys: the GitHub actor and run in Actions, else user@hostname."""
+    actor = os.environ.get("GITHUB_ACTOR")
+    if actor:
+        return f"{actor}@github-run-{os.environ.get('GITHUB_RUN_ID', '?')}"
+    return f"{getpass.getuser()}@{socket.gethostname()}"

@@ -1,0 +1,197 @@
+"""bluegreen: ai-server@blue and ai-server@green on internal ports behind nginx on the public
+port. The idle colour starts the release and must pass the health gate on its own port before
+nginx is pointed at it (graceful reload); the old colour then drains and stops. A release that
+never turns healthy never receives a request. The GPU holds two copies of the model meanwhile."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from io import StringIO
+from typing import Any
+
+from ai_deploy.host.facts import AppTree
+from ai_deploy.host.outcome import FAILED, SWITCHED_BACK, DeployFailed
+from ai_deploy.host.paths import COLOURS, Layout
+from ai_deploy.host.release.health import restart_service, wait_healthy, warn_unhealthy
+from ai_deploy.host.release.links import Links, set_links
+from ai_deploy.host.remote import Remote
+from ai_deploy.host.settings import Spec
+from ai_deploy.host.strategies.base import Leave, Live, UnitFile, must
+
+name = "bluegreen"
+
+
+def unit_files(data: Any) -> list[UnitFile]:
+    return [UnitFile("ai-server@.service.j2", f"{data.app_name}@.service")]
+
+
+def units(layout: Layout) -> list[str]:
+    return [layout.colour_template]
+
+
+def boot_units(layout: Layout) -> list[str]:
+    # nginx and the live colour are enabled when traffic moves to a healthy release.
+    return []
+
+
+def prepare_host(data: Any) -> None:
+    """nginx from the distribution, our site (not yet enabled), the colours' ports."""
+    from pyinfra import host
+    from pyinfra.facts.deb import DebPackages
+    from pyinfra.facts.files import File
+    from pyinfra.operations import apt, files
+
+    from ai_deploy.project import template
+
+    blue_port, green_port = (int(p) for p in data.bluegreen_ports)
+    layout = Layout(data.app_root, data.app_name, data.app_log_dir)
+    if "nginx" not in host.get_fact(DebPackages):
+        apt.packages(
+            name="Ensure nginx is installed (blue/green proxy)",
+            packages=["nginx"],
+            update=True,
+            cache_time=86400,
+        )
+    files.link(
+        name="Ensure nginx's default site (port 80) is off",
+        path="/etc/nginx/sites-enabled/default",
+        present=False,
+    )
+    upstream = data.bluegreen_upstream
+    if not host.get_fact(File, path=upstream):
+        files.put(
+            name="Ensure the blue/green upstream file exists",
+            src=StringIO(f"server 127.0.0.1:{blue_port};\n"),
+            dest=upstream,
+            mode="644",
+        )
+    files.template(
+        name="Ensure the nginx site for blue/green is rendered",
+        src=template("ai-server.nginx.j2"),
+        dest=layout.nginx_site_available,
+        mode="644",
+        app_name=data.app_name,
+        upstream=upstream,
+        host=data.app_host,
+        port=data.app_port,
+        log_dir=data.app_log_dir,
+        read_timeout_s=data.unit_stop_timeout_s,
+    )
+    files.directory(
+        name="Ensure the colours directory exists",
+        path=f"{data.app_root}/colors",
+        user=data.code_owner,
+        group=data.code_owner,
+        mode="755",
+    )
+    files.put(
+        name=f"Ensure blue listens on {blue_port} and green on {green_port}",
+        src=StringIO(f"blue_PORT={blue_port}\ngreen_PORT={green_port}\n"),
+        dest=f"{data.app_root}/colors/ports.env",
+        mode="644",
+    )
+
+
+def is_steady(tree: AppTree, layout: Layout) -> bool:
+    active = tree.active_units()
+    live = layout.colour_unit(tree.live) if tree.live else ""
+    return (
+        tree.nginx_site
+        and live in active
+        and "nginx.service" in active
+        and layout.service not in active
+        and layout.socket not in active
+    )
+
+
+def live_colour(remote: Remote, spec: Spec) -> str | None:
+    out = remote.run(f"cat {spec.layout.colors}/LIVE 2>/dev/null || true").stdout
+    colour = out[0].strip() if out else ""
+    return colour if colour in COLOURS else None
+
+
+def _point_colour(remote: Remote, spec: Spec, colour: str, release: str) -> None:
+    colors = spec.layout.colors
+    must(
+        remote,
+        f"mkdir -p {colors} && ln -sfn ../releases/{shlex.quote(release)} {colors}/.{colour}.tmp "
+        f"&& mv -T {colors}/.{colour}.tmp {colors}/{colour}",
+        f"pointing the {colour} colour at {release}",
+    )
+
+
+def _route_to(remote: Remote, spec: Spec, colour: str, port: int) -> None:
+    """Point nginx at COLOUR's port: new upstream file, our site enabled, graceful reload."""
+    layout = spec.layout
+    upstream = shlex.quote(spec.nginx_upstream)
+    app = shlex.quote(spec.app_name)
+    must(
+        remote,
+        f"printf 'server 127.0.0.1:%s;\\n' {port} > {upstream}.tmp && mv -f {upstream}.tmp "
+        f"{upstream} && ln -sfn ../sites-available/{app} {layout.nginx_site} && nginx -t -q && "
+        "systemctl enable nginx >/dev/null 2>&1 && "
+        "if systemctl is-active --quiet nginx; then systemctl reload nginx; "
+        "else systemctl start nginx; fi",
+        f"pointing nginx at the {colour} colour",
+    )
+    remote.run(f"printf '%s\\n' {colour} > {layout.colors}/LIVE")
+
+
+def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> Live:
+    target = spec.release_id
+    live = live_colour(remote, spec)
+    idle = "green" if live == "blue" else "blue"
+    port = spec.colour_ports[COLOURS.index(idle)]
+    unit = spec.layout.colour_unit(idle)
+    _point_colour(remote, spec, idle, target)
+    remote.say(f"starting release {target} as {idle} on 127.0.0.1:{port} (live: {live or 'none'})")
+    baseline = restart_service(remote, unit)
+    health = wait_healthy(remote, spec, baseline, service=unit, port=port)
+    if not health.ok:
+        warn_unhealthy(remote, spec, health, colour=idle)
+        remote.run(f"systemctl stop {shlex.quote(unit)}")
+        serving = f"{before.current} keeps serving" if before.current else "nothing was serving"
+        raise DeployFailed(
+            "health",
+            f"{spec.action} of {target} failed: {health.reason}; it never received traffic "
+            f"and {serving}",
+            status=SWITCHED_BACK if before.current and before.current != target else FAILED,
+            serving=before.current,
+            journal=f"never-in-service colour={idle} reason={health.reason!r}",
+        )
+    remote.say(health.reason)
+    if live is None:
+        # The public port: from the in-place service or socket (first switch to blue/green).
+        leave_others()
+    _route_to(remote, spec, idle, port)
+    remote.run(f"systemctl enable {shlex.quote(unit)} 2>/dev/null || true")
+    set_links(remote, spec, before.after_switch_to(target))
+    remote.say(f"nginx now sends traffic to {idle} ({target})")
+    if live is not None:
+        old = spec.layout.colour_unit(live)
+        remote.say(f"draining {live} for {spec.drain_s:.0f} s, then stopping it")
+        time.sleep(spec.drain_s)
+        remote.run(f"systemctl disable --now {shlex.quote(old)} 2>/dev/null || true")
+    return Live(
+        f"{spec.action} of {target} healthy (blue/green: {idle} live)",
+        f"previous={before.current or '-'} colour={idle}",
+    )
+
+
+def leave(remote: Remote, spec: Spec, keep: set[str]) -> bool:
+    """Take our site out of nginx (frees the public port) and stop both colours."""
+    layout = spec.layout
+    if not remote.run(f"test -e {layout.nginx_site}").ok:
+        return False
+    remote.say("leaving blue/green: nginx stops serving the public port")
+    # nginx stops too when no other site is left in it (it was there for blue/green).
+    remote.run(
+        f'rm -f {layout.nginx_site} && if [ -z "$(ls -A /etc/nginx/sites-enabled)" ]; then '
+        "systemctl disable --now nginx; else systemctl reload nginx; fi; true"
+    )
+    for colour in COLOURS:
+        unit = shlex.quote(layout.colour_unit(colour))
+        remote.run(f"systemctl disable --now {unit} 2>/dev/null || true")
+    remote.run(f"rm -f {layout.colors}/LIVE")
+    return True

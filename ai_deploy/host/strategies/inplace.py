@@ -1,0 +1,69 @@
+"""The change shared by the in-place strategies (restart, socket): switch `current`, restart the
+one service behind the health gate, and on failure switch back to the previous release, which
+must be healthy again."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+
+from ai_deploy.host.outcome import SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
+from ai_deploy.host.release.health import wait_healthy, warn_unhealthy
+from ai_deploy.host.release.links import Links, set_links
+from ai_deploy.host.remote import Remote
+from ai_deploy.host.settings import Spec
+from ai_deploy.host.strategies.base import Live
+
+
+def go_live_in_place(
+    remote: Remote, spec: Spec, before: Links, restart: Callable[[], int], name: str
+) -> Live:
+    """RESTART brings the host's units to the strategy and restarts the service, returning its
+    restart counter afterwards (for the health gate)."""
+    target = spec.release_id
+    set_links(remote, spec, before.after_switch_to(target))
+    remote.say(f"current -> releases/{target}; restarting {spec.service} ({name})")
+    health = wait_healthy(remote, spec, restart())
+    if health.ok:
+        remote.say(health.reason)
+        return Live(f"{spec.action} of {target} healthy", f"previous={before.current or '-'}")
+    warn_unhealthy(remote, spec, health)
+    if not before.current:
+        # A first deploy: no healthy release to go back to, so none is left in service.
+        layout = spec.layout
+        units = f"{shlex.quote(layout.service)} {shlex.quote(layout.socket)}"
+        remote.run(f"systemctl stop {units} 2>/dev/null; true")
+        set_links(remote, spec, Links(None, before.previous))
+        raise DeployFailed(
+            "health",
+            f"{spec.action} of {target} failed: {health.reason}; there is no previous release "
+            "to go back to, so the service is stopped",
+            journal=f"no-previous-release reason={health.reason!r}",
+        )
+    if before.current == target:
+        raise DeployFailed(
+            "health",
+            f"{spec.action} of {target} failed after the restart: {health.reason}; the release "
+            "did not change, so there is nothing to switch back to (check the unit and .env)",
+            journal=f"reason={health.reason!r}",
+        )
+    remote.warn(f"switching back to release {before.current}")
+    set_links(remote, spec, before)
+    back = wait_healthy(remote, spec, restart())
+    if not back.ok:
+        raise DeployFailed(
+            "rollback",
+            f"{spec.action} of {target} failed ({health.reason}) and the previous release "
+            f"{before.current} is not healthy either: {back.reason}",
+            status=SWITCH_BACK_FAILED,
+            journal=f"rollback-to={before.current} also-unhealthy",
+        )
+    remote.say(f"release {before.current} serves again: {back.reason}")
+    raise DeployFailed(
+        "health",
+        f"{spec.action} of {target} failed: {health.reason}; rolled back to {before.current}, "
+        "which is healthy",
+        status=SWITCHED_BACK,
+        serving=before.current,
+        journal=f"rolled-back-to={before.current} reason={health.reason!r}",
+    )

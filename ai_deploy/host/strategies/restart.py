@@ -1,0 +1,59 @@
+"""restart: ai-server.service binds the public port itself; a restart refuses connections while
+the new process loads (what the hand-written deploy did)."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from ai_deploy.host.facts import AppTree
+from ai_deploy.host.paths import Layout
+from ai_deploy.host.release.health import restart_service
+from ai_deploy.host.release.links import Links
+from ai_deploy.host.remote import Remote
+from ai_deploy.host.settings import Spec
+from ai_deploy.host.strategies.base import Leave, Live, UnitFile, is_active, remove_unit_file
+from ai_deploy.host.strategies.inplace import go_live_in_place
+
+name = "restart"
+
+
+def unit_files(data: Any) -> list[UnitFile]:
+    return [UnitFile("ai-server.service.j2", f"{data.app_name}.service", {"socket": False})]
+
+
+def units(layout: Layout) -> list[str]:
+    return [layout.service]
+
+
+def prepare_host(data: Any) -> None:
+    return None
+
+
+def boot_units(layout: Layout) -> list[str]:
+    return [layout.service]
+
+
+def is_steady(tree: AppTree, layout: Layout) -> bool:
+    active = tree.active_units()
+    return layout.service in active and layout.socket not in active and not tree.nginx_site
+
+
+def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> Live:
+    def take_port() -> int:
+        leave_others()
+        remote.run(f"systemctl enable {shlex.quote(spec.service)} 2>/dev/null || true")
+        return restart_service(remote, spec.service)
+
+    return go_live_in_place(remote, spec, before, take_port, name)
+
+
+def leave(remote: Remote, spec: Spec, keep: set[str]) -> bool:
+    layout = spec.layout
+    present = remote.run(f"test -e {shlex.quote(layout.unit_file(layout.service))}").ok
+    if not (present or is_active(remote, layout.service)):
+        return False
+    remote.run(f"systemctl disable --now {shlex.quote(layout.service)} 2>/dev/null; true")
+    if layout.service not in keep:
+        remove_unit_file(remote, layout, layout.service)
+    return True
