@@ -31,21 +31,15 @@ def resolve_inventory(inventory: str | None) -> str:
 
 
 @contextmanager
-def _in_project(env: Mapping[str, str] | None) -> Iterator[str]:
-    """cwd in the project (pyinfra reads group_data/ from there) and ENV set, both put back."""
+def _in_project() -> Iterator[str]:
+    """cwd in the project (pyinfra reads group_data/ from there), put back afterwards."""
     cwd = str(project_dir())
-    old_cwd, old_env = os.getcwd(), dict(os.environ)
+    old_cwd = os.getcwd()
     os.chdir(cwd)
-    if env is not None:
-        os.environ.clear()
-        os.environ.update(env)
     try:
         yield cwd
     finally:
         os.chdir(old_cwd)
-        if env is not None:
-            os.environ.clear()
-            os.environ.update(old_env)
 
 
 def _load(inv_path: str, data: Mapping[str, Any], cwd: str) -> Any:
@@ -57,19 +51,15 @@ def _load(inv_path: str, data: Mapping[str, Any], cwd: str) -> Any:
         raise RemoteError(str(exc.code)) from None
 
 
-def host_settings(
-    inventory: str | None,
-    data: Mapping[str, Any] | None = None,
-    env: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
+def host_settings(inventory: str | None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Each host's pyinfra data (group_data, inventory data and DATA overrides), by host name,
-    read as the pyinfra run reads it, with ENV as the inventory's environment; nothing is
-    connected."""
+    read as the pyinfra run reads it; nothing is connected. This imports pyinfra's CLI, which
+    patches the standard library with gevent (see ai_deploy.ci.settings_probe)."""
     from pyinfra.api import Config, State
     from pyinfra.context import ctx_state
 
     inv_path = resolve_inventory(inventory)
-    with _in_project(env) as cwd:
+    with _in_project() as cwd:
         state = State()
         with ctx_state.use(state):
             inv = _load(inv_path, data or {}, cwd)
@@ -87,7 +77,7 @@ def connected(
     from pyinfra.context import ctx_state
 
     inv_path = resolve_inventory(inventory)
-    with _in_project(None) as cwd:
+    with _in_project() as cwd:
         state = State()
         with ctx_state.use(state):
             inv = _load(inv_path, data or {}, cwd)

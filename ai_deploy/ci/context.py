@@ -38,5 +38,7 @@ class Run:
 
     @property
     def health_url(self) -> str:
+        if self.opts.health_url:
+            return self.opts.health_url
         assert self.settings is not None
         return f"http://{self.address}:{self.settings.app_port}{self.settings.health_path}"

@@ -26,8 +26,9 @@ from ai_deploy.ci.context import Run
 from ai_deploy.ci.dryrun import dry_run
 from ai_deploy.ci.health import check_health
 from ai_deploy.ci.notify import DeployEvent, Outcome, notify
-from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, HostSettings, PhaseFailed
+from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, PhaseFailed
 from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
+from ai_deploy.ci.settings_probe import read_settings
 from ai_deploy.ci.ssh import provided_key, wait_for_ssh
 from ai_deploy.gcp import Terminated, raise_on_termination
 from ai_deploy.inventory import RemoteError, resolve_inventory
@@ -118,7 +119,7 @@ def check_artifact_phase(run: Run) -> None:
         except RemoteError as exc:
             raise PhaseFailed("config", str(exc)) from exc
         probe = run.opts.host or SETTINGS_PROBE_HOST
-        run.settings = HostSettings.read(run.inventory, run.opts.data, run.environ, probe)
+        run.settings = read_settings(run.inventory, run.opts.data, run.environ, probe)
         try:
             art = check_artifact(run.opts.artifact, run.settings.app_module)
         except ArtifactError as exc:

@@ -4,10 +4,9 @@ the host settings it reads from group_data exactly as the pyinfra run does (Host
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 # The prod inventory reads its hosts from AI_DEPLOY_HOSTS; group settings do not depend on the
 # address, so they are read before the address is known with this stand-in (never connected).
@@ -38,6 +37,7 @@ class DeployOptions:
     health_attempts: int = 12
     health_interval_s: float = 5.0
     health_timeout_s: float = 5.0
+    health_url: str | None = None  # default: http://ADDRESS:app_port/health_path
     ssh_wait_s: float = 180.0
     dry_run: bool = False
     data: list[str] = field(default_factory=list)
@@ -56,6 +56,7 @@ class DeployOptions:
             network=e.get("AI_DEPLOY_NETWORK", "default"),
             health_attempts=int(e.get("AI_DEPLOY_HEALTH_ATTEMPTS", "12")),
             health_interval_s=float(e.get("AI_DEPLOY_HEALTH_INTERVAL_S", "5")),
+            health_url=e.get("AI_DEPLOY_HEALTH_URL") or None,
         )
         for key, value in kw.items():
             if value is not None:
@@ -63,47 +64,14 @@ class DeployOptions:
         return opts
 
 
-def parse_data(items: Sequence[str]) -> dict[str, Any]:
-    """`--data key=value` items as pyinfra parses them (true/false, numbers, JSON, text)."""
-    from pyinfra_cli.util import parse_cli_arg
-
-    parsed: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PhaseFailed("config", f"--data {item!r} is not KEY=VALUE")
-        parsed[key] = parse_cli_arg(value)
-    return parsed
-
-
 @dataclass(frozen=True)
 class HostSettings:
-    """The group_data settings the CI entry needs, as the pyinfra run sees them."""
+    """The group_data settings the CI entry needs, as the pyinfra run sees them (read by
+    ai_deploy.ci.settings_probe)."""
 
     app_module: str
     app_port: int
     health_path: str
     deploy_strategy: str
+    app_name: str
     ssh_user: str | None
-
-    @classmethod
-    def read(
-        cls, inventory: str | None, data: Sequence[str], environ: Mapping[str, str], host: str
-    ) -> HostSettings:
-        from ai_deploy.inventory import RemoteError, host_settings
-
-        env = {**environ, "AI_DEPLOY_HOSTS": host}
-        try:
-            found = host_settings(inventory, parse_data(data), env)
-        except RemoteError as exc:
-            raise PhaseFailed("config", f"reading the inventory's settings: {exc}") from exc
-        if not found:
-            raise PhaseFailed("config", f"inventory {inventory or 'prod'} has no hosts")
-        d = next(iter(found.values()))
-        return cls(
-            app_module=str(d.app_module),
-            app_port=int(d.app_port),
-            health_path=str(d.health_path),
-            deploy_strategy=str(d.deploy_strategy),
-            ssh_user=d.ssh_user,
-        )

@@ -3,6 +3,7 @@ this machine, and the URL it answers on. A second run reuses the host and the re
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import requests
 
 from ai_deploy.artifact.build import build_artifact
+from ai_deploy.ci.settings_probe import read_settings
 from ai_deploy.inventory import run_pyinfra
 from ai_deploy.project import project_dir
 from ai_deploy.sandbox import hosts
@@ -45,10 +47,12 @@ def run_demo() -> int:
     rc = run_pyinfra(str(inventory), {"artifact": str(artifact)})
     if rc != 0:
         raise SandboxError(f"the deploy failed (pyinfra exit {rc}); its output above says why")
-    url = f"http://{host.address}:8000"
-    reply = requests.get(f"{url}/health", timeout=10)
+    settings = read_settings(str(inventory), [], os.environ, host.address)
+    url = f"http://{host.address}:{settings.app_port}"
+    health = f"{url}{settings.health_path}"
+    reply = requests.get(health, timeout=10)
     if reply.status_code != 200:
-        raise SandboxError(f"{url}/health answered {reply.status_code}: {reply.text[:200]}")
+        raise SandboxError(f"{health} answered {reply.status_code}: {reply.text[:200]}")
     release = reply.json().get("release")
     _say(f"done in {time.monotonic() - started:.1f} s; release {release} is healthy")
     print(f"The example AI server answers on {url} (try: curl {url}/predict)")

@@ -13,7 +13,7 @@ from pyinfra.api.util import format_exception
 from pyinfra.facts.files import File, Sha256File
 
 from ai_deploy.host import strategies
-from ai_deploy.host.facts import AppTreeFact
+from ai_deploy.host.facts import AppTree, AppTreeFact
 from ai_deploy.host.outcome import ALREADY_SERVING, FAILED, HostOutcome, report
 from ai_deploy.host.release.gate import put_in_service
 from ai_deploy.host.remote import PyinfraRemote
@@ -106,4 +106,26 @@ def release_in_service(spec: Spec, restart: bool = False):
         )
         host.noop(f"release {spec.release_id} is already serving")
         return
+    logger.info(f"{host.print_prefix}{_plan(spec, tree, have_release, restart)}")
     yield FunctionCommand(_put_in_service, (spec, have_release), {})
+
+
+def _plan(spec: Spec, tree: AppTree, have_release: bool, restart: bool) -> str:
+    """What putting SPEC in service will do, for the plan pyinfra prints before the run."""
+    if tree.current == spec.release_id:
+        what = f"release {spec.release_id} restarts behind the health gate"
+        what += " (its unit or .env changed)" if restart else " (not in its steady state)"
+    else:
+        what = (
+            f"release {spec.release_id} goes live by {spec.strategy} "
+            f"(serving now: {tree.current or 'nothing'}), behind the health gate"
+        )
+    source = "is on the host" if have_release else "is extracted from the artifact"
+    lock_hash = spec.lock_hash or tree.release_venvs.get(spec.release_id)
+    if lock_hash and lock_hash in tree.venvs:
+        venv = f"venv {lock_hash[:12]} is ready (no uv sync)"
+    elif lock_hash:
+        venv = f"venv {lock_hash[:12]} will be built (uv sync)"
+    else:
+        venv = "its venv is checked"
+    return f"plan: {what}; the release {source}; {venv}"
