@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from google.oauth2.credentials import Credentials as TokenCredentials
 
-from tests.fakes.gcp_server import FakeGcp, running_fake, write_json
+from tests.fakes.gcp import FakeGcp, running_fake, write_json
 
 _ENV_CLEARED = (
     "GCP_PROJECT_ID",

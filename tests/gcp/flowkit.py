@@ -1,6 +1,6 @@
 """Test-side stand-ins for what surrounds `ai-deploy deploy` on a real GCP run.
 
-With the loopback Compute fake (tests/fakes/gcp_server.py) and a sandbox host playing the VM:
+With the loopback Compute fake (tests/fakes/gcp/) and a sandbox host playing the VM:
 
 - `MyIpServer`: the "what is my IP" service, listening on the sandbox link's machine-side
   address, which is exactly the source address the guest sees for this machine's connections;
@@ -37,7 +37,7 @@ from typing import Any
 
 from ai_deploy.sandbox import network
 from ai_deploy.sandbox.hosts import Host
-from tests.fakes.gcp_server import FakeGcp
+from tests.fakes.gcp import FakeGcp
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SSH_PORT = 22

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ai_deploy.gcp import compute
 from ai_deploy.gcp.auth import GcpAuthError, load_credentials, resolve_project
-from tests.fakes.gcp_server import (
+from tests.fakes.gcp import (
     CLOUD_PLATFORM_SCOPE,
     IAM_SCOPE,
     TOKEN_EXCHANGE_GRANT,

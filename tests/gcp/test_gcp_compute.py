@@ -9,7 +9,7 @@ from google.api_core import exceptions as api_exceptions
 from google.oauth2.credentials import Credentials as TokenCredentials
 
 from ai_deploy.gcp import GcpError, compute
-from tests.fakes.gcp_server import FakeGcp, RecordedRequest
+from tests.fakes.gcp import FakeGcp, RecordedRequest
 
 pytestmark = pytest.mark.gcp
 

@@ -22,7 +22,7 @@ from ai_deploy.gcp.firewall import (
     firewall_window,
     sweep_stale_rules,
 )
-from tests.fakes.gcp_server import FakeGcp, RecordedRequest
+from tests.fakes.gcp import FakeGcp, RecordedRequest
 
 pytestmark = pytest.mark.gcp
 

@@ -26,7 +26,7 @@ from ai_deploy.gcp.sshkeys import (
     generate_key_pair,
     ssh_keys_entry,
 )
-from tests.fakes.gcp_server import FakeGcp
+from tests.fakes.gcp import FakeGcp
 
 pytestmark = pytest.mark.gcp
 
