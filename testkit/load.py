@@ -135,6 +135,13 @@ class LoadGenerator:
         self._scheduler.start()
         return self
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait, at most TIMEOUT seconds (None: no limit), for the schedule to run out by itself
+        (MAX_DURATION after the start); True when it has. The requests still in flight are
+        not waited for: stop() does that."""
+        self._scheduler.join(timeout)
+        return not self._scheduler.is_alive()
+
     def stop(self) -> list[RequestRecord]:
         """Stop scheduling, wait for the requests in flight (each ends within its timeout)
         and return every record, ordered by scheduled time."""

@@ -7,7 +7,6 @@ pyinfra's checksum comparison skips the upload when the host already has the sam
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -80,11 +79,3 @@ def uv_binary(version: str, arch: str) -> Path:
         final.parent.mkdir(exist_ok=True)
         os.replace(staged, final)
     return final
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

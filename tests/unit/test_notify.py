@@ -278,12 +278,14 @@ def test_retry_can_be_turned_off(receiver: Receiver) -> None:
 def test_hanging_receiver_is_bounded_and_reported(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The receiver holds its answer until the test ends: only the client's timeout can end
+    # each attempt. The bound on the wait is generous (the budget is 1.7 s) so that a loaded
+    # machine passes, and still far below the 30 s the receiver would hold the caller.
     slack = receiver.url(SLACK_SECRET, Behaviour(delay=30))
     discord = receiver.url(DISCORD_SECRET)
     started = time.monotonic()
     results = notify(_event(), slack_url=slack, discord_url=discord, timeout=0.3, retry_delay_s=0.1)
-    elapsed = time.monotonic() - started
-    assert elapsed < 2.0
+    assert time.monotonic() - started < 15
     assert results[0] == NotifyResult(
         "slack", ok=False, attempts=2, status=None, error="no answer within 0.3 s"
     )
@@ -294,15 +296,16 @@ def test_hanging_receiver_is_bounded_and_reported(
 def test_trickling_receiver_cannot_hold_the_caller(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Each byte arrives inside the socket timeout, so only the overall deadline can stop it.
+    # Each byte arrives (every 0.1 s) well inside the 1 s socket timeout, so only the overall
+    # deadline (2 x 1 s + 1 s) can stop it; the receiver trickles until the test ends. The
+    # bound on the wait is generous so that a loaded machine passes.
     slack = receiver.url(SLACK_SECRET, Behaviour(trickle=True))
     started = time.monotonic()
-    (result,) = notify(_event(), slack_url=slack, discord_url="", timeout=0.5, retry_delay_s=0)
-    elapsed = time.monotonic() - started
-    assert elapsed < 3.0
+    (result,) = notify(_event(), slack_url=slack, discord_url="", timeout=1, retry_delay_s=0)
+    assert time.monotonic() - started < 15
     assert not result.ok
     assert result.attempts == 1
-    assert result.error is not None and "gave up after 2 s" in result.error
+    assert result.error is not None and "gave up after 3 s" in result.error
     _assert_no_secret(caplog, [result])
 
 
@@ -311,7 +314,7 @@ def test_connection_refused_is_reported(caplog: pytest.LogCaptureFixture) -> Non
         _event(),
         slack_url=_refused_url(SLACK_SECRET),
         discord_url=_refused_url(DISCORD_SECRET),
-        timeout=1,
+        timeout=5,  # a refusal is immediate; the timeout only has to be out of its way
         retry_delay_s=0,
     )
     for result in results:
