@@ -3,11 +3,13 @@
 Each host owns: a state directory (meta.json, overlay upper/work/merged, console.log), a network
 namespace with its veth pair, and a supervisor process running systemd-nspawn. `down` removes
 all of them; the last `down` also removes the shared nftables table and restores ip_forward.
+
+What is recorded per host lives in `record`, how hosts are reached (ssh, inventory, known_hosts)
+in `access`; both are re-exported here, the module callers import.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -16,108 +18,40 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from ai_deploy.sandbox import network
+from ai_deploy.sandbox.access import ssh, ssh_options, write_inventory, write_known_hosts
 from ai_deploy.sandbox.image import SandboxError, ensure_image, mounts_under, remove_tree
 from ai_deploy.sandbox.locking import file_lock
-from ai_deploy.sandbox.paths import hosts_dir, inventories_dir, ssh_key_path, state_dir
+from ai_deploy.sandbox.paths import hosts_dir, inventories_dir, state_dir
+from ai_deploy.sandbox.record import (
+    SUPERVISOR_MODULE,
+    Host,
+    cmdline,
+    is_our_supervisor,
+    list_hosts,
+    read_meta,
+    write_meta,
+)
+
+# The public face of the sandbox: callers (the CLI, tests, bench/) import these from here.
+__all__ = [
+    "BOOT_TIMEOUT_S",
+    "Host",
+    "SandboxError",
+    "down",
+    "list_hosts",
+    "ssh",
+    "ssh_options",
+    "up",
+    "wait_ready",
+    "write_inventory",
+    "write_known_hosts",
+]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 BOOT_TIMEOUT_S = 60.0
-SUPERVISOR_MODULE = "ai_deploy.sandbox.supervise"
-
-
-@dataclass(frozen=True)
-class Host:
-    """One sandbox host as recorded in its meta.json."""
-
-    name: str
-    index: int
-    address: str
-    supervisor_pid: int
-    inventory: str
-
-    @property
-    def directory(self) -> Path:
-        return hosts_dir() / self.name
-
-    @property
-    def merged(self) -> Path:
-        return self.directory / "merged"
-
-    @property
-    def running(self) -> bool:
-        return _is_our_supervisor(self.supervisor_pid, self.name)
-
-
-def ssh_options() -> list[str]:
-    """OpenSSH options for reaching sandbox hosts (clones share host keys: never pin them)."""
-    return [
-        "-i",
-        str(ssh_key_path()),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "ConnectTimeout=5",
-    ]
-
-
-def ssh(address: str, command: str, *, timeout: float = 60.0, check: bool = True) -> str:
-    """Run COMMAND as `ubuntu` on a sandbox host and return its stdout."""
-    proc = subprocess.run(
-        ["ssh", *ssh_options(), f"ubuntu@{address}", command],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and proc.returncode != 0:
-        raise SandboxError(
-            f"ssh ubuntu@{address} {command!r} failed (exit {proc.returncode}): "
-            f"{proc.stderr.strip() or proc.stdout.strip()}"
-        )
-    return proc.stdout
-
-
-def _read_meta(path: Path) -> Host | None:
-    try:
-        data = json.loads(path.read_text())
-        return Host(**data)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def list_hosts() -> list[Host]:
-    """Every host with a state directory, running or not, ordered by index."""
-    if not hosts_dir().is_dir():
-        return []
-    found = []
-    for meta in hosts_dir().glob("*/meta.json"):
-        host = _read_meta(meta)
-        if host is not None:
-            found.append(host)
-    return sorted(found, key=lambda h: h.index)
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _is_our_supervisor(pid: int, name: str) -> bool:
-    args = _cmdline(pid)
-    return SUPERVISOR_MODULE in args and name in args
 
 
 def _names_for(count: int, name: str | None, index_hint: int) -> list[str]:
@@ -163,7 +97,7 @@ def _start(name: str, index: int, image: Path, inventory: Path) -> Host:
     for d in (upper, work, merged):
         d.mkdir(parents=True, exist_ok=True)
     host = Host(name, index, network.guest_address(index), 0, str(inventory))
-    _write_meta(host)  # before anything else exists, so a failed start can be torn down
+    write_meta(host)  # before anything else exists, so a failed start can be torn down
     network.attach_host(index)
     subprocess.run(
         [
@@ -205,19 +139,12 @@ def _start(name: str, index: int, image: Path, inventory: Path) -> Host:
     # stopped.
     settle = time.monotonic() + 5
     while (
-        not _is_our_supervisor(proc.pid, name) and proc.poll() is None and time.monotonic() < settle
+        not is_our_supervisor(proc.pid, name) and proc.poll() is None and time.monotonic() < settle
     ):
         time.sleep(0.01)
     host = Host(name, index, network.guest_address(index), proc.pid, str(inventory))
-    _write_meta(host)
+    write_meta(host)
     return host
-
-
-def _write_meta(host: Host) -> None:
-    meta = host.directory / "meta.json"
-    tmp = meta.with_suffix(".tmp")
-    tmp.write_text(json.dumps(host.__dict__, indent=2) + "\n")
-    os.replace(tmp, meta)
 
 
 def wait_ready(host: Host, timeout: float = BOOT_TIMEOUT_S) -> None:
@@ -252,41 +179,6 @@ def _console_tail(host: Host, lines: int = 20) -> str:
     except OSError:
         return "(no console log)"
     return "\n".join(text.splitlines()[-lines:])
-
-
-def write_known_hosts(path: Path, hosts: list[Host], image: Path) -> None:
-    """known_hosts naming each host's address with the base image's host keys."""
-    keys = [
-        " ".join(p.read_text().split()[:2])
-        for p in sorted((image / "etc/ssh").glob("ssh_host_*_key.pub"))
-    ]
-    path.write_text("".join(f"{h.address} {key}\n" for h in hosts for key in keys))
-
-
-def write_inventory(path: Path, hosts: list[Host]) -> None:
-    """A pyinfra inventory for HOSTS; its file name puts them in the `sandbox` group."""
-    key = ssh_key_path()
-    entries = []
-    for h in hosts:
-        data = {
-            "ssh_hostname": h.address,
-            "ssh_user": "ubuntu",
-            "ssh_key": str(key),
-            # Every clone has the base image's host keys: known_hosts lists them per address.
-            "ssh_known_hosts_file": str(path.parent / "known_hosts"),
-            "ssh_strict_host_key_checking": "yes",
-            "ssh_allow_agent": False,
-            "ssh_look_for_keys": False,
-        }
-        entries.append(f"    ({h.name!r}, {data!r}),")
-    body = "\n".join(entries)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        '"""Sandbox hosts written by `ai-deploy sandbox up`; removed by `sandbox down`."""\n\n'
-        f"sandbox = [\n{body}\n]\n"
-    )
-    os.replace(tmp, path)
 
 
 def up(count: int = 1, name: str | None = None) -> tuple[list[Host], Path]:
@@ -344,7 +236,7 @@ def _stop(host: Host, timeout: float = 20.0) -> None:
     pidfile = host.directory / "nspawn.pid"
     if pidfile.exists():
         pid = int(pidfile.read_text().strip() or 0)
-        args = _cmdline(pid)
+        args = cmdline(pid)
         if args and args[0].endswith("systemd-nspawn") and str(host.merged) in args:
             os.kill(pid, signal.SIGKILL)
     _kill_container(host.directory)
@@ -352,7 +244,7 @@ def _stop(host: Host, timeout: float = 20.0) -> None:
 
 def _teardown_one(name: str) -> None:
     directory = hosts_dir() / name
-    host = _read_meta(directory / "meta.json")
+    host = read_meta(directory / "meta.json")
     if host is not None:
         _stop(host)
         network.detach_host(host.index)
@@ -404,7 +296,7 @@ def _orphaned_supervisors() -> list[int]:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
-        args = _cmdline(int(proc.name))
+        args = cmdline(int(proc.name))
         if SUPERVISOR_MODULE not in args or "--merged" not in args:
             continue
         merged = args[args.index("--merged") + 1]
@@ -442,7 +334,7 @@ def _index_claimed_elsewhere(index: int) -> bool:
     wanted = network.netns_path(index)
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
-            args = _cmdline(int(proc.name))
+            args = cmdline(int(proc.name))
             if SUPERVISOR_MODULE in args and wanted in args:
                 return True
     return False

@@ -23,6 +23,7 @@ import testinfra.backend
 import testinfra.host
 
 from ai_deploy.artifact.build import build_artifact, release_id_from_artifact
+from ai_deploy.sandbox.image import SandboxError
 from ai_deploy.sandbox.paths import ssh_key_path
 from tests.e2e.conftest import Sandbox
 
@@ -33,6 +34,7 @@ APP_ROOT = "/app/ai-server"
 DEPLOY_TIMEOUT_S = 600.0
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_END = "--deploykit-read-complete--"  # the last line of every read_host script
 
 
 # --- pyinfra runs ---------------------------------------------------------------------------
@@ -224,34 +226,52 @@ def predict_traffic(address: str, every_s: float = 0.05) -> Iterator[list[Probe]
 # --- the host's tree ------------------------------------------------------------------------
 
 
+def read_host(sandbox: Sandbox, script: str, what: str) -> str:
+    """SCRIPT's output, run with sudo under `set -e`. Fails, naming WHAT, when the host cannot
+    be reached or SCRIPT does not run to its end: an unreachable host never reads as empty."""
+    try:
+        out = sandbox.sudo(f"set -e\n{script}\necho {_END}")
+    except SandboxError as exc:
+        raise AssertionError(
+            f"cannot reach sandbox host {sandbox.name} ({sandbox.address}) to read {what}: {exc}"
+        ) from exc
+    body, end, rest = out.rpartition(_END)
+    assert end and rest == "\n", f"reading {what} on {sandbox.name} stopped short: {out!r}"
+    return body
+
+
 def tree(sandbox: Sandbox, root: str = APP_ROOT) -> list[str]:
-    """Every path under ROOT with type, owner, mode, size, link target and mtime, sorted."""
-    out = sandbox.sudo(
-        f"find {shlex.quote(root)} -printf '%p %y %U %m %s %l %T@\\n' 2>/dev/null | sort",
-        check=False,
+    """Every path under ROOT with type, owner, mode, size, link target, mtime, sorted ([]: none)."""
+    q = shlex.quote(root)
+    script = (
+        f"if [ -e {q} ] || [ -L {q} ]; then\n"
+        f"  listing=$(find {q} -printf '%p %y %U %m %s %l %T@\\n')\n"
+        "  printf '%s\\n' \"$listing\" | sort\nfi"
     )
-    return out.splitlines()
+    return read_host(sandbox, script, f"the tree under {root}").splitlines()
 
 
 def host_snapshot(sandbox: Sandbox) -> dict[str, object]:
     """The app tree plus what else a deploy could change: unit, uv, logrotate, the service."""
-    return {
-        "tree": tree(sandbox),
-        "etc": sandbox.sudo(
-            "ls -l --time-style=full-iso /etc/systemd/system/ai-server.service "
-            "/etc/logrotate.d/ai-server /usr/local/bin/uv 2>&1",
-            check=False,
-        ),
-        "main_pid": main_pid(sandbox),
-    }
+    etc = read_host(
+        sandbox,  # `ls` exits 2 when one is missing, which its output shows: no error here
+        "ls -l --time-style=full-iso /etc/systemd/system/ai-server.service "
+        "/etc/logrotate.d/ai-server /usr/local/bin/uv 2>&1 || true",
+        "the unit, logrotate and uv files",
+    )
+    return {"tree": tree(sandbox), "etc": etc, "main_pid": main_pid(sandbox)}
 
 
 def main_pid(sandbox: Sandbox) -> str:
-    return sandbox.sudo("systemctl show -p MainPID --value ai-server", check=False).strip()
+    """ai-server's MainPID as systemd reports it ("0" when it does not run)."""
+    pid = read_host(sandbox, "systemctl show -p MainPID --value ai-server", "MainPID").strip()
+    assert pid.isdigit(), f"systemctl gave no MainPID for ai-server on {sandbox.name}: {pid!r}"
+    return pid
 
 
 def revisions(sandbox: Sandbox) -> list[str]:
-    return sandbox.sudo(f"cat {APP_ROOT}/revisions.log", check=False).splitlines()
+    log = shlex.quote(f"{APP_ROOT}/revisions.log")
+    return read_host(sandbox, f"if [ -e {log} ]; then cat {log}; fi", "revisions.log").splitlines()
 
 
 def infra_host(sandbox: Sandbox, config_dir: Path) -> testinfra.host.Host:

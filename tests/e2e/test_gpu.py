@@ -20,7 +20,7 @@ import requests
 
 from ai_deploy.artifact.build import build_artifact
 from tests.e2e.conftest import Sandbox
-from tests.e2e.deploykit import grand_total, run_deploy
+from tests.e2e.deploykit import APP_ROOT, example_artifact, grand_total, run_deploy
 
 pytestmark = pytest.mark.e2e
 DATA = Path(__file__).resolve().parents[1] / "data" / "gpu"
@@ -115,6 +115,7 @@ def test_install_path_reboots_mid_run_and_continues(fresh_sandbox: Sandbox, tmp_
     health = requests.get(f"http://{sandbox.address}:8000/health", timeout=5)
     assert health.status_code == 200
     assert sandbox.ssh("systemctl is-active ai-server").strip() == "active"
+    assert _service_started_at(sandbox) != "0"  # what the failing-driver test reads as "0"
 
     # A GPU host whose driver works: no change, no reboot.
     booted = _boot_id(sandbox)
@@ -126,16 +127,25 @@ def test_install_path_reboots_mid_run_and_continues(fresh_sandbox: Sandbox, tmp_
     assert _boot_id(sandbox) == booted
 
 
-def test_driver_that_does_not_answer_fails_clearly(fresh_sandbox: Sandbox) -> None:
+def _service_started_at(sandbox: Sandbox) -> str:
+    """When ai-server last entered `active` (monotonic µs; "0": never since boot)."""
+    return sandbox.ssh("systemctl show -p ActiveEnterTimestampMonotonic --value ai-server").strip()
+
+
+def test_driver_that_does_not_answer_fails_clearly(fresh_sandbox: Sandbox, tmp_path: Path) -> None:
     sandbox = fresh_sandbox
     _fake_gpu_host(sandbox, "probe-driver-broken.txt", 17)
-    result = run_deploy(sandbox.inventory, *_gpu_data())
+    # With an artifact, a run that went on past the GPU task would put it in service.
+    artifact = example_artifact(tmp_path)
+    result = run_deploy(sandbox.inventory, artifact.data, *_gpu_data())
     assert result.returncode != 0
     assert "the NVIDIA driver does not work after the install" in result.stdout
     assert "Failed to initialize NVML" in result.stdout
-    # Nothing after the GPU task ran: the service was never started.
-    state = sandbox.ssh("systemctl is-active ai-server", check=False).strip()
-    assert state != "active"
+    # Nothing after the GPU task ran: the release was never put in service, the service
+    # never started.
+    assert "current -> releases/" not in result.stdout
+    assert sandbox.sudo(f"test -L {APP_ROOT}/current && echo linked || echo none") == "none\n"
+    assert _service_started_at(sandbox) == "0", result.stdout[-3000:]
 
 
 def test_secure_boot_on_install_path_is_named(fresh_sandbox: Sandbox) -> None:

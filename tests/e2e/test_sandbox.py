@@ -13,10 +13,11 @@ import pytest
 import requests
 
 from ai_deploy.artifact.build import build_artifact
-from ai_deploy.sandbox import hosts, image, network
-from ai_deploy.sandbox.image import mounts_under
 from ai_deploy.host.uvbin import uv_binary
+from ai_deploy.sandbox import hosts, image, network, record
+from ai_deploy.sandbox.image import mounts_under
 from tests.e2e.conftest import Sandbox, boot, require_root
+from tests.e2e.deploykit import host_snapshot, main_pid, tree
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "ai-server"
@@ -85,12 +86,35 @@ def test_down_leaves_nothing_of_the_host_behind() -> None:
     assert not inventory.exists()
     assert not host.running
     assert not any(
-        str(host.merged) in " ".join(hosts._cmdline(int(p.name)))
+        str(host.merged) in " ".join(record.cmdline(int(p.name)))
         for p in Path("/proc").iterdir()
         if p.name.isdigit()
     )
     if not network.host_links():
         assert not network.table_exists()
+
+
+def test_reading_a_host_that_cannot_be_reached_fails() -> None:
+    """tree(), host_snapshot() and main_pid() fail on a host that is down instead of returning
+    empty outputs that compare equal."""
+    started, inventory = boot("unreachable")
+    host = started[0]
+    gone = Sandbox(host, inventory)
+    try:
+        assert tree(gone) == []  # reachable, no app yet: an empty tree, no error
+        # The guest may close this very connection as it goes down: its exit says nothing.
+        gone.sudo("systemctl --no-block poweroff", check=False, timeout=30)
+        deadline = time.monotonic() + 60
+        while host.running:
+            assert time.monotonic() < deadline, "the host did not power off"
+            time.sleep(0.2)
+        # Its namespace stays until `down`, so ssh is refused there and goes nowhere else.
+        assert Path(network.netns_path(host.index)).exists()
+        for read in (tree, host_snapshot, main_pid):
+            with pytest.raises(AssertionError, match="cannot reach sandbox host"):
+                read(gone)
+    finally:
+        hosts.down([host.name])
 
 
 def test_down_ends_a_container_whose_nspawn_was_killed() -> None:
@@ -119,7 +143,7 @@ def test_down_all_ends_a_host_whose_state_was_lost(
     hosts.down(None)
     assert not host.running
     assert not any(
-        str(host.merged) in " ".join(hosts._cmdline(int(p.name)))
+        str(host.merged) in " ".join(record.cmdline(int(p.name)))
         for p in Path("/proc").iterdir()
         if p.name.isdigit()
     )
