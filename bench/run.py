@@ -22,11 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
+from ai_deploy.host.uvbin import uv_binary
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.image import SandboxError
-from ai_deploy.host.uvbin import uv_binary
 from bench import ours, report, seed
-from testkit.remote import ssh
 from bench.scenarios import (
     SCENARIOS,
     DeployError,
@@ -38,6 +37,7 @@ from bench.scenarios import (
     measure,
     scenario,
 )
+from testkit.remote import ssh
 from testkit.variants import RELOCK_DEPENDENCY, Variant, build, crash_at_import, health_500
 from testkit.variants import relock_on_host as relock_step
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ai_deploy.sandbox import hosts
 from bench import ours, seed
-from testkit.load import LoadGenerator, RequestRecord, http_get
 from bench.metrics import Summary, summarize
 from bench.proc import CmdResult
+from testkit.load import LoadGenerator, RequestRecord, http_get
 from testkit.variants import Variant
 
 Echo = Callable[[str], None]

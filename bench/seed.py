@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testkit.load import http_get
 from bench.proc import CmdResult, run_streamed
+from testkit.load import http_get
 from testkit.remote import put, scp_argv, ssh, ssh_argv, sudo, write_file
 
 REMOTE_ARTIFACT = "/tmp/ai-server-deploy.tar.gz"

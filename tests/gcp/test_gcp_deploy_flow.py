@@ -34,7 +34,7 @@ from ai_deploy.gcp.firewall import firewall_window
 from ai_deploy.gcp.sshkeys import generate_key_pair, ssh_keys_entry
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.hosts import Host
-from tests.fakes.gcp_server import FakeGcp
+from tests.fakes.gcp import FakeGcp
 from tests.gcp.flowkit import (
     REPO_ROOT,
     DeployProcess,
@@ -455,7 +455,8 @@ def test_health_failure_removes_rule_and_key(
         flow.env_data(),
         "--health-attempts",
         "2",
-        env={"AI_DEPLOY_PORT": "8009"},  # nothing listens there: the outside check fails
+        # Nothing listens there: the outside check fails while the host's own gate passes.
+        env={"AI_DEPLOY_HEALTH_URL": f"http://{flow.host.address}:8009/health"},
     )
     assert code == 16, output
     assert f"http://{flow.host.address}:8009/health not healthy after 2 attempts" in output

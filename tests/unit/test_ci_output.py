@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ai_deploy.ci.notify import DeployEvent
 from ai_deploy.ci.output import (
     Phases,
     add_mask,
@@ -21,7 +22,6 @@ from ai_deploy.ci.output import (
     warning,
     write_step_summary,
 )
-from ai_deploy.ci.notify import DeployEvent
 
 pytestmark = pytest.mark.unit
 
