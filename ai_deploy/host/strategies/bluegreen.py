@@ -121,21 +121,35 @@ def _point_colour(remote: Remote, spec: Spec, colour: str, release: str) -> None
     )
 
 
-def _route_to(remote: Remote, spec: Spec, colour: str, port: int) -> None:
-    """Point nginx at COLOUR's port: new upstream file, our site enabled, graceful reload."""
-    layout = spec.layout
+def _stage_route(remote: Remote, spec: Spec, colour: str, port: int) -> None:
+    """Our site enabled with its upstream at COLOUR's port, and nginx's config test passed. A
+    config nginx refuses is put back as it was, so no later reload routes to COLOUR."""
+    site = spec.layout.nginx_site
     upstream = shlex.quote(spec.nginx_upstream)
     app = shlex.quote(spec.app_name)
     must(
         remote,
-        f"printf 'server 127.0.0.1:%s;\\n' {port} > {upstream}.tmp && mv -f {upstream}.tmp "
-        f"{upstream} && ln -sfn ../sites-available/{app} {layout.nginx_site} && nginx -t -q && "
+        f"rm -f {upstream}.prev; cp -p {upstream} {upstream}.prev 2>/dev/null; "
+        f"if [ -L {site} ]; then had_site=1; else had_site=; fi; "
+        f"if printf 'server 127.0.0.1:%s;\\n' {port} > {upstream}.tmp && mv -f {upstream}.tmp "
+        f"{upstream} && ln -sfn ../sites-available/{app} {site} && nginx -t -q; then "
+        f"rm -f {upstream}.prev; exit 0; fi; "
+        f"if [ -e {upstream}.prev ]; then mv -f {upstream}.prev {upstream}; fi; "
+        f'[ -n "$had_site" ] || rm -f {site}; exit 1',
+        f"pointing nginx at the {colour} colour",
+    )
+
+
+def _route_to(remote: Remote, spec: Spec, colour: str) -> None:
+    """nginx (re)loads the staged config: graceful reload, or start when it is not running."""
+    must(
+        remote,
         "systemctl enable nginx >/dev/null 2>&1 && "
         "if systemctl is-active --quiet nginx; then systemctl reload nginx; "
         "else systemctl start nginx; fi",
         f"pointing nginx at the {colour} colour",
     )
-    remote.run(f"printf '%s\\n' {colour} > {layout.colors}/LIVE")
+    remote.run(f"printf '%s\\n' {colour} > {spec.layout.colors}/LIVE")
 
 
 def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> Live:
@@ -161,10 +175,16 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
             journal=f"never-in-service colour={idle} reason={health.reason!r}",
         )
     remote.say(health.reason)
+    try:
+        # Before the in-place units are left: a config nginx refuses must not cost the port.
+        _stage_route(remote, spec, idle, port)
+    except DeployFailed:
+        remote.run(f"systemctl stop {shlex.quote(unit)}")
+        raise
     if live is None:
         # The public port: from the in-place service or socket (first switch to blue/green).
         leave_others()
-    _route_to(remote, spec, idle, port)
+    _route_to(remote, spec, idle)
     remote.run(f"systemctl enable {shlex.quote(unit)} 2>/dev/null || true")
     set_links(remote, spec, before.after_switch_to(target))
     remote.say(f"nginx now sends traffic to {idle} ({target})")

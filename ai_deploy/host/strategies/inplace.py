@@ -8,11 +8,21 @@ import shlex
 from collections.abc import Callable
 
 from ai_deploy.host.outcome import SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
-from ai_deploy.host.release.health import wait_healthy, warn_unhealthy
+from ai_deploy.host.release.health import Health, wait_healthy, warn_unhealthy
 from ai_deploy.host.release.links import Links, set_links
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
 from ai_deploy.host.strategies.base import Live
+
+
+def _restart_healthy(remote: Remote, spec: Spec, restart: Callable[[], int]) -> Health:
+    """RESTART, then the health gate; a restart systemd refuses is an unhealthy release too
+    (so it is switched back like one)."""
+    try:
+        baseline = restart()
+    except DeployFailed as exc:
+        return Health(False, str(exc))
+    return wait_healthy(remote, spec, baseline)
 
 
 def go_live_in_place(
@@ -23,16 +33,20 @@ def go_live_in_place(
     target = spec.release_id
     set_links(remote, spec, before.after_switch_to(target))
     remote.say(f"current -> releases/{target}; restarting {spec.service} ({name})")
-    health = wait_healthy(remote, spec, restart())
+    health = _restart_healthy(remote, spec, restart)
     if health.ok:
         remote.say(health.reason)
         return Live(f"{spec.action} of {target} healthy", f"previous={before.current or '-'}")
     warn_unhealthy(remote, spec, health)
     if not before.current:
-        # A first deploy: no healthy release to go back to, so none is left in service.
+        # A first deploy: no healthy release to go back to, so none is left in service. The
+        # socket is disabled too: at boot it would accept connections nothing answers.
         layout = spec.layout
         units = f"{shlex.quote(layout.service)} {shlex.quote(layout.socket)}"
-        remote.run(f"systemctl stop {units} 2>/dev/null; true")
+        remote.run(
+            f"systemctl stop {units} 2>/dev/null; "
+            f"systemctl disable {shlex.quote(layout.socket)} 2>/dev/null; true"
+        )
         set_links(remote, spec, Links(None, before.previous))
         raise DeployFailed(
             "health",
@@ -49,7 +63,7 @@ def go_live_in_place(
         )
     remote.warn(f"switching back to release {before.current}")
     set_links(remote, spec, before)
-    back = wait_healthy(remote, spec, restart())
+    back = _restart_healthy(remote, spec, restart)
     if not back.ok:
         raise DeployFailed(
             "rollback",

@@ -1,0 +1,228 @@
+"""releases/<id> made ready (prepare), `current`/`previous` switched (links) and old releases
+pruned, each through its real shell on a temporary tree."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hostkit import FakeHost
+
+from ai_deploy.host.outcome import DeployFailed
+from ai_deploy.host.paths import VENV_COMPLETE
+from ai_deploy.host.release.links import Links, read_links, set_links
+from ai_deploy.host.release.prepare import prepare_release
+from ai_deploy.host.release.prune import prune
+
+pytestmark = pytest.mark.unit
+
+TOKEN = "a1b2c3d4e5f60718"
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[FakeHost]:
+    with FakeHost(tmp_path) as h:
+        yield h
+
+
+def prepare(host: FakeHost, release_id: str, **artifact: object) -> None:
+    art, sha = host.artifact(release_id, **artifact)  # type: ignore[arg-type]
+    spec = host.spec(release_id, artifact_remote=art, artifact_sha256=sha)
+    prepare_release(host.remote, spec, TOKEN, have_release=False)
+
+
+def releases(host: FakeHost) -> list[str]:
+    d = host.app_root / "releases"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def lock_hash(lock: str) -> str:
+    return hashlib.sha256(f"version = 1\n# {lock}\n".encode()).hexdigest()
+
+
+# --- prepare ---
+
+
+def test_prepare_extracts_into_a_fresh_dir_renamed_into_place(host: FakeHost) -> None:
+    art, sha = host.artifact("r1")
+    spec = host.spec("r1", artifact_remote=art, artifact_sha256=sha)
+    prepare_release(host.remote, spec, TOKEN, have_release=False)
+    release = host.app_root / "releases" / "r1"
+    assert releases(host) == ["r1"]  # no .tmp-* beside it
+    assert (release / "REVISION").read_text() == "r1\n"
+    assert (release / "main.py").read_text() == "app = None\n"
+    assert release.stat().st_mode & 0o777 == 0o755
+    assert (release / "main.py").stat().st_uid == os.getuid()  # code_owner: this user
+    assert not Path(art).exists()  # the upload is removed once the release is in place
+    # The extraction happened aside and one rename put it in place.
+    assert any(f"mv -T {host.app_root}/releases/.tmp-r1-{TOKEN}" in s for s in host.remote.scripts)
+
+
+def test_prepare_builds_the_venv_once_then_reuses_it(host: FakeHost) -> None:
+    prepare(host, "r1", lock="lock-v1")
+    prepare(host, "r2", lock="lock-v1")
+    v1 = lock_hash("lock-v1")
+    assert len(host.uv_calls()) == 1
+    assert "UV_PYTHON_DOWNLOADS=never sync --frozen" in host.uv_calls()[0]
+    for rid in ("r1", "r2"):
+        link = host.app_root / "releases" / rid / ".venv"
+        assert os.readlink(link) == f"../../venvs/{v1}"
+        assert (link / VENV_COMPLETE).exists()
+    venv = host.app_root / "venvs" / v1
+    writable = [p for p in venv.rglob("*") if p.stat().st_mode & 0o022]
+    assert writable == []  # the service cannot rewrite its own venv (uv's .lock included)
+    assert any("is ready (uv.lock unchanged): no sync" in m for m in host.remote.said)
+    prepare(host, "r3", lock="lock-v2")  # a new uv.lock: a second venv
+    assert len(host.uv_calls()) == 2
+    assert sorted(p.name for p in (host.app_root / "venvs").iterdir()) == sorted(
+        [v1, lock_hash("lock-v2")]
+    )
+
+
+def test_prepare_refuses_an_artifact_whose_sha256_does_not_match(host: FakeHost) -> None:
+    art, _ = host.artifact("r1")
+    spec = host.spec("r1", artifact_remote=art, artifact_sha256="0" * 64)
+    with pytest.raises(DeployFailed, match="does not match sha256") as caught:
+        prepare_release(host.remote, spec, TOKEN, have_release=False)
+    assert caught.value.phase == "release"
+    assert releases(host) == []
+    assert host.uv_calls() == []
+
+
+def test_prepare_of_a_corrupt_artifact_leaves_nothing_in_releases(host: FakeHost) -> None:
+    bad = host.uploads / "r1.tar.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    sha = hashlib.sha256(bad.read_bytes()).hexdigest()
+    spec = host.spec("r1", artifact_remote=str(bad), artifact_sha256=sha)
+    with pytest.raises(DeployFailed, match="extracting the artifact failed"):
+        prepare_release(host.remote, spec, TOKEN, have_release=False)
+    assert releases(host) == []
+
+
+def test_prepare_keeps_members_with_dotdot_inside_the_release(host: FakeHost) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("uv.lock", b"version = 1\n"), ("../../escape", b"out\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    art = host.uploads / "r1.tar.gz"
+    art.write_bytes(buf.getvalue())
+    spec = host.spec(
+        "r1", artifact_remote=str(art), artifact_sha256=hashlib.sha256(buf.getvalue()).hexdigest()
+    )
+    # Refusing the artifact is fine too; writing outside the release is not.
+    with contextlib.suppress(DeployFailed):
+        prepare_release(host.remote, spec, TOKEN, have_release=False)
+    assert not (host.app_root / "escape").exists()
+    assert not (host.app_root / "releases" / "escape").exists()
+    assert not (host.tmp / "escape").exists()
+
+
+def test_prepare_venv_failure_leaves_the_tree_as_it_was(host: FakeHost) -> None:
+    (host.state / "uv.fail").touch()
+    with pytest.raises(DeployFailed, match="uv sync --frozen failed") as caught:
+        prepare(host, "r1")
+    assert caught.value.phase == "venv"
+    assert "Failed to download `torch==2.9.0`" in str(caught.value)
+    assert releases(host) == []
+    venvs = host.app_root / "venvs"
+    assert not venvs.exists() or list(venvs.iterdir()) == []
+
+
+def test_prepare_of_a_release_on_the_host_relinks_its_venv_without_sync(host: FakeHost) -> None:
+    prepare(host, "r1")
+    venv_link = host.app_root / "releases" / "r1" / ".venv"
+    venv_link.unlink()
+    spec = host.spec("r1")
+    prepare_release(host.remote, spec, TOKEN, have_release=True)
+    assert os.readlink(venv_link) == f"../../venvs/{lock_hash('lock-v1')}"
+    assert len(host.uv_calls()) == 1
+
+
+def test_prepare_of_a_missing_release_without_an_artifact_is_refused(host: FakeHost) -> None:
+    with pytest.raises(DeployFailed, match="release r7 is not on the host"):
+        prepare_release(host.remote, host.spec("r7"), TOKEN, have_release=False)
+
+
+# --- links ---
+
+
+def test_links_after_switch_to() -> None:
+    assert Links(None, None).after_switch_to("r1") == Links("r1", None)
+    assert Links("r1", None).after_switch_to("r2") == Links("r2", "r1")
+    assert Links("r2", "r1").after_switch_to("r3") == Links("r3", "r2")
+    # The same release again: previous stays what it was (not current itself).
+    assert Links("r2", "r1").after_switch_to("r2") == Links("r2", "r1")
+    # A rollback to previous swaps the two.
+    assert Links("r2", "r1").after_switch_to("r1") == Links("r1", "r2")
+
+
+def test_links_switch_current_and_previous(host: FakeHost) -> None:
+    spec = host.spec()
+    assert read_links(host.remote, spec) == Links(None, None)
+    (host.app_root / "releases").mkdir(parents=True)
+    set_links(host.remote, spec, Links("r1", None))
+    assert read_links(host.remote, spec) == Links("r1", None)
+    set_links(host.remote, spec, Links("r1", None).after_switch_to("r2"))
+    assert read_links(host.remote, spec) == Links("r2", "r1")
+    assert os.readlink(host.app_root / "current") == "releases/r2"  # relative
+    set_links(host.remote, spec, Links(None, "r1"))
+    assert read_links(host.remote, spec) == Links(None, "r1")
+    assert not (host.app_root / "current").is_symlink()
+    assert sorted(p.name for p in host.app_root.iterdir()) == ["previous", "releases"]
+
+
+def test_links_refuse_to_replace_a_real_current_directory(host: FakeHost) -> None:
+    current = host.app_root / "current"
+    current.mkdir(parents=True)
+    (current / "main.py").write_text("hand-copied\n")
+    with pytest.raises(DeployFailed, match="could not switch") as caught:
+        set_links(host.remote, host.spec(), Links("r1", None))
+    assert caught.value.phase == "switch"
+    assert (current / "main.py").read_text() == "hand-copied\n"
+
+
+# --- prune ---
+
+
+def make_release(host: FakeHost, rid: str, venv: str, age_s: float) -> None:
+    release = host.app_root / "releases" / rid
+    release.mkdir(parents=True)
+    (host.app_root / "venvs" / venv).mkdir(parents=True, exist_ok=True)
+    (release / ".venv").symlink_to(f"../../venvs/{venv}")
+    when = time.time() - age_s
+    os.utime(release, (when, when))
+
+
+def test_prune_never_removes_current_or_previous_and_drops_unused_venvs(
+    host: FakeHost,
+) -> None:
+    # Oldest first: r1 is current (a rollback to it), r2 previous; keep only 2.
+    for age, (rid, venv) in enumerate(
+        [("r5", "v-new"), ("r4", "v-new"), ("r3", "v-r3"), ("r2", "v-old"), ("r1", "v-r1")]
+    ):
+        make_release(host, rid, venv, age_s=100 * (age + 1))
+    (host.app_root / "venvs" / "v-orphan").mkdir()
+    (host.app_root / "releases" / f".tmp-r6-{TOKEN}").mkdir()
+    (host.app_root / "current").symlink_to("releases/r1")
+    (host.app_root / "previous").symlink_to("releases/r2")
+    prune(host.remote, host.spec(releases_keep=2))
+    assert releases(host) == ["r1", "r2", "r4", "r5"]
+    venvs = sorted(p.name for p in (host.app_root / "venvs").iterdir())
+    assert venvs == ["v-new", "v-old", "v-r1"]
+    assert "removed release r3" in host.remote.said
+    assert "removed venv v-orphan" in host.remote.said
+
+
+def test_prune_on_a_fresh_host_does_nothing(host: FakeHost) -> None:
+    prune(host.remote, host.spec())
+    assert not host.app_root.exists() or list(host.app_root.iterdir()) == []
+    assert host.remote.said == []
