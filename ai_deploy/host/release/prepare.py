@@ -1,20 +1,14 @@
 """releases/<id> made ready: the uploaded artifact checked and extracted into a fresh directory
-that is renamed into place, with its venv (one per uv.lock hash) built only when missing."""
+that is renamed into place, linked to its venv (ai_deploy.host.release.venv)."""
 
 from __future__ import annotations
 
 import shlex
-import time
 
 from ai_deploy.host.outcome import DeployFailed
-from ai_deploy.host.paths import VENV_COMPLETE
+from ai_deploy.host.release.venv import ensure_venv
 from ai_deploy.host.remote import Remote, tail
 from ai_deploy.host.settings import Spec
-
-
-def _uv_env(spec: Spec) -> str:
-    pairs = {"UV_PYTHON_DOWNLOADS": spec.uv_python_downloads, **spec.uv_env}
-    return " ".join(f"{k}={shlex.quote(str(v))}" for k, v in pairs.items())
 
 
 def prepare_release(remote: Remote, spec: Spec, token: str, have_release: bool) -> None:
@@ -67,31 +61,3 @@ def _lock_hash(remote: Remote, spec: Spec, workdir: str) -> str:
     if not found.ok or not found.stdout:
         raise DeployFailed("venv", f"release {spec.release_id} has no uv.lock")
     return found.stdout[0].split()[0]
-
-
-def ensure_venv(
-    remote: Remote, spec: Spec, lock_hash: str, workdir: str, cleanup: str | None
-) -> None:
-    """venvs/<lock_hash> complete, built with `uv sync --frozen` only when missing."""
-    venv = spec.layout.venv(lock_hash)
-    if remote.run(f"test -e {venv}/{VENV_COMPLETE}").ok:
-        remote.say(f"venv {lock_hash[:12]} is ready (uv.lock unchanged): no sync")
-        return
-    remote.say(f"building venv {lock_hash[:12]} with uv sync --frozen (the service keeps serving)")
-    started = time.monotonic()
-    sync = remote.run(
-        f"rm -rf {venv} && cd {workdir} && env UV_PROJECT_ENVIRONMENT={venv} {_uv_env(spec)} "
-        f"{shlex.quote(spec.uv_path)} sync --frozen --no-install-project --no-dev "
-        f"--compile-bytecode --python {shlex.quote(spec.uv_python)} 2>&1 && "
-        # uv leaves its own .lock world-writable: the service must not be able to write here.
-        f"chmod -R go-w {venv} && touch {venv}/{VENV_COMPLETE}",
-        timeout=3600,
-    )
-    if not sync.ok:
-        remote.run(f"rm -rf {venv}" + (f" {cleanup}" if cleanup else ""))
-        raise DeployFailed(
-            "venv",
-            "uv sync --frozen failed; the running release is untouched. Last lines:\n"
-            + tail(sync.stdout + sync.stderr),
-        )
-    remote.say(f"venv {lock_hash[:12]} built in {time.monotonic() - started:.1f} s")
