@@ -7,9 +7,13 @@ _sudo = True
 # The application and where it lives
 app_name = "ai-server"  # the systemd unit is <app_name>.service
 app_root = "/app/ai-server"
-app_user = "ubuntu"  # the service runs as this user (the seed's unit does)
-app_group = "ubuntu"
+# The service runs as a system user of its own: no sudo, no login shell, no SSH key, and it
+# cannot write its code. The seed ran it as `ubuntu` (the SSH user, which can sudo): still
+# possible by setting app_user = "ubuntu", with a warning on every run.
+app_user = "ai-server"
+app_group = "ai-server"
 code_owner = "root"  # owns releases and venvs: the service cannot rewrite its own code
+build_user = "ai-deploy-build"  # runs `uv sync` (building a package runs its code): never root
 app_data_dirs = ["chroma_db"]  # under app_root, kept across releases, owned by app_user
 app_module = "main:app"  # uvicorn's APP argument; main.py must be in the artifact
 app_host = "0.0.0.0"
@@ -52,6 +56,16 @@ health_interval_s = 1.0
 health_fail_after_errors = 3  # consecutive 5xx answers that end the wait at once
 lock_wait_s = 0  # 0: a deploy that finds the host locked fails at once with the holder
 lock_stale_s = 7200  # a lock older than this is stale whoever holds it
+lock_lease_s = 180  # the holder renews its lease while it works; one not renewed for this long
+#                     was left by a deploy that died, and any machine may take it over
+
+# What an artifact may be (checked on the deployer before upload, and again while extracting)
+artifact_max_bytes = 4 * 1024**3  # its files, expanded
+artifact_max_members = 50_000
+artifact_max_ratio = 100  # expanded size / compressed size (a zip bomb is far above)
+# Free space needed on app_root's filesystem before extracting: the release, plus this much
+# for its venv when its uv.lock is new (torch and CUDA wheels are several GiB)
+venv_space_bytes = 8 * 1024**3
 
 # The NVIDIA driver (tasks/gpu.py): nothing happens on hosts without an NVIDIA GPU
 gpu_driver = "auto"  # "skip": never look at the GPU

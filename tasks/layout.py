@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.server import Users
 from pyinfra.operations import apt, files, server
 
+from ai_deploy.host.facts import UserCanSudo
 from ai_deploy.project import template
+
+
+def _system_users() -> None:
+    """The service user and the build user: system accounts with no login shell and no home
+    to log into. A user that already exists (the seed's `ubuntu`) is left as it is, and a
+    service user that can sudo is named in a warning on every run."""
+    d = host.data
+    existing = host.get_fact(Users)
+    for user, group, what in (
+        (d.app_user, d.app_group, "service"),
+        (d.build_user, d.build_user, "build"),
+    ):
+        if user in existing:
+            continue
+        server.group(name=f"Ensure the {what} group {group} exists", group=group, system=True)
+        server.user(
+            name=f"Ensure the {what} user {user} exists (system, no login)",
+            user=user,
+            group=group,
+            home="/nonexistent",
+            shell="/usr/sbin/nologin",
+            system=True,
+            ensure_home=False,
+            present=True,
+        )
+    if host.get_fact(UserCanSudo, user=d.app_user, _sudo=True):
+        logger.warning(
+            f"{host.print_prefix}app_user {d.app_user} can sudo: the service (and anything "
+            "that takes it over) can become root; set app_user to a user of its own "
+            "(the default, ai-server)"
+        )
 
 
 @deploy("Service user, directories and logs")
 def app_layout_present() -> None:
     d = host.data
     root = d.app_root
-    server.user(name="Ensure the service user exists", user=d.app_user, present=True)
+    _system_users()
     for path, mode in ((root, "755"), (f"{root}/releases", "755"), (f"{root}/venvs", "755")):
         files.directory(
             name=f"Ensure {path} exists, owned by {d.code_owner}",

@@ -46,6 +46,14 @@ def release_serving(restart: bool = False) -> None:
     if d.artifact:
         art = _artifact(str(d.artifact), d.app_module)
         extra: dict[str, object] = {"lock_hash": art.lock_hash, "artifact_sha256": art.sha256}
+        on_host = tree.release_sha256.get(art.release_id)
+        if on_host and on_host != art.sha256:
+            raise OperationError(
+                f"{host.name}: release {art.release_id} is on the host from another artifact "
+                f"(sha256 {on_host[:16]}..., this one {art.sha256[:16]}...); a release id names "
+                "one build: build with its own id (ai-deploy artifact build --id <git sha>), or "
+                f"remove {d.app_root}/releases/{art.release_id} if it is not in service"
+            )
         if art.release_id not in tree.releases:
             upload = f"{d.app_root}/.incoming/{art.path.name}"
             files.put(

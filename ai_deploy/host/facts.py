@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from ai_deploy.host.paths import LOCK_DIR, VENV_COMPLETE, Layout
+from ai_deploy.host.paths import ARTIFACT_SHA256, LOCK_DIR, VENV_COMPLETE, Layout
 from ai_deploy.host.remote import Remote
 
 MARK = "AI-DEPLOY-TREE"
@@ -23,11 +23,21 @@ class AppTree:
     releases: list[str] = field(default_factory=list)  # complete releases, newest first
     venvs: list[str] = field(default_factory=list)  # complete venvs (lock hashes)
     release_venvs: dict[str, str] = field(default_factory=dict)  # release -> lock hash
+    release_sha256: dict[str, str] = field(default_factory=dict)  # release -> artifact sha256
+    healthy: dict[str, str] = field(default_factory=dict)  # passed the gate -> artifact sha256
     lock: dict[str, object] | None = None
     lock_raw: str | None = None  # lock directory present but its info unreadable
     units: dict[str, str] = field(default_factory=dict)  # unit -> `systemctl is-active`
     live: str | None = None  # blue/green: the colour nginx sends traffic to
     nginx_site: bool = False  # blue/green: our site is enabled in nginx
+
+    def is_healthy(self, release: str) -> bool:
+        """RELEASE passed the health gate (and was not replaced by other bytes since)."""
+        recorded = self.healthy.get(release)
+        if recorded is None:
+            return False
+        sha = self.release_sha256.get(release)
+        return recorded in ("-", sha) or sha is None
 
     def venv_ready(self, release: str) -> bool:
         return self.release_venvs.get(release) in self.venvs
@@ -49,13 +59,18 @@ if [ -d {r}/releases ]; then
   ls -1t {r}/releases | while read -r id; do
     case "$id" in .*) continue ;; esac
     v=$(readlink {r}/releases/"$id"/.venv 2>/dev/null) || v=
+    s=$(cat {r}/releases/"$id"/{ARTIFACT_SHA256} 2>/dev/null) || s=
     echo "release $id ${{v##*/}}"
+    [ -n "$s" ] && echo "release_sha256 $id $s"
   done
 fi
 if [ -d {r}/venvs ]; then
   for v in {r}/venvs/*/{VENV_COMPLETE}; do
     [ -e "$v" ] && {{ d=${{v%/*}}; echo "venv ${{d##*/}}"; }}
   done
+fi
+if [ -d {r}/healthy ]; then
+  for h in {r}/healthy/*; do [ -f "$h" ] && echo "healthy ${{h##*/}} $(cut -d' ' -f1 "$h")"; done
 fi
 if [ -d {r}/{LOCK_DIR} ]; then
   echo "lock $(cat {r}/{LOCK_DIR}/info 2>/dev/null | tr -d '\\n')"
@@ -81,6 +96,10 @@ def parse_tree(lines: list[str]) -> AppTree:
                 tree.releases.append(parts[0])
                 if len(parts) > 1:
                     tree.release_venvs[parts[0]] = parts[1]
+        elif kind in ("release_sha256", "healthy"):
+            name, _, sha = rest.partition(" ")
+            if name:
+                getattr(tree, kind)[name] = sha.strip()
         elif kind == "venv":
             tree.venvs.append(rest.strip())
         elif kind == "lock":
@@ -115,3 +134,17 @@ def read_tree(remote: Remote, layout: Layout) -> AppTree:
     """The app tree read through REMOTE (the same script as the fact)."""
     out = remote.run(tree_script(layout.app_root, layout.service)).stdout
     return parse_tree(out[out.index(MARK) + 1 :] if MARK in out else out)
+
+
+class UserCanSudo(FactBase[bool]):
+    """Whether USER may run commands through sudo (as root reads it: `sudo -l -U USER`)."""
+
+    def command(self, user: str) -> str:  # type: ignore[override]
+        q = shlex.quote(user)
+        return (
+            f"if id -u {q} >/dev/null 2>&1 && sudo -n -l -U {q} 2>/dev/null "
+            "| grep -q 'may run the following'; then echo yes; else echo no; fi"
+        )
+
+    def process(self, output: list[str]) -> bool:  # type: ignore[override]
+        return bool(output) and str(output[-1]).strip() == "yes"

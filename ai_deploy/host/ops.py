@@ -90,6 +90,7 @@ def release_in_service(spec: Spec, restart: bool = False):
     serving = (
         tree.current == spec.release_id
         and have_release
+        and tree.is_healthy(spec.release_id)
         and tree.venv_ready(spec.release_id)
         and strategies.get(spec.strategy).is_steady(tree, spec.layout)
     )
@@ -114,7 +115,12 @@ def _plan(spec: Spec, tree: AppTree, have_release: bool, restart: bool) -> str:
     """What putting SPEC in service will do, for the plan pyinfra prints before the run."""
     if tree.current == spec.release_id:
         what = f"release {spec.release_id} restarts behind the health gate"
-        what += " (its unit or .env changed)" if restart else " (not in its steady state)"
+        if not tree.is_healthy(spec.release_id):
+            what += " (it has not passed the gate: an interrupted deploy)"
+        elif restart:
+            what += " (its unit or .env changed)"
+        else:
+            what += " (not in its steady state)"
     else:
         what = (
             f"release {spec.release_id} goes live by {spec.strategy} "

@@ -8,6 +8,7 @@ import shlex
 from dataclasses import dataclass
 
 VENV_COMPLETE = ".ai-deploy-complete"  # a venv holding it was built to the end
+ARTIFACT_SHA256 = ".artifact-sha256"  # in a release: the sha256 of the artifact it came from
 LOCK_DIR = ".deploy.lock"
 UNIT_DIR = "/etc/systemd/system"
 NGINX_SITES_AVAILABLE = "/etc/nginx/sites-available"
@@ -45,6 +46,11 @@ class Layout:
     def link(self, name: str) -> str:
         """`current` or `previous`."""
         return f"{self.root}/{name}"
+
+    @property
+    def healthy(self) -> str:
+        """healthy/<release id>: the release passed the gate; holds its artifact's sha256."""
+        return f"{self.root}/healthy"
 
     @property
     def lock(self) -> str:

@@ -31,7 +31,13 @@ class Spec:
     keep: int
     lock_wait_s: float
     lock_stale_s: float
+    lock_lease_s: float
     code_owner: str
+    build_user: str
+    artifact_max_bytes: int
+    artifact_max_members: int
+    artifact_max_ratio: float
+    venv_space_bytes: int
     uv_path: str
     uv_python: str
     uv_python_downloads: str
@@ -66,7 +72,13 @@ class Spec:
             keep=int(get("releases_keep")),
             lock_wait_s=float(get("lock_wait_s")),
             lock_stale_s=float(get("lock_stale_s")),
+            lock_lease_s=float(get("lock_lease_s")),
             code_owner=str(get("code_owner")),
+            build_user=str(get("build_user")),
+            artifact_max_bytes=int(get("artifact_max_bytes")),
+            artifact_max_members=int(get("artifact_max_members")),
+            artifact_max_ratio=float(get("artifact_max_ratio")),
+            venv_space_bytes=int(get("venv_space_bytes")),
             uv_path=str(get("uv_path")),
             uv_python=str(get("uv_python")),
             uv_python_downloads=str(get("uv_python_downloads")),

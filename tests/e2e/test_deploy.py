@@ -137,26 +137,26 @@ def test_fresh_host_deploy_serves_and_host_state_is_right(
         )
         assert not_root == ""
         writable = host.check_output(
-            f"sudo -u ubuntu find -L {APP_ROOT}/current {APP_ROOT}/venvs -writable 2>/dev/null"
+            f"sudo -u ai-server find -L {APP_ROOT}/current {APP_ROOT}/venvs -writable 2>/dev/null"
             " || true"
         )
         assert writable == ""
-        touch = host.run(f"sudo -u ubuntu touch {APP_ROOT}/current/x")
+        touch = host.run(f"sudo -u ai-server touch {APP_ROOT}/current/x")
         assert touch.rc != 0
         assert not host.file(f"{APP_ROOT}/current/x").exists
-        assert host.run(f"sudo -u ubuntu sh -c 'echo x >> {APP_ROOT}/current/main.py'").rc != 0
-        assert host.run(f"sudo -u ubuntu touch {APP_ROOT}/current/.venv/bin/x").rc != 0
+        assert host.run(f"sudo -u ai-server sh -c 'echo x >> {APP_ROOT}/current/main.py'").rc != 0
+        assert host.run(f"sudo -u ai-server touch {APP_ROOT}/current/.venv/bin/x").rc != 0
 
         env = host.file(f"{APP_ROOT}/.env")
         assert env.mode == 0o600
-        assert (env.user, env.group) == ("ubuntu", "ubuntu")
+        assert (env.user, env.group) == ("ai-server", "ai-server")
         data = host.file(f"{APP_ROOT}/chroma_db")
-        assert data.is_directory and data.user == "ubuntu"
+        assert data.is_directory and data.user == "ai-server"
 
         unit = host.file("/etc/systemd/system/ai-server.service")
         assert unit.contains(f"WorkingDirectory={APP_ROOT}/current")
-        assert unit.contains("User=ubuntu")
-        assert host.process.get(pid=int(main_pid(sandbox))).user == "ubuntu"
+        assert unit.contains("User=ai-server")
+        assert host.process.get(pid=int(main_pid(sandbox))).user == "ai-server"
 
         log = host.file("/var/log/dojangkok/ai-server.log")
         error_log = host.file("/var/log/dojangkok/ai-server-error.log")
@@ -493,15 +493,21 @@ def test_no_artifact_on_a_fresh_host_converges_all_but_the_release(
 
     host = infra_host(fresh_sandbox, tmp_path)
     try:
-        assert host.user("ubuntu").exists
+        service_user = host.user("ai-server")
+        assert service_user.exists and service_user.shell == "/usr/sbin/nologin"
+        assert "sudo" not in service_user.groups
+        assert "not allowed to run sudo" in host.check_output("sudo -n -l -U ai-server || true")
+        assert not host.file("/nonexistent").exists
+        build_user = host.user("ai-deploy-build")
+        assert build_user.exists and build_user.shell == "/usr/sbin/nologin"
         for path in (APP_ROOT, f"{APP_ROOT}/releases", f"{APP_ROOT}/venvs"):
             d = host.file(path)
             assert d.is_directory and d.user == "root", path
         assert host.check_output(f"find {APP_ROOT}/releases {APP_ROOT}/venvs -mindepth 1") == ""
         data = host.file(f"{APP_ROOT}/chroma_db")
-        assert data.is_directory and data.user == "ubuntu" and data.mode == 0o750
+        assert data.is_directory and data.user == "ai-server" and data.mode == 0o750
         env = host.file(f"{APP_ROOT}/.env")
-        assert env.mode == 0o600 and env.user == "ubuntu"
+        assert env.mode == 0o600 and env.user == "ai-server"
         assert host.file("/var/log/dojangkok").is_directory
         assert host.file("/etc/logrotate.d/ai-server").is_file
         assert host.check_output("/usr/local/bin/uv --version").startswith("uv 0.13.9")
@@ -543,7 +549,7 @@ def test_env_file_content_never_shows_even_with_diff(
         on_host = fresh_sandbox.sudo(f"cat {APP_ROOT}/.env")
         assert f"API_TOKEN={secret}" in on_host
         mode = fresh_sandbox.sudo(f"stat -c '%a %U %G' {APP_ROOT}/.env").strip()
-        assert mode == "600 ubuntu ubuntu"
+        assert mode == "600 ai-server ai-server"
     # Nothing of the content is left in a temporary file beside it.
     left = set(fresh_sandbox.sudo(f"ls -A {APP_ROOT}").split())
     assert left == {".env", ".incoming", "chroma_db", "releases", "venvs"}

@@ -158,7 +158,7 @@ def test_gate_first_deploy_failing_stops_the_service_and_removes_current(host: F
         None,
         None,
     )
-    assert "no previous release to go back to, so the service is stopped" in outcome.reason
+    assert "to go back to, so the service is stopped" in outcome.reason
     assert exit_code(outcome) == 14
     assert host.unit(SERVICE).active == "inactive"
     # Nor does the socket stay enabled: at boot it would take connections nothing answers.
@@ -275,3 +275,56 @@ def test_exit_for_outcomes_the_most_urgent_wins() -> None:
     assert exit_for_outcomes([o("a", SWITCHED_BACK), o("b", FAILED)], ["a", "b"]) == 14
     mixed = [o("a", SWITCH_BACK_FAILED), o("b", FAILED), o("c", SWITCHED_BACK), o("d", SERVED)]
     assert exit_for_outcomes(mixed, hosts) == 16
+
+
+# --- "healthy" is a recorded fact ---
+
+
+def _interrupted(host: FakeHost) -> None:
+    """r1 served, then r2 went live but its deploy died before the gate passed (as a SIGKILL
+    during the health wait leaves a host): current is r2 with no healthy record."""
+    host.deploy("r1")
+    host.deploy("r2")
+    (host.app_root / "healthy" / "r2").unlink()
+    assert host.link("current") == "r2" and not host.tree().is_healthy("r2")
+
+
+def test_a_release_that_passes_the_gate_is_recorded_healthy_with_its_artifact(
+    host: FakeHost,
+) -> None:
+    host.deploy("r1")
+    tree = host.tree()
+    assert tree.is_healthy("r1")
+    recorded = (host.app_root / "healthy" / "r1").read_text().split()[0]
+    assert recorded == tree.release_sha256["r1"] and len(recorded) == 64
+
+
+def test_interrupted_release_goes_through_the_gate_again_and_is_switched_back(
+    host: FakeHost,
+) -> None:
+    _interrupted(host)
+    (host.app_root / "releases" / "r2" / "BEHAVIOUR").write_text("unhealthy\n")
+    outcome = host.deploy("r2")
+    assert (outcome.status, outcome.serving) == (SWITCHED_BACK, "r1")
+    assert host.link("current") == "r1"
+    assert host.link("previous") is None  # r2 never passed the gate
+    assert not host.tree().is_healthy("r2")
+
+
+def test_interrupted_release_that_turns_healthy_is_recorded_and_previous_stays_healthy(
+    host: FakeHost,
+) -> None:
+    _interrupted(host)
+    outcome = host.deploy("r2")
+    assert outcome.status == SERVED
+    assert (host.link("current"), host.link("previous")) == ("r2", "r1")
+    assert host.tree().is_healthy("r2")
+    # The next release: r2 (now healthy) becomes previous.
+    host.deploy("r3")
+    assert host.link("previous") == "r2"
+
+
+def test_an_unchecked_current_never_becomes_previous(host: FakeHost) -> None:
+    _interrupted(host)
+    host.deploy("r3")
+    assert (host.link("current"), host.link("previous")) == ("r3", "r1")

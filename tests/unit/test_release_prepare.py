@@ -156,13 +156,35 @@ def test_prepare_of_a_missing_release_without_an_artifact_is_refused(host: FakeH
 
 
 def test_links_after_switch_to() -> None:
-    assert Links(None, None).after_switch_to("r1") == Links("r1", None)
-    assert Links("r1", None).after_switch_to("r2") == Links("r2", "r1")
-    assert Links("r2", "r1").after_switch_to("r3") == Links("r3", "r2")
+    ok = frozenset({"r1", "r2", "r3"})
+    assert Links(None, None, ok).after_switch_to("r1") == Links("r1", None, ok)
+    assert Links("r1", None, ok).after_switch_to("r2") == Links("r2", "r1", ok)
+    assert Links("r2", "r1", ok).after_switch_to("r3") == Links("r3", "r2", ok)
     # The same release again: previous stays what it was (not current itself).
-    assert Links("r2", "r1").after_switch_to("r2") == Links("r2", "r1")
+    assert Links("r2", "r1", ok).after_switch_to("r2") == Links("r2", "r1", ok)
     # A rollback to previous swaps the two.
-    assert Links("r2", "r1").after_switch_to("r1") == Links("r1", "r2")
+    assert Links("r2", "r1", ok).after_switch_to("r1") == Links("r1", "r2", ok)
+
+
+def test_previous_only_ever_names_a_release_that_passed_the_gate() -> None:
+    # r2 is current but never passed the gate (an interrupted deploy): it never becomes
+    # previous; the healthy previous stays.
+    only_r1 = frozenset({"r1"})
+    assert Links("r2", "r1", only_r1).after_switch_to("r3") == Links("r3", "r1", only_r1)
+    assert Links("r2", None, frozenset()).after_switch_to("r3") == Links("r3", None, frozenset())
+    assert Links("r2", "r9", only_r1).after_switch_to("r3") == Links("r3", None, only_r1)
+
+
+def test_switch_back_goes_to_the_newest_release_that_passed_the_gate() -> None:
+    ok = frozenset({"r1", "r2"})
+    assert Links("r2", "r1", ok).switch_back("r3") == Links("r2", "r1", ok)
+    # An interrupted deploy left r3 current: switching back from r3 means r2... or r1.
+    assert Links("r3", "r2", ok).switch_back("r3") == Links("r2", None, ok)
+    assert Links("r3", "r2", frozenset({"r2"})).switch_back("r4") == Links(
+        "r2", None, frozenset({"r2"})
+    )
+    assert Links("r3", None, ok).switch_back("r3") is None
+    assert Links(None, None).switch_back("r1") is None
 
 
 def test_links_switch_current_and_previous(host: FakeHost) -> None:
@@ -171,13 +193,15 @@ def test_links_switch_current_and_previous(host: FakeHost) -> None:
     (host.app_root / "releases").mkdir(parents=True)
     set_links(host.remote, spec, Links("r1", None))
     assert read_links(host.remote, spec) == Links("r1", None)
-    set_links(host.remote, spec, Links("r1", None).after_switch_to("r2"))
-    assert read_links(host.remote, spec) == Links("r2", "r1")
+    (host.app_root / "healthy").mkdir()
+    (host.app_root / "healthy" / "r1").write_text("- 2026-11-29T00:00:00Z\n")
+    set_links(host.remote, spec, read_links(host.remote, spec).after_switch_to("r2"))
+    assert read_links(host.remote, spec) == Links("r2", "r1", frozenset({"r1"}))
     assert os.readlink(host.app_root / "current") == "releases/r2"  # relative
     set_links(host.remote, spec, Links(None, "r1"))
-    assert read_links(host.remote, spec) == Links(None, "r1")
+    assert read_links(host.remote, spec) == Links(None, "r1", frozenset({"r1"}))
     assert not (host.app_root / "current").is_symlink()
-    assert sorted(p.name for p in host.app_root.iterdir()) == ["previous", "releases"]
+    assert sorted(p.name for p in host.app_root.iterdir()) == ["healthy", "previous", "releases"]
 
 
 def test_links_refuse_to_replace_a_real_current_directory(host: FakeHost) -> None:

@@ -8,7 +8,7 @@ import time
 
 from ai_deploy.host import strategies
 from ai_deploy.host.outcome import FAILED, SERVED, DeployFailed, HostOutcome
-from ai_deploy.host.release.journal import record
+from ai_deploy.host.release.journal import mark_healthy, record
 from ai_deploy.host.release.links import read_links
 from ai_deploy.host.release.lock import acquire_lock, release_lock
 from ai_deploy.host.release.prepare import prepare_release
@@ -49,6 +49,7 @@ def put_in_service(remote: Remote, spec: Spec, *, host: str, have_release: bool)
                 other.leave(remote, spec, keep)
 
         live = strategy.go_live(remote, spec, before, leave_others)
+        mark_healthy(remote, spec)
         record(remote, spec, "ok", live.journal)
         prune(remote, spec)
     except DeployFailed as exc:

@@ -1,10 +1,12 @@
-"""revisions.log: one line per deploy, rollback and lock release (see paths.revisions_line)."""
+"""What the host remembers of each change: a revisions.log line per deploy, rollback and lock
+release (see paths.revisions_line), and healthy/<release id> for each release that passed the
+health gate, holding the sha256 of the artifact it came from."""
 
 from __future__ import annotations
 
 import shlex
 
-from ai_deploy.host.paths import revisions_line
+from ai_deploy.host.paths import ARTIFACT_SHA256, revisions_line
 from ai_deploy.host.release.lock import now_iso
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
@@ -13,3 +15,15 @@ from ai_deploy.host.settings import Spec
 def record(remote: Remote, spec: Spec, outcome: str, detail: str = "") -> None:
     line = revisions_line(now_iso(), spec.action, spec.release_id, outcome, spec.who, detail)
     remote.run(f"printf '%s\\n' {shlex.quote(line)} >> {spec.layout.revisions}")
+
+
+def mark_healthy(remote: Remote, spec: Spec) -> None:
+    """Record that SPEC.release_id passed the gate (written aside, then renamed into place)."""
+    layout = spec.layout
+    rid = shlex.quote(spec.release_id)
+    sha = f"$(cat {layout.release(spec.release_id)}/{ARTIFACT_SHA256} 2>/dev/null || echo -)"
+    remote.run(
+        f"mkdir -p {layout.healthy} && printf '%s %s\\n' \"{sha}\" {shlex.quote(now_iso())} "
+        f"> {layout.healthy}/.{rid}.tmp && mv -f {layout.healthy}/.{rid}.tmp {layout.healthy}/{rid}"
+    )
+

@@ -12,22 +12,42 @@ from ai_deploy.host.settings import Spec
 
 @dataclass(frozen=True)
 class Links:
+    """`current` and `previous`, and the releases recorded healthy (they passed the gate)."""
+
     current: str | None
     previous: str | None
+    healthy: frozenset[str] = frozenset()
+
+    def _healthy_other(self, name: str | None, target: str) -> str | None:
+        return name if name and name != target and name in self.healthy else None
 
     def after_switch_to(self, target: str) -> Links:
-        """The links once TARGET serves: the old current becomes previous (unless it is TARGET)."""
-        previous = self.current if self.current and self.current != target else self.previous
-        return Links(target, previous)
+        """The links once TARGET serves: the old current becomes previous when it passed the
+        gate, else the old previous stays when it did; `previous` never names anything else."""
+        previous = self._healthy_other(self.current, target) or self._healthy_other(
+            self.previous, target
+        )
+        return Links(target, previous, self.healthy)
+
+    def switch_back(self, target: str) -> Links | None:
+        """The links that put the newest release that passed the gate (other than TARGET) back
+        in service; None when there is none."""
+        current = self._healthy_other(self.current, target)
+        if current:
+            return Links(current, self._healthy_other(self.previous, current), self.healthy)
+        previous = self._healthy_other(self.previous, target)
+        return Links(previous, None, self.healthy) if previous else None
 
 
 def read_links(remote: Remote, spec: Spec) -> Links:
     layout = spec.layout
     out = remote.run(
         f"echo C $(readlink {layout.link('current')} 2>/dev/null); "
-        f"echo P $(readlink {layout.link('previous')} 2>/dev/null)"
+        f"echo P $(readlink {layout.link('previous')} 2>/dev/null); "
+        f"ls -1 {layout.healthy} 2>/dev/null | sed 's/^/H /'; true"
     )
     cur = prev = None
+    healthy: set[str] = set()
     for line in out.stdout:
         tag, _, value = line.partition(" ")
         value = value.strip()
@@ -36,7 +56,9 @@ def read_links(remote: Remote, spec: Spec) -> Links:
             cur = name
         elif tag == "P":
             prev = name
-    return Links(cur, prev)
+        elif tag == "H" and value:
+            healthy.add(value)
+    return Links(cur, prev, frozenset(healthy))
 
 
 def set_links(remote: Remote, spec: Spec, links: Links) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 
 from ai_deploy.host.outcome import DeployFailed
+from ai_deploy.host.paths import ARTIFACT_SHA256
 from ai_deploy.host.release.venv import ensure_venv
 from ai_deploy.host.remote import Remote, tail
 from ai_deploy.host.settings import Spec
@@ -32,6 +33,7 @@ def prepare_release(remote: Remote, spec: Spec, token: str, have_release: bool) 
             f"set -e; rm -rf {tmp}; mkdir -p {tmp}; "
             f"tar -xzf {art} -C {tmp} --no-same-owner; "
             f"printf '%s\\n' {rid} > {tmp}/REVISION; "
+            f"printf '%s\\n' {spec.artifact_sha256} > {tmp}/{ARTIFACT_SHA256}; "
             f"chown -R {shlex.quote(spec.code_owner)}: {tmp}; chmod 0755 {tmp}"
         )
         if not extract.ok:

@@ -1,5 +1,6 @@
 """Old releases and unused venvs removed: the newest `releases_keep` stay, and current and
-previous always do, with every venv a kept release links to."""
+previous always do, with every venv a kept release links to (and the healthy records of the
+releases that are kept)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ used=$(for id in $(ls -1); do v=$(readlink "$id/.venv"); echo "${{v##*/}}"; done
 for v in $(ls -1 ../venvs 2>/dev/null); do
   echo "$used" | grep -qx "$v" || {{ rm -rf -- "../venvs/$v" && echo "removed venv $v"; }}
 done
+for h in $(ls -1 ../healthy 2>/dev/null); do [ -d "$h" ] || rm -f -- "../healthy/$h"; done
 """
     for line in remote.run(script).stdout:
         remote.say(line)

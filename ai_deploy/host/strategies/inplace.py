@@ -38,8 +38,16 @@ def go_live_in_place(
         remote.say(health.reason)
         return Live(f"{spec.action} of {target} healthy", f"previous={before.current or '-'}")
     warn_unhealthy(remote, spec, health)
-    if not before.current:
-        # A first deploy: no healthy release to go back to, so none is left in service. The
+    if before.current == target and target in before.healthy:
+        raise DeployFailed(
+            "health",
+            f"{spec.action} of {target} failed after the restart: {health.reason}; the release "
+            "did not change, so there is nothing to switch back to (check the unit and .env)",
+            journal=f"reason={health.reason!r}",
+        )
+    back_to = before.switch_back(target)
+    if back_to is None:
+        # No release that passed the gate to go back to, so none is left in service. The
         # socket is disabled too: at boot it would accept connections nothing answers.
         layout = spec.layout
         units = f"{shlex.quote(layout.service)} {shlex.quote(layout.socket)}"
@@ -47,37 +55,30 @@ def go_live_in_place(
             f"systemctl stop {units} 2>/dev/null; "
             f"systemctl disable {shlex.quote(layout.socket)} 2>/dev/null; true"
         )
-        set_links(remote, spec, Links(None, before.previous))
+        set_links(remote, spec, Links(None, None, before.healthy))
         raise DeployFailed(
             "health",
             f"{spec.action} of {target} failed: {health.reason}; there is no previous release "
-            "to go back to, so the service is stopped",
+            "that passed the health gate to go back to, so the service is stopped",
             journal=f"no-previous-release reason={health.reason!r}",
         )
-    if before.current == target:
-        raise DeployFailed(
-            "health",
-            f"{spec.action} of {target} failed after the restart: {health.reason}; the release "
-            "did not change, so there is nothing to switch back to (check the unit and .env)",
-            journal=f"reason={health.reason!r}",
-        )
-    remote.warn(f"switching back to release {before.current}")
-    set_links(remote, spec, before)
+    remote.warn(f"switching back to release {back_to.current}")
+    set_links(remote, spec, back_to)
     back = _restart_healthy(remote, spec, restart)
     if not back.ok:
         raise DeployFailed(
             "rollback",
             f"{spec.action} of {target} failed ({health.reason}) and the previous release "
-            f"{before.current} is not healthy either: {back.reason}",
+            f"{back_to.current} is not healthy either: {back.reason}",
             status=SWITCH_BACK_FAILED,
-            journal=f"rollback-to={before.current} also-unhealthy",
+            journal=f"rollback-to={back_to.current} also-unhealthy",
         )
-    remote.say(f"release {before.current} serves again: {back.reason}")
+    remote.say(f"release {back_to.current} serves again: {back.reason}")
     raise DeployFailed(
         "health",
-        f"{spec.action} of {target} failed: {health.reason}; rolled back to {before.current}, "
+        f"{spec.action} of {target} failed: {health.reason}; rolled back to {back_to.current}, "
         "which is healthy",
         status=SWITCHED_BACK,
-        serving=before.current,
-        journal=f"rolled-back-to={before.current} reason={health.reason!r}",
+        serving=back_to.current,
+        journal=f"rolled-back-to={back_to.current} reason={health.reason!r}",
     )
