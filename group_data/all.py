@@ -37,6 +37,12 @@ uv_env = {}  # extra environment for `uv sync` (an index URL, a CA bundle, ...)
 unit_restart_sec = 5
 unit_graceful_shutdown_s = 30  # uvicorn --timeout-graceful-shutdown
 unit_stop_timeout_s = 45  # systemd TimeoutStopSec: larger than the graceful shutdown
+# The hardened units (DevicePolicy=closed) open only these devices besides /dev/null and the
+# like: DeviceAllow= entries, a path or "char-<name in /proc/devices>" (globs allowed).
+# "char-nvidia*" is every NVIDIA node (nvidia-frontend: /dev/nvidia0..N and /dev/nvidiactl;
+# nvidia-uvm: /dev/nvidia-uvm*; nvidia-caps), resolved when the unit starts, so it holds for
+# any GPU count and allows nothing on a host without the driver.
+unit_gpu_devices = ["char-nvidia*"]
 
 # How a release goes into service (see README): "socket" (systemd socket owns the port; a
 # restart makes connections wait instead of failing), "restart" (the service binds the port),
@@ -55,7 +61,6 @@ health_deadline_s = 300  # generous: a release may spend minutes loading its mod
 health_interval_s = 1.0
 health_fail_after_errors = 3  # consecutive 5xx answers that end the wait at once
 lock_wait_s = 0  # 0: a deploy that finds the host locked fails at once with the holder
-lock_stale_s = 7200  # a lock older than this is stale whoever holds it
 lock_lease_s = 180  # the holder renews its lease while it works; one not renewed for this long
 #                     was left by a deploy that died, and any machine may take it over
 

@@ -29,6 +29,11 @@ def _common() -> dict[str, object]:
         "stop_timeout_s": d.unit_stop_timeout_s,
         "restart_sec": d.unit_restart_sec,
         "log_dir": d.app_log_dir,
+        # ProtectSystem=strict leaves these writable, nothing else (the logs are opened by
+        # systemd itself; the app may add its own files there).
+        "read_write_paths": [f"{d.app_root}/{name}" for name in d.app_data_dirs] + [d.app_log_dir],
+        "gpu_devices": list(d.unit_gpu_devices),
+        "socket": False,
     }
 
 

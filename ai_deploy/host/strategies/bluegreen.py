@@ -20,6 +20,7 @@ from ai_deploy.host.settings import Spec
 from ai_deploy.host.strategies.base import Leave, Live, UnitFile, must
 
 name = "bluegreen"
+NGINX_HARDENING = "/etc/systemd/system/nginx.service.d/ai-deploy-hardening.conf"
 
 
 def unit_files(data: Any) -> list[UnitFile]:
@@ -40,12 +41,22 @@ def prepare_host(data: Any) -> None:
     from pyinfra import host
     from pyinfra.facts.deb import DebPackages
     from pyinfra.facts.files import File
-    from pyinfra.operations import apt, files
+    from pyinfra.operations import apt, files, server, systemd
 
     from ai_deploy.project import template
 
     blue_port, green_port = (int(p) for p in data.bluegreen_ports)
     layout = Layout(data.app_root, data.app_name, data.app_log_dir)
+    # Before nginx is installed, so that the package's first start is already hardened.
+    hardening = files.template(
+        name="Ensure nginx runs hardened (systemd drop-in)",
+        src=template("nginx-ai-deploy-hardening.conf.j2"),
+        dest=NGINX_HARDENING,
+        mode="644",
+        create_remote_dir=True,
+        log_dir=data.app_log_dir,
+    )
+    systemd.daemon_reload(name="Reload systemd: nginx's drop-in changed", _if=hardening.did_change)
     if "nginx" not in host.get_fact(DebPackages):
         apt.packages(
             name="Ensure nginx is installed (blue/green proxy)",
@@ -53,6 +64,12 @@ def prepare_host(data: Any) -> None:
             update=True,
             cache_time=86400,
         )
+    # A running nginx takes new sandbox settings only when it starts again (not on reload).
+    server.shell(
+        name="Restart nginx, if it runs, under the changed drop-in",
+        commands=["systemctl try-restart nginx.service"],
+        _if=hardening.did_change,
+    )
     files.link(
         name="Ensure nginx's default site (port 80) is off",
         path="/etc/nginx/sites-enabled/default",
