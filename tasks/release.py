@@ -13,22 +13,23 @@ from pyinfra.api import OperationError, deploy
 from pyinfra.operations import files
 
 from ai_deploy.artifact.build import ArtifactError
-from ai_deploy.artifact.check import CheckedArtifact, check_artifact
+from ai_deploy.artifact.check import ArtifactLimits, CheckedArtifact, check_artifact
 from ai_deploy.host.facts import AppTreeFact
 from ai_deploy.host.ops import release_in_service
 from ai_deploy.host.settings import Spec
 
-_checked: dict[str, CheckedArtifact] = {}
+_checked: dict[tuple[str, str, ArtifactLimits], CheckedArtifact] = {}
 
 
-def _artifact(path: str, app_module: str) -> CheckedArtifact:
-    """Check the artifact once per run (it is the same file for every host)."""
-    if path not in _checked:
+def _artifact(path: str, app_module: str, limits: ArtifactLimits) -> CheckedArtifact:
+    """Check the artifact once per run (the same file for every host with the same limits)."""
+    key = (path, app_module, limits)
+    if key not in _checked:
         try:
-            _checked[path] = check_artifact(Path(path).expanduser(), app_module)
+            _checked[key] = check_artifact(Path(path).expanduser(), app_module, limits)
         except ArtifactError as exc:
             raise OperationError(f"bad artifact: {exc}") from exc
-    return _checked[path]
+    return _checked[key]
 
 
 def _spec(action: str, release_id: str, **extra: object) -> Spec:
@@ -44,7 +45,7 @@ def release_serving(restart: bool = False) -> None:
     if d.artifact and d.rollback:
         raise OperationError("give either artifact or rollback, not both")
     if d.artifact:
-        art = _artifact(str(d.artifact), d.app_module)
+        art = _artifact(str(d.artifact), d.app_module, ArtifactLimits.from_data(d))
         extra: dict[str, object] = {"lock_hash": art.lock_hash, "artifact_sha256": art.sha256}
         on_host = tree.release_sha256.get(art.release_id)
         if on_host and on_host != art.sha256:

@@ -96,7 +96,13 @@ def _excluded(entry_name: str) -> bool:
     )
 
 
-def _check_source(src: Path) -> None:
+def entry_file(app_module: str) -> str:
+    """`main:app` -> `main.py`; `pkg.app:create` -> `pkg/app.py`."""
+    module = app_module.split(":", 1)[0]
+    return module.replace(".", "/") + ".py"
+
+
+def _check_source(src: Path, entry: str) -> None:
     if not src.exists():
         raise ArtifactError(
             f"source directory {src} does not exist: pass the app's directory "
@@ -104,6 +110,15 @@ def _check_source(src: Path) -> None:
         )
     if not src.is_dir():
         raise ArtifactError(f"source {src} is not a directory: pass the app's directory")
+    for required in (*REQUIRED_FILES, entry):
+        path = src / required
+        if path.is_symlink():
+            # The deploy refuses these as links (a linked uv.lock once emptied the lock hash
+            # and wiped the live venv): never build what it would refuse.
+            raise ArtifactError(
+                f"{path} is a symbolic link (-> {os.readlink(path)}): the deploy needs "
+                f"{required} as a regular file; replace the link with the file itself"
+            )
     for required in REQUIRED_FILES:
         if not (src / required).is_file():
             fix = "run `uv lock` there and commit it" if required == "uv.lock" else "add one"
@@ -240,11 +255,13 @@ def build_artifact(
     outdir: Path,
     artifact_id: str | None = None,
     name: str = DEFAULT_NAME,
+    app_module: str = "main:app",
 ) -> Path:
     """Pack the app directory SRC into OUTDIR/<name>-<id>.tar.gz and return its path.
 
     Guarantees:
-    + SRC must be a directory holding pyproject.toml and uv.lock, else ArtifactError.
+    + SRC must be a directory holding pyproject.toml and uv.lock, else ArtifactError; neither
+      they nor the entry module of APP_MODULE may be a symbolic link.
     + `.venv`, `.git`, `__pycache__`, `*.pyc` and every `.env*` are left out at any depth, and
       so is OUTDIR when it lies inside SRC.
     + Members are stored as `main.py`, `pkg/mod.py` (no `./`, no entry for the root), sorted,
@@ -265,7 +282,7 @@ def build_artifact(
         )
     if artifact_id is not None:
         validate_artifact_id(artifact_id)
-    _check_source(src)
+    _check_source(src, entry_file(app_module))
     src_real, out_real = src.resolve(), outdir.resolve()
     if out_real == src_real:
         raise ArtifactError(
