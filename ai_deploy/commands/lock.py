@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 
 from ai_deploy.commands.status import layout_of, lock_line
 from ai_deploy.host.facts import read_tree
 from ai_deploy.host.paths import revisions_line
-from ai_deploy.host.release.lock import lock_is_stale, now_iso
+from ai_deploy.host.release.lock import lock_is_stale, now_iso, read_held, remove_if_key
 from ai_deploy.host.settings import Spec, deploy_who
 from ai_deploy.inventory import connected
 
@@ -24,7 +23,11 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
             print(f"{h.name}: {lock_line(tree)}")
             if action != "release" or (tree.lock is None and tree.lock_raw is None):
                 continue
-            stale = lock_is_stale(tree.lock, Spec.from_data(h.data), time.time())
+            held = read_held(h, layout)
+            if held is None:
+                print(f"{h.name}: the lock is gone already")
+                continue
+            stale = lock_is_stale(held.info, held.lease_age_s, Spec.from_data(h.data))
             if not stale and not force:
                 print(
                     f"{h.name}: the holder may still be running; release anyway with --force "
@@ -32,9 +35,12 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
                 )
                 rc = 1
                 continue
-            removed = h.run(f"rm -rf {layout.lock}")
-            if not removed.ok:
-                print(f"{h.name}: could not remove the lock: {' '.join(removed.stderr)}")
+            # Only the lock just judged: one renewed or taken over meanwhile is left alone.
+            if not remove_if_key(h, layout, held.key):
+                print(
+                    f"{h.name}: the lock changed while it was read (renewed or taken over); "
+                    "left as it is"
+                )
                 rc = 1
                 continue
             reason = stale or "forced"

@@ -30,7 +30,6 @@ class Spec:
     fail_after_errors: int
     keep: int
     lock_wait_s: float
-    lock_stale_s: float
     lock_lease_s: float
     code_owner: str
     build_user: str
@@ -71,7 +70,6 @@ class Spec:
             fail_after_errors=int(get("health_fail_after_errors")),
             keep=int(get("releases_keep")),
             lock_wait_s=float(get("lock_wait_s")),
-            lock_stale_s=float(get("lock_stale_s")),
             lock_lease_s=float(get("lock_lease_s")),
             code_owner=str(get("code_owner")),
             build_user=str(get("build_user")),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,15 @@ import pytest
 from hostkit import DEPLOYER, FakeHost
 
 from ai_deploy.host.outcome import DeployFailed
-from ai_deploy.host.release.lock import acquire_lock, release_lock
+from ai_deploy.host.release.lease import LeasedRemote
+from ai_deploy.host.release.lock import (
+    acquire_lock,
+    holder_fragment,
+    read_held,
+    release_lock,
+    release_script,
+    take_script,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +43,8 @@ def lock_info(host: FakeHost) -> dict[str, object]:
 
 
 def plant_lock(host: FakeHost, **info: object) -> Path:
-    """A lock another deploy holds (its info as it writes it), aged AGE_S seconds."""
+    """A lock another deploy holds (its info as it writes it), its lease last renewed AGE_S
+    seconds ago."""
     age = float(info.pop("age_s", 0))  # type: ignore[arg-type]
     holder = {
         "who": "alice@ci",
@@ -49,8 +60,20 @@ def plant_lock(host: FakeHost, **info: object) -> Path:
     d = lock_dir(host)
     d.mkdir(parents=True)
     (d / "info").write_text(json.dumps(holder) + "\n")
-    os.utime(d, (time.time() - age, time.time() - age))
+    age_lease(d, age)
     return d
+
+
+def age_lease(lock: Path, age: float) -> None:
+    """LOCK's lease last renewed AGE seconds ago (host clock)."""
+    then = time.time() - age
+    (lock / "lease").touch()
+    os.utime(lock / "lease", (then, then))
+    os.utime(lock, (then, then))
+
+
+def lease_age(host: FakeHost) -> float:
+    return time.time() - (lock_dir(host) / "lease").stat().st_mtime
 
 
 def dead_pid() -> int:
@@ -66,8 +89,9 @@ def test_lock_taken_with_its_holder_inside(host: FakeHost) -> None:
     assert info["token"] == token
     assert (info["who"], info["deployer"], info["pid"]) == ("bob@laptop", DEPLOYER, 4242)
     assert (info["action"], info["release"]) == ("deploy", "r1")
-    # Nothing staged is left beside it.
-    assert sorted(p.name for p in host.app_root.iterdir()) == [".deploy.lock"]
+    assert (lock_dir(host) / "lease").is_file() and lease_age(host) < 5
+    # Nothing staged is left beside it (the guard file stays: flock needs a file that lasts).
+    assert sorted(p.name for p in host.app_root.iterdir()) == [".deploy.lock", ".deploy.lock.guard"]
 
 
 def test_lock_refused_with_the_holder_named(host: FakeHost) -> None:
@@ -90,8 +114,7 @@ def test_lock_waits_and_is_taken_when_the_holder_finishes(host: FakeHost) -> Non
         slept.append(s)
         now[0] += s
         if len(slept) == 2:
-            (held / "info").unlink()
-            held.rmdir()  # the other deploy ends
+            shutil.rmtree(held)  # the other deploy ends
 
     token = acquire_lock(
         host.remote, host.spec("r2", lock_wait_s=30), clock=lambda: now[0], sleep=sleep
@@ -107,7 +130,7 @@ def test_lock_taken_over_when_its_pid_on_this_deployer_is_dead(host: FakeHost) -
     token = acquire_lock(host.remote, host.spec("r2"))
     assert lock_info(host)["token"] == token
     assert any(f"pid {pid} on this machine) is no longer running" in w for w in host.remote.warned)
-    assert sorted(p.name for p in host.app_root.iterdir()) == [".deploy.lock"]
+    assert sorted(p.name for p in host.app_root.iterdir()) == [".deploy.lock", ".deploy.lock.guard"]
 
 
 def test_lock_kept_when_its_pid_on_this_deployer_is_alive(host: FakeHost) -> None:
@@ -125,13 +148,36 @@ def test_lock_kept_when_a_dead_pid_is_on_another_deployer(host: FakeHost) -> Non
     assert lock_info(host)["token"] == "feedfacefeedface"
 
 
-def test_lock_taken_over_when_older_than_lock_stale_s(host: FakeHost) -> None:
-    plant_lock(host, age_s=7300)
+def test_lease_not_renewed_for_lock_lease_s_taken_over_from_another_machine(
+    host: FakeHost,
+) -> None:
+    plant_lock(host, deployer="other-runner", age_s=190)
     spec = host.spec("r2")
-    assert spec.lock_stale_s == 7200  # the group_data default this test relies on
+    assert spec.lock_lease_s == 180  # the group_data default this test relies on
     token = acquire_lock(host.remote, spec)
     assert lock_info(host)["token"] == token
-    assert any("older than lock_stale_s (7200 s)" in w for w in host.remote.warned)
+    assert lease_age(host) < 5  # the new holder's lease is fresh
+    assert any(
+        "lease was not renewed for 19" in w and "lock_lease_s is 180 s" in w
+        for w in host.remote.warned
+    )
+    assert sorted(p.name for p in host.app_root.iterdir()) == [".deploy.lock", ".deploy.lock.guard"]
+
+
+def test_lease_renewed_within_lock_lease_s_kept_however_old_the_lock(host: FakeHost) -> None:
+    # Started hours ago, but renewed 170 s ago: its holder is alive, wherever it runs.
+    plant_lock(host, deployer="other-runner", started=int(time.time() - 7300), age_s=170)
+    with pytest.raises(DeployFailed, match="lock_lease_s \\(180 s\\) is taken over"):
+        acquire_lock(host.remote, host.spec("r2"))
+    assert lock_info(host)["token"] == "0123456789abcdef"
+
+
+def test_lease_lock_lease_s_is_a_setting(host: FakeHost) -> None:
+    plant_lock(host, deployer="other-runner", age_s=40)
+    with pytest.raises(DeployFailed):
+        acquire_lock(host.remote, host.spec("r2"))
+    token = acquire_lock(host.remote, host.spec("r2", lock_lease_s=30))
+    assert lock_info(host)["token"] == token
 
 
 def test_lock_without_info_refused_while_young_taken_over_when_old(host: FakeHost) -> None:
@@ -172,3 +218,149 @@ def test_lock_released_only_by_its_holder(host: FakeHost) -> None:
     assert not lock_dir(host).exists()
     release_lock(host.remote, spec, token)  # twice: still nothing, no error
     assert not host.app_root.joinpath(".deploy.lock").exists()
+
+
+# --- takeover is a compare-and-swap --------------------------------------------------------
+
+
+def race_takeovers(host: FakeHost, takers: int) -> list[str]:
+    """TAKERS deploys from as many machines take over one stale lock at the same moment (each
+    thread runs the real shell); returns the tokens of those that got the lock."""
+    start = threading.Barrier(takers)
+    won: list[str] = []
+
+    def take(i: int) -> None:
+        spec = host.spec(f"r{i}", deployer=f"runner-{i}", who=f"taker{i}@ci")
+        start.wait()
+        try:
+            won.append(acquire_lock(host.remote, spec))
+        except DeployFailed as exc:
+            assert "is locked by taker" in str(exc), exc  # refused by the winner's fresh lease
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(takers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return won
+
+
+@pytest.mark.parametrize("takers", [2, 5])
+def test_two_and_more_takeovers_of_one_stale_lock_exactly_one_wins(
+    host: FakeHost, takers: int
+) -> None:
+    for round_ in range(25):
+        shutil.rmtree(lock_dir(host), ignore_errors=True)
+        plant_lock(host, deployer="dead-runner", age_s=600)
+        won = race_takeovers(host, takers)
+        assert len(won) == 1, f"round {round_}: {len(won)} takeovers won"
+        assert lock_info(host)["token"] == won[0]
+        left = sorted(p.name for p in host.app_root.iterdir())
+        assert left == [".deploy.lock", ".deploy.lock.guard"], left
+
+
+def test_takeover_moves_only_the_lock_judged_stale(host: FakeHost) -> None:
+    plant_lock(host, age_s=600)
+    held = read_held(host.remote, host.layout)
+    assert held is not None and held.lease_age_s >= 600
+    info = json.dumps({"token": "ffffffffffffffff"})
+    # Its holder renews between the judgement and the takeover: the takeover leaves it.
+    age_lease(lock_dir(host), 0)
+    out = host.remote.run(take_script(host.layout, "ffffffffffffffff", info, held.key))
+    assert out.stdout[0] == "HELD"
+    assert lock_info(host)["token"] == "0123456789abcdef"
+    # Another deploy's lock replaced it meanwhile: left alone too.
+    shutil.rmtree(lock_dir(host))
+    plant_lock(host, age_s=600, token="feedfacefeedface")
+    out = host.remote.run(take_script(host.layout, "ffffffffffffffff", info, held.key))
+    assert out.stdout[0] == "HELD" and lock_info(host)["token"] == "feedfacefeedface"
+    # The very lock judged: moved, and taken in the same step.
+    again = read_held(host.remote, host.layout)
+    assert again is not None
+    out = host.remote.run(take_script(host.layout, "ffffffffffffffff", info, again.key))
+    assert out.stdout == ["ACQUIRED"] and lock_info(host)["token"] == "ffffffffffffffff"
+
+
+def test_lock_released_by_holder_only_when_deployer_and_pid_match(host: FakeHost) -> None:
+    token = acquire_lock(host.remote, host.spec("r1", pid=4242))
+    other = holder_fragment(DEPLOYER, 4243)
+    assert host.remote.run(release_script(host.layout, holder=other)).stdout == []
+    assert lock_info(host)["token"] == token
+    mine = holder_fragment(DEPLOYER, 4242)
+    assert host.remote.run(release_script(host.layout, holder=mine)).stdout == ["RELEASED"]
+    assert not lock_dir(host).exists()
+
+
+# --- the lease is renewed while the gate works ---------------------------------------------
+
+
+def test_lease_renewed_by_a_command_when_due_and_not_before(host: FakeHost) -> None:
+    spec = host.spec("r1", lock_lease_s=60)  # renewal due every 10 s
+    token = acquire_lock(host.remote, spec)
+    now = [0.0]
+    leased = LeasedRemote(host.remote, spec, token, clock=lambda: now[0])
+    age_lease(lock_dir(host), 50)
+    now[0] = 9.0
+    assert leased.run("echo hi").stdout == ["hi"]
+    assert lease_age(host) >= 50  # not due yet: nothing added to the command
+    now[0] = 10.5
+    out = leased.run("echo hi; echo oops >&2")
+    assert (out.ok, out.stdout, out.stderr) == (True, ["hi"], ["oops"])
+    assert lease_age(host) < 5
+    age_lease(lock_dir(host), 50)
+    now[0] = 15.0
+    leased.run("true")
+    assert lease_age(host) >= 50  # renewed at 10.5: next due at 20.5
+
+
+def test_health_wait_polling_keeps_the_lease(host: FakeHost) -> None:
+    spec = host.spec("r1", lock_lease_s=0.6)  # due every 0.1 s
+    token = acquire_lock(host.remote, spec)
+    leased = LeasedRemote(host.remote, spec, token)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        leased.run("sleep 0.05")
+        assert lease_age(host) < 0.6 + 1  # mtime has 1 s granularity on some filesystems
+    # Another deployer sees a live lease and is refused.
+    with pytest.raises(DeployFailed, match="is locked by"):
+        acquire_lock(host.remote, host.spec("r2", deployer="other-runner", lock_lease_s=0.6))
+
+
+def test_long_command_renews_the_lease_from_the_host(host: FakeHost) -> None:
+    spec = host.spec("r1", lock_lease_s=1.2)  # due every 0.2 s
+    token = acquire_lock(host.remote, spec)
+    leased = LeasedRemote(host.remote, spec, token)
+    age_lease(lock_dir(host), 100)
+    # One command of 2.5 s (uv sync's stand-in): it says how long it may take.
+    out = leased.run(
+        f"sleep 2.5; stat -c %Y {lock_dir(host)}/lease; date +%s; exit 3", timeout=3600
+    )
+    assert not out.ok  # its exit status comes back
+    renewed, now = (int(x) for x in out.stdout)
+    assert now - renewed <= 1  # renewed while it ran, not only before
+    # The host-side loop has ended with the command.
+    time.sleep(0.5)
+    age_lease(lock_dir(host), 100)
+    time.sleep(0.5)
+    assert lease_age(host) >= 100
+
+
+def test_lease_lost_to_a_takeover_stops_the_deploy(host: FakeHost, tmp_path: Path) -> None:
+    spec = host.spec("r1", lock_lease_s=60)
+    token = acquire_lock(host.remote, spec)
+    now = [0.0]
+    leased = LeasedRemote(host.remote, spec, token, clock=lambda: now[0])
+    # Our lease ran out (the deployer was cut off) and another machine took the lock over.
+    age_lease(lock_dir(host), 200)
+    theirs = acquire_lock(host.remote, host.spec("r2", deployer="other-runner"))
+    now[0] = 100.0
+    marker = tmp_path / "ran"
+    with pytest.raises(DeployFailed, match="lost the lock") as caught:
+        leased.run(f"touch {marker}")
+    assert caught.value.phase == "lock"
+    assert not marker.exists()  # the command did not run
+    with pytest.raises(DeployFailed, match="lost the lock"):
+        leased.run(f"touch {marker}")
+    assert not marker.exists() and lock_info(host)["token"] == theirs
+    release_lock(host.remote, spec, token)  # our release leaves theirs
+    assert lock_info(host)["token"] == theirs

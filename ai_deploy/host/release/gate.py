@@ -1,6 +1,7 @@
 """The whole change on one host, in order: take the lock, prepare the release, let the strategy
-put it live (with its own switch-back), journal the outcome, prune; the lock is dropped on every
-way out. The result is a `HostOutcome`, never a message to parse."""
+put it live (with its own switch-back), journal the outcome, prune; the lock's lease is renewed
+by every step's commands (ai_deploy.host.release.lease) and the lock is dropped on every way out.
+The result is a `HostOutcome`, never a message to parse."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from ai_deploy.host import strategies
 from ai_deploy.host.outcome import FAILED, SERVED, DeployFailed, HostOutcome
 from ai_deploy.host.release.journal import mark_healthy, record
+from ai_deploy.host.release.lease import LeasedRemote
 from ai_deploy.host.release.links import read_links
 from ai_deploy.host.release.lock import acquire_lock, release_lock
 from ai_deploy.host.release.prepare import prepare_release
@@ -38,6 +40,7 @@ def put_in_service(remote: Remote, spec: Spec, *, host: str, have_release: bool)
         token = acquire_lock(remote, spec)
     except DeployFailed as exc:
         return outcome(exc.status, phase=exc.phase, reason=str(exc))
+    plain, remote = remote, LeasedRemote(remote, spec, token)
     try:
         before = read_links(remote, spec)
         previous = before.current
@@ -54,10 +57,10 @@ def put_in_service(remote: Remote, spec: Spec, *, host: str, have_release: bool)
         prune(remote, spec)
     except DeployFailed as exc:
         if exc.journal:
-            record(remote, spec, "failed", exc.journal)
+            record(plain, spec, "failed", exc.journal)  # also when the lease was lost
         serving = exc.serving if exc.status != FAILED else None
         return outcome(exc.status, phase=exc.phase, reason=str(exc), serving=serving)
     finally:
-        release_lock(remote, spec, token)
+        release_lock(plain, spec, token)
     remote.say(live.summary)
     return outcome(SERVED, serving=spec.release_id)

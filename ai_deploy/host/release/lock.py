@@ -1,4 +1,12 @@
-"""The host's deploy lock: a directory under app_root that appears with its holder inside."""
+"""The host's deploy lock, held as a lease: a directory under app_root that appears with its
+holder inside (`info`) and a `lease` file whose mtime the holder renews while it works
+(ai_deploy.host.release.lease).
+
+A lease not renewed for lock_lease_s, or whose deploy on this very machine is gone, may be taken
+over from any machine. Every change to the lock happens under `flock` on a guard file beside it,
+and a takeover is a compare-and-swap: it moves the lock only while its info and lease time are
+still those that were judged stale, so two deploys taking over one stale lock cannot both win.
+Ages are measured with the host's clock alone, so deployers' clocks never matter."""
 
 from __future__ import annotations
 
@@ -8,27 +16,69 @@ import secrets
 import shlex
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ai_deploy.host.outcome import DeployFailed
+from ai_deploy.host.paths import Layout
 from ai_deploy.host.remote import Remote, tail
 from ai_deploy.host.settings import Spec
 
-# A lock directory without its info, younger than this, may be a deploy between its two steps.
+# A lock directory without its info, younger than this, may be a deploy between its two steps
+# (only deploys older than the lease keep one like that; ours appears complete).
 ANONYMOUS_GRACE_S = 60
+LEASE_FILE = "lease"
+GUARD_WAIT_S = 20  # the guard is held for milliseconds; longer means a stuck host
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def lock_is_stale(info: dict[str, object] | None, spec: Spec, now: float) -> str | None:
-    """Why a lock held by INFO may be taken over, or None while its holder may be alive."""
+def guard_path(layout: Layout) -> str:
+    return f"{layout.lock}.guard"
+
+
+def guarded(layout: Layout, body: str) -> str:
+    """BODY run while holding the lock's guard (flock on app_root/.deploy.lock.guard)."""
+    return (
+        f"mkdir -p {layout.root} && exec 9>>{guard_path(layout)} || exit 1\n"
+        f"if ! flock -w {GUARD_WAIT_S} 9; then echo GUARD-BUSY; exit 0; fi\n{body}"
+    )
+
+
+def _state_functions(lock: str) -> str:
+    """Shell functions: `key` (what a compare-and-swap compares: the info's checksum and the
+    lease time) and `age` (seconds since the lease was renewed, by the host's clock)."""
+    return (
+        f"stamp() {{ stat -c %Y {lock}/{LEASE_FILE} 2>/dev/null || stat -c %Y {lock} 2>/dev/null"
+        " || date +%s; }\n"
+        f'key() {{ printf \'%s %s\' "$(cat {lock}/info 2>/dev/null | cksum)" "$(stamp)"; }}\n'
+        "age() { echo $(( $(date +%s) - $(stamp) )); }\n"
+    )
+
+
+@dataclass(frozen=True)
+class Held:
+    """A lock someone else holds, as read on the host."""
+
+    info: dict[str, object] | None
+    lease_age_s: int  # seconds since its lease was last renewed (host clock)
+    key: str  # what a takeover must still find to move it
+
+
+def lock_is_stale(info: dict[str, object] | None, lease_age_s: float, spec: Spec) -> str | None:
+    """Why a lock held by INFO, its lease last renewed LEASE_AGE_S ago, may be taken over, or
+    None while its holder may be alive."""
     if info is None:
-        return "its holder never wrote who it is"
-    started = float(info.get("started", 0) or 0)  # type: ignore[arg-type]
-    if now - started > spec.lock_stale_s:
-        return f"it is older than lock_stale_s ({spec.lock_stale_s:.0f} s)"
+        if lease_age_s > ANONYMOUS_GRACE_S:
+            return "its holder never wrote who it is"
+        return None
+    if lease_age_s > spec.lock_lease_s:
+        return (
+            f"its lease was not renewed for {lease_age_s:.0f} s "
+            f"(lock_lease_s is {spec.lock_lease_s:.0f} s)"
+        )
     pid = int(info.get("pid", 0) or 0)  # type: ignore[arg-type]
     if info.get("deployer") == spec.deployer and pid > 0 and not _pid_alive(pid):
         return f"its deploy (pid {pid} on this machine) is no longer running"
@@ -54,9 +104,9 @@ def describe_lock(info: dict[str, object] | None) -> str:
     )
 
 
-def _parse_held(stdout: list[str]) -> tuple[dict[str, object] | None, int]:
+def _parse_held(stdout: list[str]) -> Held:
     holder: dict[str, object] | None = None
-    age = 0
+    age, key = 0, ""
     for line in stdout[1:]:
         if line.startswith("{"):
             try:
@@ -65,7 +115,36 @@ def _parse_held(stdout: list[str]) -> tuple[dict[str, object] | None, int]:
                 holder = None
         elif line.startswith("AGE "):
             age = int(line.split()[1])
-    return holder, age
+        elif line.startswith("KEY "):
+            key = line[4:]
+    return Held(holder, age, key)
+
+
+def take_script(layout: Layout, token: str, info: str, judged: str | None) -> str:
+    """Under the guard: move the lock aside if it is still the one judged stale (its key is
+    JUDGED), then take it if it is free (ACQUIRED); else say who holds it (HELD, KEY, AGE, info).
+    The lock directory appears with its info and lease already inside (made aside, then renamed
+    into place), so a holder is never anonymous."""
+    lock = layout.lock
+    staged = f"{lock}.new-{token}"
+    aside = f"{lock}.stale-{token}"
+    takeover = ""
+    if judged is not None:
+        takeover = (
+            f'if [ "$(key)" = {shlex.quote(judged)} ]; then\n'
+            f"  mv -T {lock} {aside} && rm -rf {aside}\n"
+            "fi\n"
+        )
+    return guarded(
+        layout,
+        _state_functions(lock) + takeover + f"if [ ! -e {lock} ] && [ ! -L {lock} ]; then\n"
+        f"  rm -rf {staged} && mkdir {staged} && "
+        f"printf '%s\\n' {shlex.quote(info)} > {staged}/info && touch {staged}/{LEASE_FILE} && "
+        f"mv -T {staged} {lock} && echo ACQUIRED && exit 0\n"
+        f"  rm -rf {staged}\n"
+        "fi\n"
+        f'echo HELD; echo "KEY $(key)"; echo "AGE $(age)"; cat {lock}/info 2>/dev/null; echo\n',
+    )
 
 
 def acquire_lock(
@@ -75,7 +154,7 @@ def acquire_lock(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
-    """Take the host's deploy lock; returns the token that releases it."""
+    """Take the host's deploy lock; returns the token that renews and releases it."""
     token = secrets.token_hex(8)
     info = json.dumps(
         {
@@ -89,47 +168,91 @@ def acquire_lock(
             "token": token,
         }
     )
-    layout = spec.layout
-    lock = layout.lock
-    # The lock directory appears with its info already inside (made aside, then renamed into
-    # place; rename fails on an existing non-empty directory), so a holder is never anonymous.
-    staged = f"{lock}.new-{token}"
-    take = (
-        f"mkdir -p {layout.root} && rm -rf {staged} && mkdir {staged} && "
-        f"printf '%s\\n' {shlex.quote(info)} > {staged}/info && "
-        f"if mv -T {staged} {lock} 2>/dev/null && grep -q {token} {lock}/info; then "
-        f"echo ACQUIRED; else rm -rf {staged}; echo HELD; cat {lock}/info 2>/dev/null; "
-        f"echo; echo AGE $(( $(date +%s) - $(stat -c %Y {lock} 2>/dev/null || date +%s) )); fi"
-    )
     waited_from = clock()
     announced = False
+    judged: str | None = None
     while True:
-        result = remote.run(take)
+        result = remote.run(take_script(spec.layout, token, info, judged))
         if not result.ok:
             raise DeployFailed("lock", f"could not take the deploy lock: {tail(result.stderr)}")
-        if result.stdout and result.stdout[0] == "ACQUIRED":
+        first = result.stdout[0] if result.stdout else ""
+        if first == "ACQUIRED":
             return token
-        holder, age = _parse_held(result.stdout)
-        stale = lock_is_stale(holder, spec, clock()) if holder or age > ANONYMOUS_GRACE_S else None
-        if stale:
-            remote.warn(f"taking over a stale deploy lock held by {describe_lock(holder)}: {stale}")
-            # Another deploy may move it first: then the next round sees its lock.
-            remote.run(f"mv -T {lock} {lock}.stale-{token} && rm -rf {lock}.stale-{token}")
+        if first == "GUARD-BUSY":
+            raise DeployFailed(
+                "lock", f"the guard of {spec.layout.lock} stayed taken for {GUARD_WAIT_S} s"
+            )
+        held = _parse_held(result.stdout)
+        stale = lock_is_stale(held.info, held.lease_age_s, spec)
+        if stale and held.key != judged:
+            remote.warn(
+                f"taking over a stale deploy lock held by {describe_lock(held.info)}: {stale}"
+            )
+            # Moved only if it is still this very lock: another deploy may take it first, and
+            # then the next round sees that one's fresh lease.
+            judged = held.key
             continue
+        judged = None
         waited = clock() - waited_from
         if waited >= spec.lock_wait_s:
             raise DeployFailed(
                 "lock",
-                f"{spec.app_root} is locked by {describe_lock(holder)}; wait for it to finish "
-                "(or pass --data lock_wait_s=SECONDS), and if it died: ai-deploy lock release",
+                f"{spec.app_root} is locked by {describe_lock(held.info)}; wait for it to finish "
+                "(or pass --data lock_wait_s=SECONDS); a lease not renewed for "
+                f"lock_lease_s ({spec.lock_lease_s:.0f} s) is taken over, "
+                "and if it died: ai-deploy lock release",
             )
         if not announced:
-            remote.say(f"waiting up to {spec.lock_wait_s:.0f} s for {describe_lock(holder)}")
+            remote.say(f"waiting up to {spec.lock_wait_s:.0f} s for {describe_lock(held.info)}")
             announced = True
         sleep(min(2.0, max(0.1, spec.lock_wait_s - waited)))
 
 
+def read_held(remote: Remote, layout: Layout) -> Held | None:
+    """The lock as it is now (None when there is none)."""
+    lock = layout.lock
+    out = remote.run(
+        _state_functions(lock) + f"if [ -e {lock} ] || [ -L {lock} ]; then\n"
+        f'echo HELD; echo "KEY $(key)"; echo "AGE $(age)"; cat {lock}/info 2>/dev/null; '
+        "echo\nfi\n"
+    )
+    if not out.stdout or out.stdout[0] != "HELD":
+        return None
+    return _parse_held(out.stdout)
+
+
+def remove_if_key(remote: Remote, layout: Layout, key: str) -> bool:
+    """Remove the lock, under the guard, only if it is still the one whose key is KEY."""
+    lock = layout.lock
+    aside = f"{lock}.stale-{secrets.token_hex(8)}"
+    out = remote.run(
+        guarded(
+            layout,
+            _state_functions(lock) + f'if [ "$(key)" = {shlex.quote(key)} ]; then\n'
+            f"  mv -T {lock} {aside} && rm -rf {aside} && echo REMOVED\nfi\n",
+        )
+    )
+    return bool(out.stdout) and out.stdout[0] == "REMOVED"
+
+
+def release_script(layout: Layout, *, token: str | None = None, holder: str | None = None) -> str:
+    """Under the guard, remove the lock if its info holds TOKEN (or the HOLDER string: a
+    `"deployer": ..., "pid": ...` fragment); prints RELEASED when it did."""
+    lock = layout.lock
+    needle = shlex.quote(token if token is not None else str(holder))
+    return guarded(
+        layout,
+        f"if grep -qF -- {needle} {lock}/info 2>/dev/null; then\n"
+        f"  rm -rf {lock} && echo RELEASED\nfi\ntrue\n",
+    )
+
+
+def holder_fragment(deployer: str, pid: int) -> str:
+    """The part of a lock's info that names its deployer and pid, exactly as acquire_lock
+    writes it (for release_script's HOLDER)."""
+    return json.dumps({"deployer": deployer, "pid": pid})[1:-1]
+
+
 def release_lock(remote: Remote, spec: Spec, token: str) -> None:
     """Drop the lock if this deploy still holds it."""
-    lock = spec.layout.lock
-    remote.run(f"grep -q {shlex.quote(token)} {lock}/info 2>/dev/null && rm -rf {lock} || true")
+    remote.run(release_script(spec.layout, token=token))
