@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from ai_deploy.host.paths import ARTIFACT_SHA256, LOCK_DIR, VENV_COMPLETE, Layout
+from ai_deploy.host.paths import ARTIFACT_SHA256, LOCK_DIR, Layout
+from ai_deploy.host.release.venv import venv_lines
 from ai_deploy.host.remote import Remote
 
 MARK = "AI-DEPLOY-TREE"
@@ -22,6 +23,7 @@ class AppTree:
     previous: str | None = None
     releases: list[str] = field(default_factory=list)  # complete releases, newest first
     venvs: list[str] = field(default_factory=list)  # complete venvs (lock hashes)
+    damaged_venvs: list[str] = field(default_factory=list)  # complete, files differ from manifest
     release_venvs: dict[str, str] = field(default_factory=dict)  # release -> lock hash
     release_sha256: dict[str, str] = field(default_factory=dict)  # release -> artifact sha256
     healthy: dict[str, str] = field(default_factory=dict)  # passed the gate -> artifact sha256
@@ -64,11 +66,7 @@ if [ -d {r}/releases ]; then
     [ -n "$s" ] && echo "release_sha256 $id $s"
   done
 fi
-if [ -d {r}/venvs ]; then
-  for v in {r}/venvs/*/{VENV_COMPLETE}; do
-    [ -e "$v" ] && {{ d=${{v%/*}}; echo "venv ${{d##*/}}"; }}
-  done
-fi
+{venv_lines(f"{r}/venvs")}
 if [ -d {r}/healthy ]; then
   for h in {r}/healthy/*; do [ -f "$h" ] && echo "healthy ${{h##*/}} $(cut -d' ' -f1 "$h")"; done
 fi
@@ -102,6 +100,8 @@ def parse_tree(lines: list[str]) -> AppTree:
                 getattr(tree, kind)[name] = sha.strip()
         elif kind == "venv":
             tree.venvs.append(rest.strip())
+        elif kind == "venv_damaged":
+            tree.damaged_venvs.append(rest.strip())
         elif kind == "lock":
             try:
                 tree.lock = json.loads(rest)

@@ -121,7 +121,7 @@ start() {
     echo "Job for $u failed because the control process exited with error code." >&2; return 1
   fi
   put "$u" release "$rel"
-  if [ -n "$wd" ] && [ ! -e "$rel/.venv/.ai-deploy-complete" ]; then
+  if [ -n "$wd" ] && [ ! -e "$rel/.venv/.ai-deploy-complete" -o ! -e "$rel/.venv/bin/uvicorn" ]; then
     echo "$u: $wd/.venv/bin/uvicorn: No such file or directory" >> "$(errlog "$u")"
     beh=crash
   fi
@@ -206,6 +206,17 @@ exit 0
 UV = r"""#!/usr/bin/env bash
 # uv stand-in: `uv sync` makes $UV_PROJECT_ENVIRONMENT (with a world-writable .lock, as uv
 # leaves it), logs the call, and fails when $FAKE_STATE/uv.fail exists.
+# `uv --version` prints $FAKE_STATE/uv.version (or a fixed line); `uv venv [opts] DIR` makes
+# DIR/bin/python, a link to the tests' python3, run as `id -un` records in venv.log.
+case "${1:-}" in
+  --version) cat "$FAKE_STATE/uv.version" 2>/dev/null || echo "uv 0.13.9 (stand-in)"; exit 0 ;;
+  venv)
+    for d in "$@"; do :; done
+    mkdir -p "$d/bin" && ln -sfn "$(command -v python3)" "$d/bin/python"
+    printf 'home = /usr/bin\nrelocatable = true\n' > "$d/pyvenv.cfg"
+    echo "$(id -un) HOME=${HOME:-} UV_CACHE_DIR=${UV_CACHE_DIR:-} $*" >> "$FAKE_STATE/venv.log"
+    exit 0 ;;
+esac
 echo "$PWD UV_PYTHON_DOWNLOADS=${UV_PYTHON_DOWNLOADS:-} $*" >> "$FAKE_STATE/uv.log"
 [ "${1:-}" = sync ] || { echo "uv stand-in: only sync" >&2; exit 2; }
 [ -f uv.lock ] || { echo "error: No \`uv.lock\` found" >&2; exit 2; }
@@ -392,6 +403,10 @@ class FakeHost:
             "health_deadline_s": 2,
             "uv_path": str(self.bin / "uv"),
             "code_owner": getpass.getuser(),
+            # No build user here: the build runs as this user, without runuser (venv.py skips
+            # the switch when it already runs as build_user).
+            "build_user": getpass.getuser(),
+            "uv_env": {"UV_CACHE_DIR": str(self.tmp / "uv-cache")},
         }
         return group_data(**{**here, **overrides})
 
