@@ -121,7 +121,8 @@ start() {
     echo "Job for $u failed because the control process exited with error code." >&2; return 1
   fi
   put "$u" release "$rel"
-  if [ -n "$wd" ] && [ ! -e "$rel/.venv/.ai-deploy-complete" -o ! -e "$rel/.venv/bin/uvicorn" ]; then
+  if [ -n "$wd" ] && { [ ! -e "$rel/.venv/.ai-deploy-complete" ] ||
+    [ ! -e "$rel/.venv/bin/uvicorn" ]; }; then
     echo "$u: $wd/.venv/bin/uvicorn: No such file or directory" >> "$(errlog "$u")"
     beh=crash
   fi

@@ -94,11 +94,12 @@ def verify_venv(remote: Remote, spec: Spec, lock_hash: str) -> Check:
 [ -e {venv}/{VENV_COMPLETE} ] || {{ echo "damaged: its completion marker is missing"; exit 0; }}
 [ -f {rec} ] || {{ echo "damaged: it has no build record (built by an older deploy)"; exit 0; }}
 get() {{ sed -n "s/^$1=//p" {rec}; }}
-[ "$(get lock)" = {shlex.quote(lock_hash)} ] || {{ echo "damaged: built for lock $(get lock)"; exit 0; }}
+bad() {{ echo "damaged: $1"; exit 0; }}
+[ "$(get lock)" = {shlex.quote(lock_hash)} ] || bad "built for lock $(get lock)"
 py=$({_python_of(venv)})
-[ "$py" = "$(get python)" ] || {{ echo "damaged: its Python is now '$py', built with '$(get python)'"; exit 0; }}
+[ "$py" = "$(get python)" ] || bad "its Python is now '$py', built with '$(get python)'"
 uvv=$({uv} --version 2>&1)
-[ "$uvv" = "$(get uv)" ] || {{ echo "damaged: uv is now '$uvv', built with '$(get uv)'"; exit 0; }}
+[ "$uvv" = "$(get uv)" ] || bad "uv is now '$uvv', built with '$(get uv)'"
 now=$(mktemp); trap 'rm -f "$now"' EXIT
 {listing(venv)} > "$now"
 if [ "$(sha256sum < "$now" | cut -d' ' -f1)" != "$(get manifest)" ]; then
@@ -174,7 +175,7 @@ def _build(remote: Remote, spec: Spec, lock_hash: str, workdir: str) -> None:
     parent = (
         f"install -d -o root -g root -m 0755 {shlex.quote(UV_CACHE_ROOT)}"
         if uv_cache_dir(spec).startswith(f"{UV_CACHE_ROOT}/")
-        else f"mkdir -p \"$(dirname {cache})\""
+        else f'mkdir -p "$(dirname {cache})"'
     )
     env = " ".join(
         f"{k}={shlex.quote(str(v))}"
@@ -277,7 +278,8 @@ touch {build}/{VENV_COMPLETE}
 }} > {build}/{VENV_RECORD}
 chmod 0644 {build}/{VENV_MANIFEST} {build}/{VENV_RECORD}
 if [ -e {venv} ] || [ -L {venv} ]; then
-  python3 -c {shlex.quote(_EXCHANGE)} {build} {venv} || {{ mv -T {venv} {build}.old && mv -T {build} {venv} && mv -T {build}.old {build}; }}
+  python3 -c {shlex.quote(_EXCHANGE)} {build} {venv} ||
+    {{ mv -T {venv} {build}.old && mv -T {build} {venv} && mv -T {build}.old {build}; }}
 else
   mv -T {build} {venv}
 fi
