@@ -4,7 +4,8 @@ check the artifact → authenticate to GCP → find the runner's address → fin
 address → open the firewall window → authorize an SSH key and wait for it → run pyinfra (each
 host reports its outcome as data) → check health from outside → on an outside failure, roll
 back through the same window. The window and the key are context managers on one stack, so
-they are removed on every way out, SIGTERM and SIGINT included (pyinfra is stopped first).
+they are removed on every way out, SIGINT, SIGTERM and SIGHUP included (pyinfra is stopped
+first and the host lock it held released).
 Notifications and the job summary come last and never change the exit code."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ai_deploy.ci.health import check_health
 from ai_deploy.ci.notify import DeployEvent, Outcome, notify
 from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, PhaseFailed
 from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
+from ai_deploy.ci.secrets import mask_secrets
 from ai_deploy.ci.settings_probe import read_settings
 from ai_deploy.ci.ssh import provided_key, wait_for_ssh
 from ai_deploy.gcp import Terminated, raise_on_termination
@@ -76,6 +78,7 @@ def _report(run: Run, outcome: Outcome, message: str, duration: float) -> None:
     failed = None if outcome is Outcome.SUCCESS else (run.phases.failed or "health")
     event = DeployEvent(
         outcome=outcome,
+        service=run.settings.app_name if run.settings else DeployEvent.service,
         release=run.release,
         hosts=run.hosts,
         duration_s=duration,
@@ -120,6 +123,7 @@ def check_artifact_phase(run: Run) -> None:
             raise PhaseFailed("config", str(exc)) from exc
         probe = run.opts.host or SETTINGS_PROBE_HOST
         run.settings = read_settings(run.inventory, run.opts.data, run.environ, probe)
+        mask_secrets(run.settings.env_file, run.environ)
         try:
             art = check_artifact(run.opts.artifact, run.settings.app_module)
         except ArtifactError as exc:

@@ -75,3 +75,4 @@ class HostSettings:
     deploy_strategy: str
     app_name: str
     ssh_user: str | None
+    env_file: str | None = None

@@ -13,7 +13,15 @@ from typing import Any
 
 from ai_deploy.ci.options import HostSettings, PhaseFailed
 
-KEYS = ("app_module", "app_port", "health_path", "deploy_strategy", "app_name", "ssh_user")
+KEYS = (
+    "app_module",
+    "app_port",
+    "health_path",
+    "deploy_strategy",
+    "app_name",
+    "ssh_user",
+    "env_file",
+)
 
 
 def read_settings(
@@ -45,6 +53,7 @@ def read_settings(
         deploy_strategy=str(s["deploy_strategy"]),
         app_name=str(s["app_name"]),
         ssh_user=s.get("ssh_user"),
+        env_file=s.get("env_file"),
     )
 
 
