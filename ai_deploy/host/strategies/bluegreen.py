@@ -15,6 +15,7 @@ from ai_deploy.host.outcome import FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.paths import COLOURS, Layout
 from ai_deploy.host.release.health import restart_service, wait_healthy, warn_unhealthy
 from ai_deploy.host.release.links import Links, set_links
+from ai_deploy.host.release.venv import ensure_release_venv
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
 from ai_deploy.host.strategies.base import Leave, Live, UnitFile, must
@@ -182,6 +183,13 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
     if not health.ok:
         warn_unhealthy(remote, spec, health, colour=idle)
         remote.run(f"systemctl stop {shlex.quote(unit)}")
+        if before.current and before.current != target:
+            # The live colour keeps running; its venv is checked (rebuilt when damaged) so
+            # that its next start does not fail.
+            try:
+                ensure_release_venv(remote, spec, before.current)
+            except DeployFailed as exc:
+                remote.warn(f"the venv of {before.current} is damaged and was not rebuilt: {exc}")
         serving = f"{before.current} keeps serving" if before.current else "nothing was serving"
         raise DeployFailed(
             "health",

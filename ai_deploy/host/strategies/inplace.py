@@ -10,6 +10,7 @@ from collections.abc import Callable
 from ai_deploy.host.outcome import SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.release.health import Health, wait_healthy, warn_unhealthy
 from ai_deploy.host.release.links import Links, set_links
+from ai_deploy.host.release.venv import ensure_release_venv
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
 from ai_deploy.host.strategies.base import Live
@@ -63,6 +64,16 @@ def go_live_in_place(
             journal=f"no-previous-release reason={health.reason!r}",
         )
     remote.warn(f"switching back to release {back_to.current}")
+    try:
+        ensure_release_venv(remote, spec, back_to.current)  # verified, or rebuilt first
+    except DeployFailed as exc:
+        raise DeployFailed(
+            "rollback",
+            f"{spec.action} of {target} failed ({health.reason}) and the venv of the previous "
+            f"release {back_to.current} could not be rebuilt: {exc}",
+            status=SWITCH_BACK_FAILED,
+            journal=f"rollback-to={back_to.current} venv-failed",
+        ) from exc
     set_links(remote, spec, back_to)
     back = _restart_healthy(remote, spec, restart)
     if not back.ok:
