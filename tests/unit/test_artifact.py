@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from ai_deploy.artifact.build import (
     release_id_from_artifact,
     sha256_file,
 )
+from ai_deploy.artifact.check import ArtifactLimits, check_artifact
 
 pytestmark = pytest.mark.unit
 
@@ -284,3 +287,162 @@ def test_failed_write_leaves_no_file_behind(
     with pytest.raises(OSError, match="disk full"):
         build_artifact(src, outdir)
     assert list(outdir.iterdir()) == []
+
+
+# --- the deployer's check: hostile artifacts (issue 10) --------------------------------------
+
+Member = tuple[tarfile.TarInfo, bytes | None]
+GOOD = {"pyproject.toml": b'[project]\nname = "app"\n', "uv.lock": b"version = 1\n"}
+
+
+def reg(name: str, data: bytes = b"x\n", mode: int = 0o644) -> Member:
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    return info, data
+
+
+def sym(name: str, target: str) -> Member:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    return info, None
+
+
+def hard(name: str, target: str) -> Member:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE
+    info.linkname = target
+    return info, None
+
+
+def special(name: str, kind: bytes) -> Member:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    return info, None
+
+
+def tar_of(path: Path, members: list[Member], *, base: bool = True) -> Path:
+    """A tar.gz of MEMBERS exactly as given (after a good app's files when BASE)."""
+    if base:
+        members = [reg(n, d) for n, d in {**GOOD, "main.py": b"app = None\n"}.items()] + members
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            if data is None:
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+# The issue's chain: each link looks contained on its own; together they climb out, and
+# REVISION then names /root/canary.
+CHAIN = [
+    sym("a/u1", ".."),
+    sym("a/b/u2", "../u1/.."),
+    sym("a/b/c/u3", "../u2/.."),
+    sym("a/b/c/d/u4", "../u3/.."),
+    sym("a/b/c/d/e/u5", "../u4/.."),
+    sym("REVISION", "a/b/c/d/e/u5/root/canary"),
+]
+
+HOSTILE: dict[str, tuple[list[Member], str]] = {
+    "link-chain": (CHAIN, r"link 'a/b/u2' -> '\.\./u1/\.\.' points outside the release"),
+    "hard-link-out": ([hard("passwd", "../../../etc/passwd")], "'passwd' is a hard link"),
+    "hard-link-in": ([hard("copy.py", "main.py")], "'copy.py' is a hard link"),
+    "absolute-link": ([sym("data", "/etc")], "'data' points to the absolute path '/etc'"),
+    "link-through-link": (
+        [sym("sub", "."), reg("sub/x.py")],
+        "member 'sub/x.py' passes through the link 'sub'",
+    ),
+    "later-link-redirects": (
+        # x/.. is the root when 'x' is a directory; once 'x' is a link to 'a/..' (the root
+        # too), 'l' -> x/../.. leaves it: only a check of the whole tree sees that.
+        [sym("l", "x/y/../.."), sym("x", "z/..")],
+        "",
+    ),
+    "fifo": ([special("pipe", tarfile.FIFOTYPE)], "'pipe' is a device or fifo"),
+    "device": ([special("disk", tarfile.BLKTYPE)], "'disk' is a device or fifo"),
+    "type-change": ([reg("pkg/a.py"), reg("pkg")], "'pkg' appears again and changes its type"),
+    "link-twice": ([sym("x", "main.py"), sym("x", "uv.lock")], "'x' appears again"),
+    "venv-link": ([sym(".venv", "a")], "'.venv' is made by the deploy"),
+    "revision-link": ([sym("REVISION", "main.py")], "'REVISION' is a link"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_artifact_is_refused_naming_the_member(tmp_path: Path, kind: str) -> None:
+    members, message = HOSTILE[kind]
+    art = tar_of(tmp_path / "ai-server-bad.tar.gz", members)
+    with pytest.raises(ArtifactError, match=message or "outside the release"):
+        check_artifact(art)
+
+
+@pytest.mark.parametrize("name", ["uv.lock", "pyproject.toml", "main.py"])
+def test_a_linked_required_file_is_refused(tmp_path: Path, name: str) -> None:
+    files = {**GOOD, "main.py": b"app = None\n", "real": b"version = 1\n"}
+    members = [reg(n, d) for n, d in files.items() if n != name] + [sym(name, "real")]
+    art = tar_of(tmp_path / "a.tar.gz", members, base=False)
+    with pytest.raises(ArtifactError, match=rf"{re.escape(name)} is a link \(-> 'real'\)"):
+        check_artifact(art)
+
+
+def test_links_that_stay_inside_pass(tmp_path: Path) -> None:
+    members = [sym("sub/up", ".."), sym("alias.py", "sub/up/main.py"), sym("dangling", "gone")]
+    checked = check_artifact(tar_of(tmp_path / "a.tar.gz", members))
+    assert checked.lock_hash == hashlib.sha256(GOOD["uv.lock"]).hexdigest()
+    assert checked.members == 6
+
+
+LIMITS = ArtifactLimits(max_bytes=1_000_000, max_members=100, max_ratio=50)
+
+
+def test_too_big_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    art = tar_of(tmp_path / "a.tar.gz", [reg("model.bin", os.urandom(1_200_000))])
+    with pytest.raises(ArtifactError) as caught:
+        check_artifact(art, limits=LIMITS)
+    message = str(caught.value)
+    assert "expands to more than 1000000 bytes" in message
+    assert "at least 1200" in message and "'model.bin'" in message
+    assert "artifact_max_bytes=1000000" in message
+
+
+def test_too_many_members_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    art = tar_of(tmp_path / "a.tar.gz", [reg(f"m{i}.py") for i in range(120)])
+    with pytest.raises(ArtifactError, match=r"more than 100 members \(artifact_max_members=100"):
+        check_artifact(art, limits=LIMITS)
+
+
+def test_a_compression_bomb_is_refused_by_its_ratio(tmp_path: Path) -> None:
+    art = tar_of(tmp_path / "a.tar.gz", [reg("zeros", bytes(900_000))])
+    with pytest.raises(ArtifactError) as caught:
+        check_artifact(art, limits=LIMITS)
+    message = str(caught.value)
+    assert "compressed bytes" in message and "artifact_max_ratio=50" in message
+    assert f"from {art.stat().st_size} compressed" in message
+
+
+def test_limits_are_read_from_group_data() -> None:
+    limits = ArtifactLimits.defaults()
+    assert limits.max_bytes == 4 * 1024**3 and limits.max_members == 50_000
+    assert ArtifactLimits.from_data(
+        {"artifact_max_bytes": 1, "artifact_max_members": 2, "artifact_max_ratio": 3}
+    ) == ArtifactLimits(1, 2, 3.0)
+
+
+@pytest.mark.parametrize("name", ["uv.lock", "pyproject.toml", "main.py"])
+def test_build_refuses_a_linked_required_file(tmp_path: Path, name: str) -> None:
+    src = make_app(tmp_path)
+    (src / name).rename(src / "real")
+    (src / name).symlink_to("real")
+    with pytest.raises(ArtifactError, match=rf"{re.escape(name)} is a symbolic link"):
+        build_artifact(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_what_build_makes_the_check_accepts(tmp_path: Path) -> None:
+    src = make_app(tmp_path, {"sub/mod.py": ""})
+    (src / "sub" / "up").symlink_to("..")
+    (src / "alias.py").symlink_to("sub/up/main.py")
+    checked = check_artifact(build_artifact(src, tmp_path / "out"))
+    assert checked.lock_hash == hashlib.sha256(b"version = 1\n").hexdigest()

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import tarfile
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from hostkit import FakeHost
 
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.paths import VENV_COMPLETE
+from ai_deploy.host.release.extract import Extracted, extract_artifact
+from ai_deploy.host.release.gate import put_in_service
 from ai_deploy.host.release.links import Links, read_links, set_links
 from ai_deploy.host.release.prepare import prepare_release
 from ai_deploy.host.release.prune import prune
@@ -250,3 +253,221 @@ def test_prune_on_a_fresh_host_does_nothing(host: FakeHost) -> None:
     prune(host.remote, host.spec())
     assert not host.app_root.exists() or list(host.app_root.iterdir()) == []
     assert host.remote.said == []
+
+
+# --- the host's extractor: hostile artifacts, modes, limits, free space (issue 10) ----------
+
+Member = tuple[tarfile.TarInfo, bytes | None]
+APP = {"main.py": b"app = None\n", "uv.lock": b"version = 1\n# lock-v1\n"}
+
+
+def reg(name: str, data: bytes = b"x\n", mode: int = 0o644) -> Member:
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    return info, data
+
+
+def sym(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> Member:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info, None
+
+
+def upload(host: FakeHost, members: list[Member], *, base: bool = True) -> tuple[str, str]:
+    """An uploaded artifact holding MEMBERS as given (after a good app's files when BASE),
+    never seen by the deployer's check: its path on the host and its sha256."""
+    if base:
+        members = [reg(n, d) for n, d in APP.items()] + members
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, None if data is None else io.BytesIO(data))
+    path = host.uploads / f"hostile-{len(list(host.uploads.iterdir()))}.tar.gz"
+    path.write_bytes(buf.getvalue())
+    return str(path), hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def extract(host: FakeHost, members: list[Member], **settings: object) -> tuple[Extracted, Path]:
+    art, sha = upload(host, members)
+    spec = host.spec("r1", artifact_remote=art, artifact_sha256=sha, **settings)
+    tmp = host.app_root / "releases" / f".tmp-r1-{TOKEN}"
+    return extract_artifact(host.remote, spec, art, str(tmp)), tmp
+
+
+def refused(host: FakeHost, members: list[Member], **settings: object) -> DeployFailed:
+    """Put the artifact through prepare, then through the whole gate (lock, prepare, journal):
+    refused both times, with nothing of it left on the host (no releases/.tmp-*, no upload)
+    and a revisions.log line for the failure."""
+    art, sha = upload(host, members)
+    data = Path(art).read_bytes()
+    spec = host.spec("r1", artifact_remote=art, artifact_sha256=sha, **settings)
+    with pytest.raises(DeployFailed) as caught:
+        prepare_release(host.remote, spec, TOKEN, have_release=False)
+    assert caught.value.phase == "release"
+    assert caught.value.journal
+    assert releases(host) == []
+    assert not Path(art).exists()
+    Path(art).write_bytes(data)  # uploaded again
+    outcome = put_in_service(host.remote, spec, host="h1", have_release=False)
+    assert (outcome.status, outcome.phase) == ("failed", "release")
+    assert outcome.reason[:60] == str(caught.value)[:60]  # (free bytes may differ)
+    assert releases(host) == []
+    assert not Path(art).exists()
+    assert host.journal()[-1].split()[1:4] == ["deploy", "r1", "failed"]
+    return caught.value
+
+
+CHAIN_TO_CANARY = [
+    sym("a/u1", ".."),  # the release
+    sym("a/b/u2", "../u1/.."),  # releases/
+    sym("a/b/c/u3", "../u2/.."),  # the app root
+    sym("a/b/c/d/u4", "../u3/.."),  # the test's temporary directory, where the canary is
+    sym("REVISION", "a/b/c/d/u4/canary"),
+]
+
+
+def test_the_link_chain_is_refused_on_the_host_without_the_deployer_check(
+    host: FakeHost,
+) -> None:
+    canary = host.tmp / "canary"
+    canary.write_text("canary\n")
+    failed = refused(host, CHAIN_TO_CANARY)
+    assert "refused on the host" in str(failed)
+    assert "link 'a/b/u2' -> '../u1/..' resolves outside the release" in str(failed)
+    assert "artifact-refused" in host.journal()[-1]
+    assert canary.read_text() == "canary\n"
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([sym("passwd", "../../../etc/passwd", tarfile.LNKTYPE)], "'passwd' is a hard link"),
+        ([sym("data", "/etc")], "'data' points to the absolute path '/etc'"),
+        ([sym("sub", "."), reg("sub/x.py")], "member 'sub/x.py' passes through the link 'sub'"),
+        ([sym("l", "x/y/../.."), sym("x", "z/..")], "through a later link"),
+        ([sym("pipe", "", tarfile.FIFOTYPE)], "'pipe' is a device, fifo"),
+        ([reg("pkg/a.py"), reg("pkg")], "'pkg' appears again and changes its type"),
+        ([reg("../../escape")], "'../../escape' contains '..'"),
+        ([sym(".venv", "a")], "'.venv' is made by the deploy"),
+    ],
+    ids=["hard-link", "absolute", "through-link", "later-link", "fifo", "type", "dotdot", "venv"],
+)
+def test_hostile_members_are_refused_on_the_host(
+    host: FakeHost, members: list[Member], message: str
+) -> None:
+    assert message in str(refused(host, members))
+
+
+def test_a_linked_uv_lock_is_refused_on_the_host(host: FakeHost) -> None:
+    members = [reg("main.py"), reg("real.lock", b"version = 1\n"), sym("uv.lock", "real.lock")]
+    art, sha = upload(host, members, base=False)
+    spec = host.spec("r1", artifact_remote=art, artifact_sha256=sha)
+    with pytest.raises(DeployFailed, match=r"uv\.lock is not a regular file"):
+        prepare_release(host.remote, spec, TOKEN, have_release=False)
+    assert releases(host) == [] and host.uv_calls() == []
+
+
+def test_modes_are_set_by_the_extractor_not_the_artifact(host: FakeHost) -> None:
+    dirs = [tarfile.TarInfo("open"), tarfile.TarInfo("sticky")]
+    for info, mode in zip(dirs, (0o777, 0o1777), strict=True):
+        info.type, info.mode = tarfile.DIRTYPE, mode
+    done, tmp = extract(
+        host,
+        [
+            (dirs[0], None),
+            (dirs[1], None),
+            reg("open/world.py", mode=0o666),
+            reg("setuid", mode=0o4755),
+            reg("setgid.sh", mode=0o2750),
+            reg("private.txt", mode=0o600),
+            reg("implicit/dir/x.py", mode=0o664),
+        ],
+    )
+    assert done.ok, done
+    modes = {str(p.relative_to(tmp)): p.lstat().st_mode & 0o7777 for p in [tmp, *tmp.rglob("*")]}
+    assert modes == {
+        ".": 0o755,
+        "open": 0o755,
+        "sticky": 0o755,
+        "implicit": 0o755,
+        "implicit/dir": 0o755,
+        "open/world.py": 0o644,
+        "setuid": 0o755,
+        "setgid.sh": 0o755,
+        "private.txt": 0o644,
+        "implicit/dir/x.py": 0o644,
+        "main.py": 0o644,
+        "uv.lock": 0o644,
+        "REVISION": 0o644,
+        ".artifact-sha256": 0o644,
+    }
+    assert {p.lstat().st_uid for p in [tmp, *tmp.rglob("*")]} == {os.getuid()}
+    assert done.lock_hash == hashlib.sha256(APP["uv.lock"]).hexdigest()
+
+
+def test_revision_written_as_a_link_in_the_artifact_never_follows_it(host: FakeHost) -> None:
+    done, tmp = extract(host, [sym("REVISION", "main.py"), sym(".artifact-sha256", "uv.lock")])
+    assert done.ok, done
+    for name in ("REVISION", ".artifact-sha256"):
+        assert not (tmp / name).is_symlink() and (tmp / name).is_file()
+    assert (tmp / "REVISION").read_text() == "r1\n"
+    assert (tmp / "main.py").read_bytes() == APP["main.py"]
+    assert (tmp / "uv.lock").read_bytes() == APP["uv.lock"]
+
+
+def test_links_inside_the_release_are_kept(host: FakeHost) -> None:
+    done, tmp = extract(host, [sym("sub/up", ".."), sym("alias.py", "sub/up/main.py")])
+    assert done.ok, done
+    assert os.readlink(tmp / "alias.py") == "sub/up/main.py"
+    assert (tmp / "alias.py").read_bytes() == APP["main.py"]
+
+
+@pytest.mark.parametrize(
+    ("members", "settings", "message"),
+    [
+        (
+            [reg("model.bin", os.urandom(300_000))],
+            {"artifact_max_bytes": 200_000},
+            "expands to more than 200000 bytes",
+        ),
+        (
+            [reg(f"m{i}.py") for i in range(20)],
+            {"artifact_max_members": 10},
+            "more than 10 members (artifact_max_members=10)",
+        ),
+        (
+            [reg("zeros", bytes(2_000_000))],
+            {"artifact_max_ratio": 100},
+            "ratio above artifact_max_ratio=100",
+        ),
+    ],
+    ids=["bytes", "members", "ratio"],
+)
+def test_limits_are_enforced_on_the_host(
+    host: FakeHost, members: list[Member], settings: dict[str, object], message: str
+) -> None:
+    failed = refused(host, members, **settings)
+    assert message in str(failed)
+    assert "artifact-too-big" in host.journal()[-1]
+
+
+def test_no_room_for_the_release_and_its_venv_is_refused_with_the_numbers(
+    host: FakeHost,
+) -> None:
+    failed = refused(host, [], venv_space_bytes=10**18)
+    message = str(failed)
+    assert "not enough free space on the filesystem of" in message
+    assert "1000000000000000000 bytes for its new venv (venv_space_bytes)" in message
+    assert re.search(r": \d+ bytes free, \d+ needed \(\d+ bytes for the release", message)
+    assert "no-space" in host.journal()[-1]
+
+
+def test_no_venv_space_is_needed_when_the_venv_for_the_lock_exists(host: FakeHost) -> None:
+    venv = host.app_root / "venvs" / hashlib.sha256(APP["uv.lock"]).hexdigest()
+    venv.mkdir(parents=True)
+    (venv / VENV_COMPLETE).touch()
+    done, _ = extract(host, [], venv_space_bytes=10**18)
+    assert done.ok, done
