@@ -1,13 +1,17 @@
 """Converge hosts to the AI server's target state (see README): run with
 `pyinfra INVENTORY deploy.py [--data artifact=PATH | --data rollback=previous|RELEASE]`."""
 
+from pyinfra import config, host
+
 from tasks.env import env_file_present
 from tasks.gpu import gpu_driver_ready
-from tasks.layout import app_layout_present
+from tasks.layout import app_layout_present, upload_staging_dir
 from tasks.release import release_serving
 from tasks.unit import unit_installed
 from tasks.uv import uv_installed
 
+# Uploads are staged in a directory private to this deploy, made first by app_layout_present.
+config.TEMP_DIR = upload_staging_dir(host.data.app_root)
 app_layout_present()
 uv_installed()
 gpu_driver_ready()

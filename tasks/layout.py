@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.server import Users
+from pyinfra.facts.server import User, Users
 from pyinfra.operations import apt, files, server
 
 from ai_deploy.host.facts import UserCanSudo
@@ -43,6 +43,11 @@ def _system_users() -> None:
         )
 
 
+def upload_staging_dir(app_root: str) -> str:
+    """Where pyinfra stages this deploy's uploads (deploy.py sets it as its TEMP_DIR)."""
+    return f"{app_root}/.staging"
+
+
 @deploy("Service user, directories and logs")
 def app_layout_present() -> None:
     d = host.data
@@ -56,6 +61,15 @@ def app_layout_present() -> None:
             group=d.code_owner,
             mode=mode,
         )
+    # pyinfra uploads over SFTP as the SSH user, then copies with sudo: its staging directory
+    # must be that user's, 0700, under a root-owned tree (not a predictable name in /tmp). The
+    # SSH user can sudo anyway: private to it is private to root.
+    files.directory(
+        name="Ensure pyinfra's staging directory is private to the SSH user",
+        path=upload_staging_dir(root),
+        user=host.get_fact(User, _sudo=False),
+        mode="700",
+    )
     files.directory(
         name="Ensure the upload directory is private",
         path=f"{root}/.incoming",

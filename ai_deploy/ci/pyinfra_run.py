@@ -3,21 +3,29 @@ back as data from the run's result file."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ai_deploy.ci import output as ci_output
+from ai_deploy.gcp import deferred_termination
 from ai_deploy.host.outcome import RESULT_FILE_ENV, HostOutcome, read_outcomes
 from ai_deploy.inventory import pyinfra_command
 from ai_deploy.project import project_dir
 
-STOP_GRACE_S = 20.0
+# A cancelled GitHub job gets SIGINT, SIGTERM 7.5 s later and SIGKILL 2.5 s after that: pyinfra
+# is stopped and its lock released well inside the first 7.5 s.
+STOP_GRACE_S = (2.0, 1.5)  # after SIGINT, after SIGTERM; then SIGKILL
+LOCK_CLEANUP_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,10 @@ def run_pyinfra_streamed(
 ) -> PyinfraRun:
     """Run deploy.py on INVENTORY with its output streamed live.
 
-    An exception here (SIGTERM or SIGINT raised as one) stops pyinfra first, with SIGINT so
-    it finishes the command in flight, then SIGTERM, so the cleanup that follows does not race
-    a deploy still running."""
+    An exception here (SIGINT, SIGTERM or SIGHUP raised as one) stops pyinfra first (SIGINT,
+    then SIGTERM, then SIGKILL to its whole process group, with further signals held back
+    meanwhile), then releases the host lock that run held if it is still there, so the cleanup
+    that follows does not race a deploy still running and the next deploy can start at once."""
     tail: deque[str] = deque(maxlen=60)
     with tempfile.TemporaryDirectory(prefix="ai-deploy-result-") as tmp:
         result_file = Path(tmp) / "outcomes.jsonl"
@@ -47,6 +56,7 @@ def run_pyinfra_streamed(
             stdin=subprocess.DEVNULL,
             text=True,
             bufsize=1,
+            start_new_session=True,  # stopped by us, in order, never by the terminal's Ctrl-C
         )
         try:
             assert proc.stdout is not None
@@ -57,20 +67,69 @@ def run_pyinfra_streamed(
                     tail.append(line.rstrip("\n"))
             rc = proc.wait()
         except BaseException:
-            _stop(proc)
+            with deferred_termination(redeliver=False):
+                if _stop(proc):
+                    _release_lock_of(proc.pid, inventory, data, env)
             raise
         return PyinfraRun(rc, list(tail), read_outcomes(result_file))
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if proc.poll() is not None:
-            return
-        proc.send_signal(sig)
+def _stop(proc: subprocess.Popen[str]) -> bool:
+    """Stop pyinfra and anything it started; True when it was still running (so it may have
+    left its lock behind)."""
+    if proc.poll() is not None:
+        _killpg(proc.pid, signal.SIGKILL)
+        return False
+    for sig, grace in zip((signal.SIGINT, signal.SIGTERM), STOP_GRACE_S, strict=True):
+        _killpg(proc.pid, sig)
         try:
-            proc.wait(timeout=STOP_GRACE_S / 2)
-            return
+            proc.wait(timeout=grace)
+            break
         except subprocess.TimeoutExpired:
             continue
-    proc.kill()
+    _killpg(proc.pid, signal.SIGKILL)  # whatever is left in its group
     proc.wait()
+    return True
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _release_lock_of(pid: int, inventory: str, data: Sequence[str], env: Mapping[str, str]) -> None:
+    """Release the lock the stopped pyinfra run PID held on its hosts (its info names this
+    machine and that pid), in a child bounded to LOCK_CLEANUP_S; a lock left behind anyway is
+    taken over by the next deploy from this machine at once, from any other after lock_lease_s."""
+    started = time.monotonic()
+    cmd = [
+        sys.executable,
+        "-m",
+        "ai_deploy.commands.lock",
+        inventory,
+        socket.gethostname(),
+        str(pid),
+    ]
+    child = subprocess.Popen(
+        [*cmd, *data],
+        cwd=project_dir(),
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        child.wait(timeout=LOCK_CLEANUP_S)
+    except subprocess.TimeoutExpired:
+        _killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        print(
+            f"ai-deploy: releasing the host lock took over {LOCK_CLEANUP_S:.0f} s; stopped "
+            "(the next deploy takes the lock over once its lease runs out)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    print(
+        f"ai-deploy: pyinfra stopped, lock cleanup took {time.monotonic() - started:.1f} s",
+        flush=True,
+    )

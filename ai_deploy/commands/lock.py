@@ -1,15 +1,24 @@
 """`ai-deploy lock status|release`: who holds each host's deploy lock; remove a stale one (or,
-forced, any), with a line in revisions.log."""
+forced, any), with a line in revisions.log. Also what `ai-deploy deploy` runs after stopping its
+pyinfra: the lock that very run held is released (`python -m ai_deploy.commands.lock`)."""
 
 from __future__ import annotations
 
 import json
 import shlex
+import sys
 
 from ai_deploy.commands.status import layout_of, lock_line
 from ai_deploy.host.facts import read_tree
 from ai_deploy.host.paths import revisions_line
-from ai_deploy.host.release.lock import lock_is_stale, now_iso, read_held, remove_if_key
+from ai_deploy.host.release.lock import (
+    holder_fragment,
+    lock_is_stale,
+    now_iso,
+    read_held,
+    release_script,
+    remove_if_key,
+)
 from ai_deploy.host.settings import Spec, deploy_who
 from ai_deploy.inventory import connected
 
@@ -56,3 +65,32 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
             )
             h.run(f"printf '%s\\n' {shlex.quote(line)} >> {layout.revisions}")
     return rc
+
+
+def release_held_by(inventory: str, items: list[str], deployer: str, pid: int) -> int:
+    """Remove each host's lock if it is held by the deploy DEPLOYER/PID (a pyinfra run that was
+    stopped before its gate could release it); any other holder's lock is left alone."""
+    from pyinfra_cli.util import parse_cli_arg
+
+    data = {k: parse_cli_arg(v) for k, _, v in (item.partition("=") for item in items)}
+    with connected(inventory, data) as hosts:
+        for h in hosts:
+            layout = layout_of(h)
+            out = h.run(release_script(layout, holder=holder_fragment(deployer, pid)))
+            if out.stdout[:1] == ["RELEASED"]:
+                line = revisions_line(
+                    now_iso(),
+                    "lock-release",
+                    "-",
+                    "ok",
+                    deploy_who(),
+                    f"reason='deploy stopped' holder={deployer!r} pid={pid}",
+                )
+                h.run(f"printf '%s\\n' {shlex.quote(line)} >> {layout.revisions}")
+                print(f"{h.name}: released the lock the stopped deploy held")
+    return 0
+
+
+if __name__ == "__main__":
+    # python -m ai_deploy.commands.lock INVENTORY DEPLOYER PID [KEY=VALUE ...]
+    sys.exit(release_held_by(sys.argv[1], sys.argv[4:], sys.argv[2], int(sys.argv[3])))

@@ -1,8 +1,9 @@
 """GCP side of a deploy: credentials, the temporary firewall window, the ephemeral SSH key.
 
-Also home to what these cleanups share: `Terminated`, raised in the main thread when SIGINT or
-SIGTERM arrives inside `raise_on_termination()`, and `deferred_termination()`, which holds those
-signals back while a cleanup runs so a second Ctrl-C or a cancelled CI job cannot cut it short.
+Also home to what these cleanups share: `Terminated`, raised in the main thread when SIGINT,
+SIGTERM or SIGHUP arrives inside `raise_on_termination()`, and `deferred_termination()`, which
+holds those signals back while a cleanup runs so a second Ctrl-C or a cancelled CI job cannot
+cut it short.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from types import FrameType
 
 logger = logging.getLogger(__name__)
 
-TERMINATION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: a closed terminal or SSH session must clean up like Ctrl-C.
+TERMINATION_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class GcpError(Exception):
@@ -24,7 +26,7 @@ class GcpError(Exception):
 
 
 class Terminated(BaseException):
-    """SIGINT or SIGTERM arrived while a GCP resource was held open.
+    """SIGINT, SIGTERM or SIGHUP arrived while a GCP resource (or a pyinfra run) was held open.
 
     A BaseException (like KeyboardInterrupt) so that `except Exception` blocks on the way up
     do not swallow it; context managers still run their cleanup.
@@ -46,7 +48,7 @@ def _in_main_thread() -> bool:
 
 @contextmanager
 def raise_on_termination() -> Iterator[None]:
-    """While inside, SIGINT and SIGTERM raise `Terminated` in the main thread.
+    """While inside, SIGINT, SIGTERM and SIGHUP raise `Terminated` in the main thread.
 
     Guarantees the previous handlers are back in place on exit, whatever happened. Outside
     the main thread Python cannot install handlers; the block then runs unchanged.
@@ -70,7 +72,7 @@ def raise_on_termination() -> Iterator[None]:
 
 @contextmanager
 def deferred_termination(*, redeliver: bool = True) -> Iterator[list[int]]:
-    """Hold SIGINT and SIGTERM back while inside (for cleanup that must finish).
+    """Hold SIGINT, SIGTERM and SIGHUP back while inside (for cleanup that must finish).
 
     Yields the list of signals received so far. On exit the previous handlers are restored
     and, when REDELIVER is true, each held signal is raised again so the surrounding code
