@@ -23,6 +23,33 @@ VALUES = {
     "stop_timeout_s": 45,
     "restart_sec": 5,
     "log_dir": "/var/log/dojangkok",
+    "read_write_paths": ["/app/ai-server/chroma_db", "/var/log/dojangkok"],
+    "gpu_devices": ["char-nvidia*"],
+}
+# Every hardened unit (service, socket flavour, colours) sets these exactly.
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ReadWritePaths": "/app/ai-server/chroma_db /var/log/dojangkok",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "RestrictNamespaces": "yes",
+    "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "LockPersonality": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "SystemCallArchitectures": "native",
+    "UMask": "0027",
+    "DevicePolicy": "closed",
+    "DeviceAllow": "char-nvidia* rw",
 }
 
 
@@ -61,10 +88,80 @@ def test_graceful_shutdown_ends_before_systemd_kills() -> None:
     assert int(service["TimeoutStopSec"]) > graceful
 
 
-def test_unit_does_not_hide_the_gpu() -> None:
-    service = _unit()["Service"]
-    hiding = {"PrivateDevices", "DevicePolicy", "ProtectKernelModules", "PrivateUsers"}
+def _directives(text: str) -> dict[str, list[str]]:
+    """KEY -> every value it is given in [Service] (systemd keeps repeated keys; configparser
+    would keep only the last)."""
+    values: dict[str, list[str]] = {}
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif section == "Service" and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values.setdefault(key, []).append(value)
+    return values
+
+
+HARDENED_FLAVOURS = {
+    "restart": lambda: _render("ai-server.service.j2", socket=False),
+    "socket": lambda: _render("ai-server.service.j2", socket=True),
+    "colour": lambda: _render("ai-server@.service.j2"),
+}
+
+
+@pytest.mark.parametrize("flavour", sorted(HARDENED_FLAVOURS))
+def test_every_flavour_of_the_service_is_hardened(flavour: str) -> None:
+    service = _directives(HARDENED_FLAVOURS[flavour]())
+    for key, value in HARDENING.items():
+        assert service.get(key) == [value], (flavour, key, service.get(key))
+    assert service["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    # torch's JIT needs writable+executable memory: the option is deliberately absent.
+    assert "MemoryDenyWriteExecute" not in service
+
+
+@pytest.mark.parametrize("flavour", sorted(HARDENED_FLAVOURS))
+def test_unit_does_not_hide_the_gpu(flavour: str) -> None:
+    service = _directives(HARDENED_FLAVOURS[flavour]())
+    hiding = {"PrivateDevices", "PrivateUsers"}
     assert not hiding & set(service), "an option that hides /dev/nvidia* from the service"
+    assert service["DevicePolicy"] == ["closed"]
+    assert "char-nvidia* rw" in service["DeviceAllow"]
+
+
+def test_every_gpu_device_setting_becomes_a_device_allow() -> None:
+    text = _render_with(gpu_devices=["char-nvidia*", "/dev/nvidia0"])
+    assert _directives(text)["DeviceAllow"] == ["char-nvidia* rw", "/dev/nvidia0 rw"]
+
+
+def test_a_port_below_1024_keeps_only_the_bind_capability() -> None:
+    service = _directives(_render_with(port=80))
+    assert service["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert service["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
+    # Through the socket the port is bound by systemd: the service needs nothing.
+    socket = _directives(_render_with(port=80, socket=True))
+    assert socket["CapabilityBoundingSet"] == [""]
+
+
+def _render_with(**values: object) -> str:
+    merged = {**VALUES, "socket": False, **values}
+    return jinja2.Template((TEMPLATES / "ai-server.service.j2").read_text()).render(**merged)
+
+
+def test_nginx_drop_in_is_hardened_but_keeps_what_nginx_needs() -> None:
+    text = jinja2.Template((TEMPLATES / "nginx-ai-deploy-hardening.conf.j2").read_text()).render(
+        log_dir="/var/log/dojangkok"
+    )
+    service = _directives(text)
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices"):
+        assert service[key] == ["yes"], key
+    assert service["ProtectSystem"] == ["strict"]
+    writable = service["ReadWritePaths"][0].split()
+    assert set(writable) == {"/var/log/nginx", "/var/lib/nginx", "/run", "/var/log/dojangkok"}
+    caps = set(service["CapabilityBoundingSet"][0].split())
+    assert {"CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID"} <= caps
+    assert not {"CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_SYS_MODULE"} & caps
+    assert service["SystemCallFilter"] == ["@system-service"]
+    assert service["UMask"] == ["0027"]
 
 
 def test_no_release_means_nothing_to_start() -> None:
@@ -95,6 +192,8 @@ def test_socket_flavour_takes_the_port_from_the_socket() -> None:
         )
     )
     assert socket["Socket"]["ListenStream"] == "0.0.0.0:8000"
+    assert socket["Socket"]["Service"] == "ai-server.service"
+    assert socket["Socket"]["Accept"] == "no" and socket["Socket"]["ReusePort"] == "no"
     assert socket["Install"]["WantedBy"] == "sockets.target"
 
 
