@@ -95,7 +95,10 @@ def survey(compressed):
     total, lock = 0, ""
     for tar, member, parts, total in members(compressed):
         if parts == ["uv.lock"] and member.isreg():
-            lock = hashlib.sha256(tar.extractfile(member).read()).hexdigest()
+            src, digest = tar.extractfile(member), hashlib.sha256()
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+            lock = digest.hexdigest()
     return total, lock
 
 def existing(path):
