@@ -213,8 +213,8 @@ case "${1:-}" in
   --version) cat "$FAKE_STATE/uv.version" 2>/dev/null || echo "uv 0.13.9 (stand-in)"; exit 0 ;;
   venv)
     for d in "$@"; do :; done
-    mkdir -p "$d/bin" && ln -sfn "$(command -v python3)" "$d/bin/python"
-    printf 'home = /usr/bin\nrelocatable = true\n' > "$d/pyvenv.cfg"
+    mkdir -p "$d/bin" && ln -sfn "$(command -v python3)" "$d/bin/python" &&
+      printf 'home = /usr/bin\nrelocatable = true\n' > "$d/pyvenv.cfg" || exit 1
     echo "$(id -un) HOME=${HOME:-} UV_CACHE_DIR=${UV_CACHE_DIR:-} $*" >> "$FAKE_STATE/venv.log"
     exit 0 ;;
 esac
@@ -224,6 +224,7 @@ echo "$PWD UV_PYTHON_DOWNLOADS=${UV_PYTHON_DOWNLOADS:-} $*" >> "$FAKE_STATE/uv.l
 if [ -e "$FAKE_STATE/uv.fail" ]; then
   echo "error: Failed to download \`torch==2.9.0\` (stand-in)"; exit 1
 fi
+[ ! -e "$FAKE_STATE/uv.sleep" ] || sleep "$(cat "$FAKE_STATE/uv.sleep")"
 venv=${UV_PROJECT_ENVIRONMENT:?}
 mkdir -p "$venv/bin" && printf '#!/bin/sh\nexit 0\n' > "$venv/bin/uvicorn" && touch "$venv/.lock"
 chmod 0777 "$venv/bin/uvicorn"; chmod 0666 "$venv/.lock"

@@ -205,10 +205,11 @@ if [ "$(id -un)" = {user} ]; then as=; else as="runuser -u {user} --"; fi
 export as
 mkdir -p {venvs}
 {parent}
-install -d -o {user} -g {user} -m 0700 {cache}
+install -d -o {user} -g "$(id -gn {user})" -m 0700 {cache}
 mkdir -m 0755 {build} && chown {user}: {build}
 cd {workdir}
-$as test -r uv.lock || {{ echo "{user} cannot read uv.lock in the release" >&2; exit 1; }}
+$as test -r {workdir}/uv.lock -a -w {build} ||
+  {{ echo "{user} cannot read uv.lock in the release or write {build}" >&2; exit 1; }}
 setsid sh -c {shlex.quote(job)} </dev/null >{log} 2>&1 &
 """
     )
@@ -261,7 +262,7 @@ def _finish(spec: Spec, lock_hash: str, build: str, pid: str) -> str:
     venv = spec.layout.venv(lock_hash)
     uv = shlex.quote(spec.uv_path)
     return f"""set -e
-p=$(cat {pid} 2>/dev/null || true); [ -z "$p" ] || kill -KILL -- "-$p" 2>/dev/null || true
+p=$(cat {pid} 2>/dev/null || true); [ -z "$p" ] || kill -KILL "-$p" 2>/dev/null || true
 by=$(stat -c %U {build}/pyvenv.cfg 2>/dev/null || echo unknown)
 chown -R root:root {build}
 chmod -R go-w {build}
@@ -291,7 +292,7 @@ def _clean_builds(venvs: str) -> str:
     damaged venv a rebuild replaced); the lock means none of them is another deploy's."""
     return f"""for p in {venvs}/.build-*.pid; do
   [ -f "$p" ] || continue
-  kill -KILL -- "-$(cat "$p")" 2>/dev/null || true
+  kill -KILL "-$(cat "$p")" 2>/dev/null || true
 done
 rm -rf {venvs}/.build-*
 """
