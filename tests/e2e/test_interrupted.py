@@ -124,6 +124,10 @@ def test_sigkill_in_health_wait_then_same_deploy_runs_the_gate(
     previous = link(sandbox, "previous")
     assert previous == base.release_id and recorded_healthy(sandbox, previous)
     assert not lock_present(sandbox)
+    # Uploads were staged privately: the SSH user's 0700 directory under app_root, none in /tmp.
+    staging = read_host(sandbox, f"stat -c '%U %a' {APP_ROOT}/.staging; ls /tmp", "staging")
+    assert staging.splitlines()[0] == "ubuntu 700", staging
+    assert "pyinfra-" not in staging, staging
 
 
 def test_sigterm_to_ai_deploy_no_gcp_stops_pyinfra_and_frees_the_host(
