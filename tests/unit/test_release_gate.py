@@ -182,7 +182,7 @@ def test_gate_refused_while_another_deploy_holds_the_lock(host: FakeHost) -> Non
     assert "locked by alice@ci (deploy of r0, from other-runner pid 1" in outcome.reason
     assert exit_code(outcome) == 14
     assert json.loads((lock / "info").read_text()) == info  # still theirs
-    assert sorted(p.name for p in host.app_root.iterdir()) == [".deploy.lock"]
+    assert sorted(p.name for p in host.app_root.iterdir()) == [".deploy.lock", ".deploy.lock.guard"]
     assert host.uv_calls() == [] and host.journal() == []
 
 

@@ -314,16 +314,16 @@ def test_lease_renewed_by_a_command_when_due_and_not_before(host: FakeHost) -> N
 
 
 def test_health_wait_polling_keeps_the_lease(host: FakeHost) -> None:
-    spec = host.spec("r1", lock_lease_s=0.6)  # due every 0.1 s
+    spec = host.spec("r1", lock_lease_s=3)  # due every 0.5 s; the host clock counts whole seconds
     token = acquire_lock(host.remote, spec)
     leased = LeasedRemote(host.remote, spec, token)
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:  # longer than the lease: only renewals keep it
         leased.run("sleep 0.05")
-        assert lease_age(host) < 0.6 + 1  # mtime has 1 s granularity on some filesystems
+        assert lease_age(host) < 3
     # Another deployer sees a live lease and is refused.
     with pytest.raises(DeployFailed, match="is locked by"):
-        acquire_lock(host.remote, host.spec("r2", deployer="other-runner", lock_lease_s=0.6))
+        acquire_lock(host.remote, host.spec("r2", deployer="other-runner", lock_lease_s=3))
 
 
 def test_long_command_renews_the_lease_from_the_host(host: FakeHost) -> None:
