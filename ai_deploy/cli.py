@@ -30,7 +30,7 @@ def _cmd_sandbox_down(args: argparse.Namespace) -> int:
 def _cmd_artifact_build(args: argparse.Namespace) -> int:
     from ai_deploy.commands.artifact import build
 
-    return build(args.dir, args.output, args.id)
+    return build(args.dir, args.output, args.id, args.app_module)
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("dir", metavar="DIR", help="the app directory (has pyproject.toml, uv.lock)")
     build.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     build.add_argument("--id", help="release id (CI passes the git SHA); default: content hash")
+    build.add_argument(
+        "--app-module",
+        default="main:app",
+        metavar="MODULE:APP",
+        help="uvicorn's APP (group_data app_module); its file must be in DIR (default main:app)",
+    )
     build.set_defaults(func=_cmd_artifact_build)
     deploy = sub.add_parser(
         "deploy",

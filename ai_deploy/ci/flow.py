@@ -125,7 +125,7 @@ def check_artifact_phase(run: Run) -> None:
         run.settings = read_settings(run.inventory, run.opts.data, run.environ, probe)
         mask_secrets(run.settings.env_file, run.environ)
         try:
-            art = check_artifact(run.opts.artifact, run.settings.app_module)
+            art = check_artifact(run.opts.artifact, run.settings.app_module, run.settings.limits)
         except ArtifactError as exc:
             raise PhaseFailed("artifact", str(exc)) from exc
         run.release = art.release_id

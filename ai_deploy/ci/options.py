@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ai_deploy.artifact.check import ArtifactLimits
+
 # The prod inventory reads its hosts from AI_DEPLOY_HOSTS; group settings do not depend on the
 # address, so they are read before the address is known with this stand-in (never connected).
 SETTINGS_PROBE_HOST = "settings.invalid"
@@ -76,3 +78,4 @@ class HostSettings:
     app_name: str
     ssh_user: str | None
     env_file: str | None = None
+    limits: ArtifactLimits | None = None  # None: group_data's defaults

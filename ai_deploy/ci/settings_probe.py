@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ai_deploy.artifact.check import ArtifactLimits
 from ai_deploy.ci.options import HostSettings, PhaseFailed
 
 KEYS = (
@@ -21,6 +22,9 @@ KEYS = (
     "app_name",
     "ssh_user",
     "env_file",
+    "artifact_max_bytes",
+    "artifact_max_members",
+    "artifact_max_ratio",
 )
 
 
@@ -54,6 +58,7 @@ def read_settings(
         app_name=str(s["app_name"]),
         ssh_user=s.get("ssh_user"),
         env_file=s.get("env_file"),
+        limits=ArtifactLimits.from_data(s),
     )
 
 

@@ -70,6 +70,14 @@ def test_a_key_given_as_a_path_exits_2_naming_it(tmp_path: Path, capsys) -> None
     assert "looks like a path" in err and "AI_DEPLOY_SSH_PRIVATE_KEY" in err
 
 
+def test_the_artifact_limits_come_from_group_data_and_data(tmp_path: Path, capsys) -> None:
+    art = build_artifact(EXAMPLE, tmp_path / "dist")
+    code = _deploy(art, use_gcp=False, host="127.0.0.1", data=["artifact_max_bytes=1000"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "artifact_max_bytes" in err
+
+
 def test_missing_credentials_exit_10(tmp_path: Path, capsys) -> None:
     art = build_artifact(EXAMPLE, tmp_path / "dist")
     code = _deploy(
