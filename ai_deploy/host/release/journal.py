@@ -26,4 +26,3 @@ def mark_healthy(remote: Remote, spec: Spec) -> None:
         f"mkdir -p {layout.healthy} && printf '%s %s\\n' \"{sha}\" {shlex.quote(now_iso())} "
         f"> {layout.healthy}/.{rid}.tmp && mv -f {layout.healthy}/.{rid}.tmp {layout.healthy}/{rid}"
     )
-
