@@ -235,6 +235,9 @@ def test_hardened_units_score_low_and_the_app_cannot_escape(
     assert devices[STAND_IN] == {"ok": True, "error": ""}, devices
     for unit in UNITS[strategy]:
         if unit.startswith("ai-server"):
+            # Explicit, though the syscall filter implies it: the unit says so as loaded.
+            no_new = read_host(sandbox, f"systemctl show -p NoNewPrivileges --value {unit}", unit)
+            assert no_new.strip() == "yes", unit
             # ProtectClock= adds the read-only rtc itself.
             policy, allowed = device_policy(sandbox, unit)
             assert policy == "closed", unit
