@@ -18,6 +18,7 @@ def dry_run(run: Run, tmp: Path) -> tuple[int, str]:
     from ai_deploy.gcp.sshkeys import SshSettings
 
     opts = run.opts
+    print(f"would deploy release {run.release} to {run.address} with {run.inventory}")
     if run.runner_ip is not None:
         from ai_deploy.gcp.firewall import firewall_rule_name
 
