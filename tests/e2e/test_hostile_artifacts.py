@@ -239,3 +239,32 @@ def test_an_artifact_that_does_not_fit_the_disk_is_refused_with_its_numbers(
     assert len(journal) == lines + 1
     assert journal[-1].split()[1:4] == ["deploy", "nospace", "failed"], journal[-1]
     assert "no-space" in journal[-1]
+
+
+def test_the_same_release_id_with_other_bytes_is_refused(
+    sandbox: Sandbox, base: Artifact, workdir: Path
+) -> None:
+    """A release id names one build: a second artifact under an id the host already has, with
+    other bytes, is refused naming both checksums, and the host is left as it was (never a
+    silent "no change")."""
+    from ai_deploy.artifact.build import build_artifact, sha256_file
+    from tests.e2e.deploykit import copy_example
+
+    first_src = copy_example(workdir / "same-id-a")
+    first = build_artifact(first_src, workdir / "dist-same-id-a", artifact_id="same-id")
+    assert_ok(run_deploy(sandbox.inventory, f"artifact={first}"))
+    assert serving_release(sandbox.address) == "same-id"
+
+    other_src = copy_example(workdir / "same-id-b")
+    (other_src / "main.py").write_text((other_src / "main.py").read_text() + "# other bytes\n")
+    other = build_artifact(other_src, workdir / "dist-same-id-b", artifact_id="same-id")
+    assert sha256_file(other) != sha256_file(first)
+    before = host_snapshot(sandbox)
+    out = assert_failed(run_deploy(sandbox.inventory, f"artifact={other}"))
+    assert "release same-id is on the host from another artifact" in out
+    assert sha256_file(first)[:16] in out and sha256_file(other)[:16] in out
+    assert "--id" in out
+    assert host_snapshot(sandbox) == before
+    assert serving_release(sandbox.address) == "same-id"
+    # The same bytes again are a no-op, as before.
+    assert_ok(run_deploy(sandbox.inventory, f"artifact={first}"))
