@@ -95,12 +95,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = str(item.path)
         levels = {m.name for m in item.iter_markers()} & {"unit", "e2e", "gcp"}
-        if levels:
-            continue
-        for level in ("unit", "e2e", "gcp"):
-            if f"{os.sep}tests{os.sep}{level}{os.sep}" in path:
-                item.add_marker(getattr(pytest.mark, level))
-                break
+        if not levels:
+            for level in ("unit", "e2e", "gcp"):
+                if f"{os.sep}tests{os.sep}{level}{os.sep}" in path:
+                    item.add_marker(getattr(pytest.mark, level))
+                    levels = {level}
+                    break
+        if levels & {"e2e", "gcp"}:
+            # Sandbox hosts, the shared sandbox network and timing-sensitive load tests: one
+            # worker runs them all, one after another (pyproject: --dist loadgroup).
+            item.add_marker(pytest.mark.xdist_group("hosts"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
