@@ -194,8 +194,11 @@ def _build(remote: Remote, spec: Spec, lock_hash: str, workdir: str) -> None:
     job = (
         f"echo $$ > {pid}; "
         f"$as env {env} {uv} venv --relocatable --python {py} {build} && "
-        f"$as env {env} {uv} sync --frozen --no-install-project --no-dev --compile-bytecode "
-        f"--python {py}; echo $? > {rc}.tmp && mv {rc}.tmp {rc}"
+        # No --python here: the venv made just above is the interpreter, and a request that
+        # names another path for it (a wrapper script) would make uv recreate the venv, which
+        # the build user may not do in venvs/.
+        f"$as env {env} {uv} sync --frozen --no-install-project --no-dev --compile-bytecode"
+        f"; echo $? > {rc}.tmp && mv {rc}.tmp {rc}"
     )
     start = remote.run(
         f"""set -e
