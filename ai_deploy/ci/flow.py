@@ -29,7 +29,7 @@ from ai_deploy.ci.health import check_health
 from ai_deploy.ci.notify import DeployEvent, Outcome, notify
 from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, PhaseFailed
 from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
-from ai_deploy.ci.secrets import mask_secrets
+from ai_deploy.ci.secrets import mask_secret_like, mask_secrets
 from ai_deploy.ci.settings_probe import read_settings
 from ai_deploy.ci.ssh import provided_key, wait_for_ssh
 from ai_deploy.gcp import Terminated, raise_on_termination
@@ -45,6 +45,7 @@ def run_deploy(opts: DeployOptions, env: Mapping[str, str] | None = None) -> int
     run = Run(opts, dict(os.environ if env is None else env), ci_output.Phases())
     started = time.monotonic()
     outcome, message, code = Outcome.FAILURE, "", exitcodes.EXIT_OK
+    title: str | None = None  # of the ::error annotation; None when nothing failed
     try:
         with raise_on_termination():
             code, message = _phases(run)
@@ -53,28 +54,36 @@ def run_deploy(opts: DeployOptions, env: Mapping[str, str] | None = None) -> int
             exitcodes.EXIT_SWITCHED_BACK: Outcome.ROLLBACK,
         }.get(code, Outcome.FAILURE)
         if outcome is not Outcome.SUCCESS:
-            ci_output.error(message, title=f"deploy failed (exit {code})")
+            title = f"deploy failed (exit {code})"
     except PhaseFailed as exc:
         message = str(exc)
         code = exitcodes.PHASE_EXIT.get(exc.phase, exitcodes.EXIT_UNEXPECTED)
-        ci_output.error(message, title=f"deploy failed in phase {exc.phase}")
+        title = f"deploy failed in phase {exc.phase}"
     except Terminated as exc:
         message = f"{exc}; cleanup ran (any rule or key it could not remove is named above)"
         code = exc.exit_code
-        ci_output.error(message, title="deploy stopped")
+        title = "deploy stopped"
     except KeyboardInterrupt:
         message = "interrupted; cleanup ran (a rule or key it could not remove is named above)"
         code = 130
-        ci_output.error(message, title="deploy stopped")
+        title = "deploy stopped"
     except Exception as exc:
         message = f"unexpected error: {type(exc).__name__}: {exc}"
         code = exitcodes.EXIT_UNEXPECTED
-        ci_output.error(message, title="deploy stopped")
-    _report(run, outcome, message, time.monotonic() - started)
+        title = "deploy stopped"
+    _report(run, outcome, message, time.monotonic() - started, error_title=title)
     return code
 
 
-def _report(run: Run, outcome: Outcome, message: str, duration: float) -> None:
+def _report(
+    run: Run, outcome: Outcome, message: str, duration: float, *, error_title: str | None = None
+) -> None:
+    """The ::error annotation (when ERROR_TITLE), notifications, the job summary and the last
+    lines. Anything key- or token-like in MESSAGE is masked (::add-mask::) before anything is
+    printed, and only the redacted text goes to the log, the webhooks and the summary."""
+    message = mask_secret_like(message, run.environ)
+    if error_title is not None:
+        ci_output.error(message, title=error_title)
     failed = None if outcome is Outcome.SUCCESS else (run.phases.failed or "health")
     event = DeployEvent(
         outcome=outcome,
@@ -243,14 +252,28 @@ def deploy_phase(run: Run) -> tuple[int, str]:
             code = exitcodes.EXIT_DEPLOY
         if code == exitcodes.EXIT_OK:
             return code, ""
-        reasons = [f"{o.host}: {o.status} ({o.reason})" for o in result.outcomes.values()]
+        # The message goes to Slack, Discord and the job summary: outcomes only. Host output
+        # (an app's error-log tail may hold its secrets) stays in the CI log, already redacted.
+        reasons = [
+            f"{o.host}: {o.status}" + (f" in {o.phase}" if o.phase else "") + _first_line(o.reason)
+            for o in result.outcomes.values()
+        ]
         if not result.outcomes:
             detail = "\n".join(line for line in result.tail[-12:] if line.strip())
+            _say(f"last lines of the pyinfra run:\n{mask_secret_like(detail, run.environ)}")
             reasons = [
-                f"pyinfra failed (exit {result.returncode}) before a host reported:\n{detail}"
+                f"pyinfra failed (exit {result.returncode}) before a host reported; its last "
+                "lines are in the CI log"
             ]
         run.phases.fail("deploy")
         return code, "; ".join(reasons)
+
+
+def _first_line(reason: str) -> str:
+    """The first line of a host's reason, cut short: what went wrong, never the log lines
+    that may follow it."""
+    line = reason.strip().splitlines()[0].strip() if reason.strip() else ""
+    return f" ({line[:197] + '...' if len(line) > 200 else line})" if line else ""
 
 
 def health_phase(run: Run) -> tuple[int, str]:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ai_deploy.ci.secretlike import redact
+
 __all__ = [
     "DeployEvent",
     "Outcome",
@@ -57,7 +59,9 @@ class DeployEvent:
     + hosts: the hosts it went to
     + duration_s: wall-clock seconds the whole run took
     + failed_phase: the phase that failed ("firewall", "deploy", "health", ...), if any
-    + message: free text, e.g. the error; may be empty
+    + message: a short reason for people (which phase or host failed and why), never host
+      log lines; may be empty. Anything key- or token-like in it is blanked (***) on creation,
+      so no payload or summary built from the event can carry it
     + run_url: link to the CI run, if any
     + service: the service's name as people know it
     """
@@ -79,6 +83,7 @@ class DeployEvent:
             raise ValueError(f"outcome {self.outcome!r} is not one of: {allowed}") from None
         object.__setattr__(self, "outcome", outcome)
         object.__setattr__(self, "hosts", tuple(self.hosts))
+        object.__setattr__(self, "message", redact(self.message))
 
     @property
     def headline(self) -> str:

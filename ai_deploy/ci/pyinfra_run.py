@@ -1,5 +1,6 @@
-"""deploy.py run by pyinfra from the CI entry: output streamed live, each host's outcome read
-back as data from the run's result file."""
+"""deploy.py run by pyinfra from the CI entry: output streamed live (every line redacted of
+key- and token-like values and registered secrets first, see ai_deploy.ci.secretlike), each
+host's outcome read back as data from the run's result file."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ai_deploy.ci import output as ci_output
+from ai_deploy.ci.secretlike import LineRedactor
 from ai_deploy.gcp import deferred_termination
 from ai_deploy.host.outcome import RESULT_FILE_ENV, HostOutcome, read_outcomes
 from ai_deploy.inventory import pyinfra_command
@@ -31,7 +33,7 @@ LOCK_CLEANUP_S = 4.0
 @dataclass(frozen=True)
 class PyinfraRun:
     returncode: int
-    tail: list[str]  # the last lines of its output
+    tail: list[str]  # the last lines of its output, redacted as printed
     outcomes: dict[str, HostOutcome]  # by host name, as the hosts reported them
 
 
@@ -60,8 +62,12 @@ def run_pyinfra_streamed(
         )
         try:
             assert proc.stdout is not None
+            # Inside stop-commands GitHub would ignore an ::add-mask::, so a host's output
+            # (an app's traceback with its API key) is redacted here, before it is printed.
+            redacted = LineRedactor()
             with ci_output.commands_stopped():
-                for line in proc.stdout:
+                for raw in proc.stdout:
+                    line = redacted(raw)
                     sys.stdout.write(line)
                     sys.stdout.flush()
                     tail.append(line.rstrip("\n"))
