@@ -83,7 +83,7 @@ def _report(
     printed, and only the redacted text goes to the log, the webhooks and the summary."""
     message = mask_secret_like(message, run.environ)
     if error_title is not None:
-        ci_output.error(message, title=error_title)
+        ci_output.error(message, title=error_title, env=run.environ)
     failed = None if outcome is Outcome.SUCCESS else (run.phases.failed or "health")
     event = DeployEvent(
         outcome=outcome,
