@@ -6,7 +6,11 @@ Where the hosts are, in order:
 - else GCP_PROJECT_ID, GCP_ZONE, GCP_INSTANCE: the instance's external address, read from the
   Compute API with Application Default Credentials.
 SSH as AI_DEPLOY_SSH_USER (default ubuntu), with the key at AI_DEPLOY_SSH_KEY when set; host
-keys are learnt into AI_DEPLOY_SSH_KNOWN_HOSTS when set (first use accepted).
+keys are checked against AI_DEPLOY_SSH_KNOWN_HOSTS when set, with AI_DEPLOY_SSH_STRICT_HOST_KEYS
+(`yes` when `ai-deploy deploy` pinned the instance's published keys there, else `accept-new`:
+first use accepted); AI_DEPLOY_SSH_CONFIG names an ssh_config read for the host (through IAP it
+holds `ProxyCommand gcloud compute start-iap-tunnel INSTANCE 22 --listen-on-stdin ...`, which
+pyinfra's paramiko connector honours).
 """
 
 import os
@@ -36,6 +40,10 @@ if os.environ.get("AI_DEPLOY_SSH_KEY"):
     _data["ssh_look_for_keys"] = False
 if os.environ.get("AI_DEPLOY_SSH_KNOWN_HOSTS"):
     _data["ssh_known_hosts_file"] = os.environ["AI_DEPLOY_SSH_KNOWN_HOSTS"]
-    _data["ssh_strict_host_key_checking"] = "accept-new"
+    _data["ssh_strict_host_key_checking"] = os.environ.get(
+        "AI_DEPLOY_SSH_STRICT_HOST_KEYS", "accept-new"
+    )
+if os.environ.get("AI_DEPLOY_SSH_CONFIG"):
+    _data["ssh_config_file"] = os.environ["AI_DEPLOY_SSH_CONFIG"]
 
 prod = [(address, dict(_data)) for address in _addresses()]

@@ -27,6 +27,8 @@ class Run:
     user: str = ""
     key: Path | None = None
     known_hosts: Path | None = None
+    access: Any = None  # ai_deploy.ci.ssh.SshAccess: ProxyCommand config and pinned host keys
+    health_address: str = ""  # where the outside health check goes, when not `address` (IAP)
 
     def pyinfra_env(self) -> dict[str, str]:
         env = {**self.environ, "AI_DEPLOY_HOSTS": self.address, "AI_DEPLOY_SSH_USER": self.user}
@@ -34,6 +36,10 @@ class Run:
             env["AI_DEPLOY_SSH_KEY"] = str(self.key)
         if self.known_hosts is not None:
             env["AI_DEPLOY_SSH_KNOWN_HOSTS"] = str(self.known_hosts)
+        if self.access is not None:
+            env["AI_DEPLOY_SSH_STRICT_HOST_KEYS"] = self.access.strict
+            if self.access.config is not None:
+                env["AI_DEPLOY_SSH_CONFIG"] = str(self.access.config)
         return env
 
     @property
@@ -41,4 +47,5 @@ class Run:
         if self.opts.health_url:
             return self.opts.health_url
         assert self.settings is not None
-        return f"http://{self.address}:{self.settings.app_port}{self.settings.health_path}"
+        address = self.health_address or self.address
+        return f"http://{address}:{self.settings.app_port}{self.settings.health_path}"

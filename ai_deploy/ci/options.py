@@ -13,6 +13,8 @@ from ai_deploy.artifact.check import ArtifactLimits
 # The prod inventory reads its hosts from AI_DEPLOY_HOSTS; group settings do not depend on the
 # address, so they are read before the address is known with this stand-in (never connected).
 SETTINGS_PROBE_HOST = "settings.invalid"
+SSH_TRANSPORTS = ("direct", "iap")
+HOST_KEY_POLICIES = ("accept-new", "require")
 
 
 class PhaseFailed(Exception):
@@ -41,6 +43,12 @@ class DeployOptions:
     health_timeout_s: float = 5.0
     health_url: str | None = None  # default: http://ADDRESS:app_port/health_path
     ssh_wait_s: float = 180.0
+    # "direct": the instance's external address through a per-run firewall window; "iap":
+    # through Identity-Aware Proxy (gcloud's tunnel as ProxyCommand), no window, no external IP
+    ssh_transport: str = "direct"
+    # where guest attributes publish no host keys: "accept-new" (trust on first use, said in
+    # the output) or "require" (stop)
+    host_keys: str = "accept-new"
     dry_run: bool = False
     data: list[str] = field(default_factory=list)
 
@@ -59,11 +67,29 @@ class DeployOptions:
             health_attempts=int(e.get("AI_DEPLOY_HEALTH_ATTEMPTS", "12")),
             health_interval_s=float(e.get("AI_DEPLOY_HEALTH_INTERVAL_S", "5")),
             health_url=e.get("AI_DEPLOY_HEALTH_URL") or None,
+            ssh_transport=e.get("AI_DEPLOY_SSH_TRANSPORT") or "direct",
+            host_keys=e.get("AI_DEPLOY_HOST_KEYS") or "accept-new",
         )
         for key, value in kw.items():
             if value is not None:
                 setattr(opts, key, value)
         return opts
+
+    def check_access_settings(self) -> None:
+        """PhaseFailed("config") naming the setting when the transport or host-key setting has
+        a value this tool does not know."""
+        if self.ssh_transport not in SSH_TRANSPORTS:
+            raise PhaseFailed(
+                "config",
+                f"AI_DEPLOY_SSH_TRANSPORT={self.ssh_transport!r}: use one of "
+                + ", ".join(SSH_TRANSPORTS),
+            )
+        if self.host_keys not in HOST_KEY_POLICIES:
+            raise PhaseFailed(
+                "config",
+                f"AI_DEPLOY_HOST_KEYS={self.host_keys!r}: use one of "
+                + ", ".join(HOST_KEY_POLICIES),
+            )
 
 
 @dataclass(frozen=True)

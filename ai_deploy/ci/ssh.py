@@ -1,17 +1,55 @@
-"""SSH from the runner: a provided private key written for the run, and the wait until SSH with
-the run's key works (the guest agent adds keys asynchronously)."""
+"""SSH from the runner: a provided private key written for the run, how the run reaches the host
+(an ssh_config with IAP's ProxyCommand, a known_hosts file with the pinned host keys), and the
+wait until SSH with the run's key works (the guest agent adds keys asynchronously). A host that
+presents a key other than the pinned ones stops the wait at once, naming both."""
 
 from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ai_deploy.ci.options import PhaseFailed
+from ai_deploy.gcp.hostkeys import HostKey
 
 PRIVATE_KEY_ENV = "AI_DEPLOY_SSH_PRIVATE_KEY"
 DENIED = "Permission denied (publickey"
+HOST_KEY_FAILED = "Host key verification failed"
+
+
+@dataclass(frozen=True)
+class SshAccess:
+    """How this run reaches ADDRESS: `config` (an ssh_config holding the ProxyCommand) or
+    None for a direct connection; `pinned` host keys (empty: first use is accepted)."""
+
+    known_hosts: Path
+    config: Path | None = None
+    proxy_command: str | None = None
+    pinned: tuple[HostKey, ...] = ()
+
+    @property
+    def strict(self) -> str:
+        return "yes" if self.pinned else "accept-new"
+
+
+def prepare_access(
+    directory: Path,
+    address: str,
+    *,
+    pinned: Sequence[HostKey] = (),
+    proxy_command: str | None = None,
+) -> SshAccess:
+    """Write DIRECTORY/known_hosts (the pinned keys for ADDRESS, or empty) and, with a
+    PROXY_COMMAND, DIRECTORY/ssh_config sending ADDRESS through it."""
+    known_hosts = directory / "known_hosts"
+    known_hosts.write_text("".join(k.known_hosts_line(address) + "\n" for k in pinned))
+    config = None
+    if proxy_command is not None:
+        config = directory / "ssh_config"
+        config.write_text(f"Host {address}\n  ProxyCommand {proxy_command}\n")
+    return SshAccess(known_hosts, config, proxy_command, tuple(pinned))
 
 
 def provided_key(environ: Mapping[str, str], directory: Path) -> Path:
@@ -34,8 +72,11 @@ def provided_key(environ: Mapping[str, str], directory: Path) -> Path:
     return key
 
 
-def ssh_options(key: Path, known_hosts: Path) -> list[str]:
+def ssh_options(key: Path, known_hosts: Path, access: SshAccess | None = None) -> list[str]:
+    config = ["-F", str(access.config)] if access is not None and access.config else []
+    strict = access.strict if access is not None else "accept-new"
     return [
+        *config,
         "-i",
         str(key),
         "-o",
@@ -45,7 +86,7 @@ def ssh_options(key: Path, known_hosts: Path) -> list[str]:
         "-o",
         "ConnectTimeout=5",
         "-o",
-        "StrictHostKeyChecking=accept-new",
+        f"StrictHostKeyChecking={strict}",
         "-o",
         f"UserKnownHostsFile={known_hosts}",
         "-o",
@@ -62,16 +103,17 @@ def wait_for_ssh(
     *,
     key_is_new: bool,
     say: Callable[[str], None] = print,
+    access: SshAccess | None = None,
 ) -> None:
     """Until `ssh USER@ADDRESS true` works with KEY. A key that was just authorized may be
     refused for a while; a provided key that is refused will stay refused, so that ends the
-    wait at once."""
+    wait at once, and so does a host key other than the pinned ones (nothing is sent then)."""
     deadline = time.monotonic() + wait_s
     attempt = 0
     while True:
         attempt += 1
         proc = subprocess.run(
-            ["ssh", *ssh_options(key, known_hosts), f"{user}@{address}", "true"],
+            ["ssh", *ssh_options(key, known_hosts, access), f"{user}@{address}", "true"],
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
@@ -82,6 +124,8 @@ def wait_for_ssh(
             return
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         last = lines[-1] if lines else f"exit {proc.returncode}"
+        if access is not None and access.pinned and HOST_KEY_FAILED in (proc.stderr or ""):
+            raise PhaseFailed("ssh", host_key_mismatch(address, access))
         if DENIED in last and not key_is_new:
             raise PhaseFailed(
                 "ssh",
@@ -93,8 +137,63 @@ def wait_for_ssh(
             raise PhaseFailed(
                 "ssh",
                 f"SSH to {user}@{address} did not work within {wait_s:.0f} s ({last}); check "
-                "that the firewall rule's tag matches the instance and that its guest agent runs",
+                + (
+                    "that IAP's standing rule matches the instance's tag, that gcloud can open "
+                    "the tunnel (roles/iap.tunnelResourceAccessor) and that its guest agent runs"
+                    if access is not None and access.proxy_command
+                    else "that the firewall rule's tag matches the instance and that its guest "
+                    "agent runs"
+                ),
             )
         if attempt == 1 or attempt % 5 == 0:
             say(f"waiting for SSH to {user}@{address} ({last})")
         time.sleep(2)
+
+
+def presented_host_key(
+    address: str, key_types: Sequence[str], proxy_command: str | None = None, timeout: float = 15
+) -> HostKey:
+    """The host key ADDRESS:22 presents when the client offers only KEY_TYPES (as OpenSSH does
+    when known_hosts holds keys of those types); key exchange only, no authentication."""
+    import paramiko
+
+    sock: object
+    if proxy_command is not None:
+        sock = paramiko.ProxyCommand(proxy_command)
+    else:
+        import socket
+
+        sock = socket.create_connection((address, 22), timeout=timeout)
+    transport = paramiko.Transport(sock)  # type: ignore[arg-type]
+    try:
+        options = transport.get_security_options()
+        wanted = set(key_types)
+        if "ssh-rsa" in wanted:
+            wanted |= {"rsa-sha2-512", "rsa-sha2-256"}
+        offered = [t for t in options.key_types if t in wanted]
+        if offered:
+            options.key_types = offered
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+        return HostKey(key.get_name(), key.get_base64())
+    finally:
+        transport.close()
+
+
+def host_key_mismatch(address: str, access: SshAccess) -> str:
+    """The message for a host whose key is not among the pinned ones: what it presented (type
+    and fingerprint, when it can be read) and what was pinned."""
+    pinned = ", ".join(f"{k.key_type} {k.fingerprint}" for k in access.pinned)
+    try:
+        seen = presented_host_key(
+            address, [k.key_type for k in access.pinned], access.proxy_command
+        )
+        presented = f"presented {seen.key_type} {seen.fingerprint}"
+    except Exception as exc:  # the refusal stands; only the detail is missing
+        presented = f"presented a key that could not be read back ({type(exc).__name__}: {exc})"
+    return (
+        f"host key of {address} does not match the key(s) pinned from the instance's guest "
+        f"attributes: it {presented}; pinned {pinned}. Nothing was sent to it. A VM that was "
+        "re-created publishes new keys on its next boot; otherwise something else answers on "
+        "its port 22"
+    )

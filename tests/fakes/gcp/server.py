@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.gcp.compute import ComputeApi
+from tests.fakes.gcp.guest import GuestAttributesApi
 from tests.fakes.gcp.iam import IamApi
 from tests.fakes.gcp.oauth import OAuthApi
 from tests.fakes.gcp.operations import OperationPlan
@@ -48,7 +49,7 @@ class Fault:
         return method == self.method.upper() and bool(self.pattern.search(path))
 
 
-class FakeGcp(ComputeApi, StsApi, IamApi, OAuthApi, OsLoginApi):
+class FakeGcp(ComputeApi, GuestAttributesApi, StsApi, IamApi, OAuthApi, OsLoginApi):
     """The server plus its state, request log and fault injection."""
 
     def __init__(self, state: FakeState | None = None) -> None:
@@ -198,6 +199,11 @@ class FakeGcp(ComputeApi, StsApi, IamApi, OAuthApi, OsLoginApi):
                 "GET",
                 re.compile(r"/oslogin/v1/users/(?P<user>[^/]+)/loginProfile"),
                 self._oslogin_profile,
+            ),
+            (
+                "GET",
+                re.compile(z + r"/instances/(?P<name>[^/]+)/getGuestAttributes"),
+                self._instances_guest_attributes,
             ),
         ]
 
