@@ -160,14 +160,17 @@ def auth_phase(run: Run) -> None:
 
 
 def runner_ip_phase(run: Run) -> None:
-    from ai_deploy.ci.myip import RunnerIpError, runner_ip
+    from ai_deploy.ci.myip import MyIpSettings, RunnerIpError, find_runner_address
 
     with run.phases.phase("runner-ip", "Find this runner's address"):
         try:
-            run.runner_ip = runner_ip()
+            found = find_runner_address(MyIpSettings.from_env(run.environ))
         except RunnerIpError as exc:
             raise PhaseFailed("runner-ip", str(exc)) from exc
-        _say(f"runner address: {run.runner_ip}")
+        run.runner_ip = found.address
+        _say(f"runner address: {found.address} (from {', '.join(found.sources)})")
+        for note in found.notes:
+            ci_output.warning(note, title="runner address", env=run.environ)
 
 
 def instance_phase(run: Run) -> None:

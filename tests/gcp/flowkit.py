@@ -22,10 +22,12 @@ import ipaddress
 import json
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -38,6 +40,7 @@ from typing import Any
 from ai_deploy.sandbox import network
 from ai_deploy.sandbox.hosts import Host
 from tests.fakes.gcp import FakeGcp
+from tests.fakes.tls import TestCertificates
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SSH_PORT = 22
@@ -134,10 +137,14 @@ class _Server:
 
 class MyIpServer:
     """A "what is my IP" service answering `answer` (default: the link's machine-side address,
-    the source address of this machine's packets to the guest) to every GET."""
+    the source address of this machine's packets to the guest) to every GET, over https with a
+    test CA. `env()` is what the deploy needs to ask it: the URL, the CA, and the two settings
+    that accept one service and this private sandbox address (both said in the deploy's output)."""
 
     def __init__(self, index: int) -> None:
         self.address = network.gateway_address(index)
+        self._tls_dir = Path(tempfile.mkdtemp(prefix="ai-deploy-myip-tls-"))
+        self.tls = TestCertificates(self._tls_dir, [self.address])
         self.answer = f"{self.address}\n"
         self.content_type = "text/plain"
         self.hits = 0
@@ -157,13 +164,25 @@ class MyIpServer:
                 self.wfile.write(body)
 
         self._server = _Server(self.address, Handler)
+        self._server.httpd.socket = self.tls.server_context().wrap_socket(
+            self._server.httpd.socket, server_side=True
+        )
 
     @property
     def url(self) -> str:
-        return f"{self._server.base_url}/ip"
+        return f"{self._server.base_url.replace('http://', 'https://', 1)}/ip"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AI_DEPLOY_MYIP_URLS": self.url,
+            "AI_DEPLOY_MYIP_SINGLE_SERVICE": "true",
+            "AI_DEPLOY_MYIP_ALLOW_NETWORKS": f"{self.address}/32",
+            "REQUESTS_CA_BUNDLE": str(self.tls.ca_path),
+        }
 
     def stop(self) -> None:
         self._server.stop()
+        shutil.rmtree(self._tls_dir, ignore_errors=True)
 
 
 @dataclass

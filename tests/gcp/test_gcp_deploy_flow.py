@@ -153,7 +153,7 @@ class Flow:
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> DeployProcess:
         """`ai-deploy deploy ARGS` as CI runs it, with the fake's settings."""
-        extra = {"AI_DEPLOY_MYIP_URLS": self.myip.url, **self.hooks.env(), **(env or {})}
+        extra = {**self.myip.env(), **self.hooks.env(), **(env or {})}
         process = DeployProcess(list(args), deploy_environment(os.environ, self.fake, extra))
         self.processes.append(process)
         return process
