@@ -321,7 +321,8 @@ def firewall_phase(run: Run, stack: ExitStack) -> None:
 
 def ssh_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
     from ai_deploy.gcp import GcpError
-    from ai_deploy.gcp.sshkeys import SshSettings, ephemeral_ssh_key
+    from ai_deploy.gcp.oslogin import ssh_settings_for
+    from ai_deploy.gcp.sshkeys import SSH_MODE_ENV, SshSettings, ephemeral_ssh_key
 
     opts = run.opts
     settings = SshSettings.from_env(run.environ)
@@ -329,6 +330,17 @@ def ssh_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
         key_is_new = run.session is not None and bool(opts.instance and opts.zone)
         if key_is_new:
             try:
+                # OS Login on (instance or project) makes the guest ignore ssh-keys metadata.
+                settings, note = ssh_settings_for(
+                    run.session.credentials,
+                    run.session.project,
+                    opts.zone,
+                    opts.instance,
+                    settings,
+                    mode_chosen=bool(run.environ.get(SSH_MODE_ENV, "").strip()),
+                )
+                if note:
+                    _say(note)
                 access = stack.enter_context(
                     ephemeral_ssh_key(
                         run.session.credentials,

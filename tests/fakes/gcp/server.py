@@ -26,6 +26,7 @@ from tests.fakes.gcp.iam import IamApi
 from tests.fakes.gcp.oauth import OAuthApi
 from tests.fakes.gcp.operations import OperationPlan
 from tests.fakes.gcp.oslogin import OsLoginApi
+from tests.fakes.gcp.project import ProjectApi
 from tests.fakes.gcp.state import FakeState
 from tests.fakes.gcp.sts import StsApi
 from tests.fakes.gcp.wire import ApiError, RecordedRequest, Route, google_error_body
@@ -49,7 +50,7 @@ class Fault:
         return method == self.method.upper() and bool(self.pattern.search(path))
 
 
-class FakeGcp(ComputeApi, GuestAttributesApi, StsApi, IamApi, OAuthApi, OsLoginApi):
+class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthApi, OsLoginApi):
     """The server plus its state, request log and fault injection."""
 
     def __init__(self, state: FakeState | None = None) -> None:
@@ -153,6 +154,7 @@ class FakeGcp(ComputeApi, GuestAttributesApi, StsApi, IamApi, OAuthApi, OsLoginA
         p = r"/compute/v1/projects/(?P<project>[^/]+)"
         z = p + r"/zones/(?P<zone>[^/]+)"
         return [
+            ("GET", re.compile(p), self._projects_get),
             ("GET", re.compile(p + r"/global/firewalls"), self._firewalls_list),
             ("POST", re.compile(p + r"/global/firewalls"), self._firewalls_insert),
             ("GET", re.compile(p + r"/global/firewalls/(?P<name>[^/]+)"), self._firewalls_get),
