@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ai_deploy.ci.notify import DeployEvent, Outcome
+from ai_deploy.ci.secretlike import redact
 
 __all__ = [
     "GITHUB_ACTIONS_ENV",
@@ -122,6 +123,8 @@ def _annotation(
     env: Mapping[str, str] | None,
     stream: TextIO | None,
 ) -> None:
+    # An annotation is shown on the run's page, outside the masked log: nothing token-like.
+    message = redact(message)
     if in_github_actions(env):
         props = []
         if file:
@@ -149,7 +152,8 @@ def error(
 ) -> None:
     """Report MESSAGE as an error: an `::error title=...::` annotation in GitHub Actions (shown on
     the run's page; all values escaped, so the text cannot inject other commands), else an
-    `error: TITLE: MESSAGE` line on stderr."""
+    `error: TITLE: MESSAGE` line on stderr. Key- or token-like values in MESSAGE are shown as
+    *** (see ai_deploy.ci.secretlike)."""
     _annotation("error", message, title, file, line, env, stream)
 
 
@@ -283,7 +287,8 @@ def render_step_summary(
     """The Markdown job summary for EVENT: a heading with the outcome, a table with release,
     outcome, hosts, total duration, failed phase and run link, a table of PHASES (name and
     seconds, in the order given, the failed one marked) and the message in a code block.
-    Values from the event are escaped, so none can break the tables or inject HTML."""
+    Values from the event are escaped, so none can break the tables or inject HTML; the message
+    is the event's short reason, with anything key- or token-like already blanked."""
     outcome = Outcome(event.outcome)
     lines = [
         f"## {_OUTCOME_MARK[outcome]} {_cell(event.service)} deploy {_OUTCOME_VERB[outcome]}",

@@ -276,3 +276,33 @@ def test_write_step_summary_failure_is_logged_not_raised(
     target = tmp_path / "missing-dir" / "summary.md"
     assert write_step_summary(_event(), env={"GITHUB_STEP_SUMMARY": str(target)}) is None
     assert "could not write the job summary" in caplog.text
+
+
+APP_SECRET = "sk-abc123def456ghi789jkl"
+
+
+def test_the_summary_never_shows_a_token_from_the_message() -> None:
+    event = _event(
+        outcome="failure",
+        failed_phase="health",
+        message=f"10.201.0.2: failed in health (OPENAI_API_KEY={APP_SECRET} rejected)",
+    )
+    summary = render_step_summary(event, {"deploy": 3.0, "health": 20.0})
+    assert APP_SECRET not in summary
+    assert "OPENAI_API_KEY=***" in summary
+    assert "3f2a9c1" in summary and "10.201.0.2" in summary and "20.0 s" in summary
+
+
+@pytest.mark.parametrize("env", [GHA, LOCAL])
+def test_annotations_never_show_a_token(env: dict[str, str]) -> None:
+    out = io.StringIO()
+    error(
+        f"app said: AKIAIOSFODNN7EXAMPLE and password={APP_SECRET}",
+        "deploy failed",
+        env=env,
+        stream=out,
+    )
+    warning("xoxb-123456789012-abcdefABCDEF", env=env, stream=out)
+    text = out.getvalue()
+    assert "AKIAIOSFODNN7EXAMPLE" not in text and APP_SECRET not in text and "xoxb-" not in text
+    assert "password=***" in text

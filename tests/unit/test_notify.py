@@ -388,3 +388,29 @@ def test_discord_payload_stays_within_limits() -> None:
 def test_headline_formats_long_durations() -> None:
     assert "in 3 min 5 s" in _event(duration_s=185.2).headline
     assert "on 1 host in" in _event(hosts=["h"]).headline
+
+
+APP_SECRET = "sk-abc123def456ghi789jkl"
+
+
+def test_payloads_never_carry_a_token_from_the_message() -> None:
+    event = _event(
+        outcome=Outcome.FAILURE,
+        failed_phase="health",
+        message=(
+            f"10.201.0.2: failed in health (OPENAI_API_KEY={APP_SECRET}); "
+            "token ghp_" + "a1B2" * 9 + " -----BEGIN RSA PRIVATE KEY-----\nMIIEow\n"
+            "-----END RSA PRIVATE KEY-----"
+        ),
+    )
+    for payload in (slack_payload(event), discord_payload(event)):
+        text = json.dumps(payload)
+        assert APP_SECRET not in text and "ghp_" not in text and "MIIEow" not in text
+        assert "OPENAI_API_KEY=***" in text
+        assert "3f2a9c1" in text and "10.201.0.2" in text
+        assert "https://github.com/acme/ai-server/actions/runs/1/attempts/1" in text
+
+
+def test_the_event_message_is_blanked_where_it_is_made() -> None:
+    event = _event(message=f"xoxp-0123456789-zzzz and api_key: {APP_SECRET}")
+    assert event.message == "*** and api_key: ***"
