@@ -53,6 +53,8 @@ _PEM_BLOCK = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S
 )
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 _known: set[str] = set()
 
 
@@ -91,6 +93,10 @@ def redact(text: str) -> str:
     text = _ASSIGNMENT.sub(lambda m: m.group(0)[: m.start("value") - m.start(0)] + MASK, text)
     for value in sorted(_known, key=len, reverse=True):
         text = text.replace(value, MASK)
+    if "\x1b" in text:
+        # A colour code right before a token hides its word boundary: look again without them.
+        for value in find_secrets(_ANSI.sub("", text)):
+            text = text.replace(value, MASK)
     return text
 
 

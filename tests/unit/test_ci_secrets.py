@@ -167,3 +167,9 @@ def test_pyinfra_output_is_redacted_before_it_is_printed(
     assert "OPENAI_API_KEY=*** rejected" in out
     assert "done" in out
     assert all("sk-abc" not in line and "MIIE" not in line for line in result.tail)
+
+
+def test_a_token_right_after_a_colour_code_is_redacted() -> None:
+    line = "\x1b[33mOPENAI_API_KEY=\x1b[0m\x1b[31msk-abc123def456ghi789\x1b[0m failed"
+    assert "sk-abc123def456ghi789" not in redact(line)
+    assert "sk-abc123def456ghi789" not in LineRedactor()(line + "\n")
