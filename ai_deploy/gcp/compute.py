@@ -24,9 +24,12 @@ from ai_deploy.gcp.operations import (
     DEFAULT_OPERATION_TIMEOUT,
     ENDPOINT_ENV_VAR,
     OperationError,
+    OperationUnreadable,
     compute_client,
     compute_client_options,
+    new_request_id,
     parse_timestamp,
+    reasons,
     retry_transient,
     wait_global_operation,
     wait_zone_operation,
@@ -48,6 +51,9 @@ class FirewallRule:
     allowed: tuple[tuple[str, tuple[str, ...]], ...]
     description: str
     created_at: datetime | None
+    priority: int = 1000
+    direction: str = "INGRESS"
+    disabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,9 @@ def _firewall_rule(resource: compute_v1.Firewall) -> FirewallRule:
         allowed=tuple((a.I_p_protocol, tuple(a.ports)) for a in resource.allowed),
         description=resource.description,
         created_at=parse_timestamp(resource.creation_timestamp),
+        priority=resource.priority if "priority" in resource else 1000,
+        direction=resource.direction or "INGRESS",
+        disabled=bool(resource.disabled),
     )
 
 
@@ -96,31 +105,56 @@ def create_firewall_rule(
     ports: Sequence[str] = ("22",),
     protocol: str = "tcp",
     description: str = "",
+    priority: int = 1000,
     timeout: float = DEFAULT_OPERATION_TIMEOUT,
+    request_id: str | None = None,
+    on_started: Callable[[str], None] | None = None,
 ) -> None:
     """Create an ingress rule allowing PROTOCOL:PORTS from SOURCE_RANGES to instances with
-    TARGET_TAGS on NETWORK, and wait until the rule exists.
+    TARGET_TAGS on NETWORK at PRIORITY, and wait until the rule exists.
 
-    Raises Conflict when a rule of that name exists, Forbidden without the permission,
-    OperationError when the operation fails or times out.
+    The insert carries REQUEST_ID (a new one when None), reused by its retries. ON_STARTED
+    is called with the operation's name as soon as Compute accepted the insert, so a caller
+    interrupted later knows a rule may appear. Raises the API error (Conflict, Forbidden,
+    ...) when the insert was refused; OperationError when the operation ended with an error
+    (`finished`), OperationUnreadable / OperationError when its outcome is unknown.
     """
     rule = compute_v1.Firewall(
         name=name,
         network=network_path(project, network),
         direction="INGRESS",
+        priority=priority,
         source_ranges=list(source_ranges),
         target_tags=list(target_tags),
         allowed=[compute_v1.Allowed(I_p_protocol=protocol, ports=list(ports))],
         description=description,
     )
     client = compute_client(compute_v1.FirewallsClient, credentials)
+    request = compute_v1.InsertFirewallRequest(
+        project=project, firewall_resource=rule, request_id=request_id or new_request_id()
+    )
     op = retry_transient(
         f"create firewall rule {name}",
-        lambda: client.insert_unary(project=project, firewall_resource=rule, timeout=CALL_TIMEOUT),
+        lambda: client.insert_unary(request=request, timeout=CALL_TIMEOUT),
     )
+    if on_started is not None:
+        on_started(op.name)
     wait_global_operation(
         credentials, project, op, what=f"create firewall rule {name}", timeout=timeout
     )
+
+
+def wait_global_operation_named(
+    credentials: Credentials,
+    project: str,
+    operation: str,
+    *,
+    what: str,
+    timeout: float,
+) -> compute_v1.Operation:
+    """Wait for the global operation called OPERATION (see wait_global_operation)."""
+    pending = compute_v1.Operation(name=operation, status=compute_v1.Operation.Status.PENDING)
+    return wait_global_operation(credentials, project, pending, what=what, timeout=timeout)
 
 
 def get_firewall_rule(credentials: Credentials, project: str, name: str) -> FirewallRule | None:
@@ -138,17 +172,24 @@ def delete_firewall_rule(
     name: str,
     *,
     timeout: float = DEFAULT_OPERATION_TIMEOUT,
+    attempts: int | None = None,
 ) -> bool:
     """Delete the rule NAME and wait until it is gone.
 
     Returns True when this call deleted it, False when it did not exist (also success: the
-    state wanted is "no such rule"). Transient 5xx answers are retried.
+    state wanted is "no such rule"). Transient answers (5xx, 429, rate limits, and
+    resourceNotReady while the rule's own create is still running) are retried with one
+    requestId, up to ATTEMPTS calls.
     """
     client = compute_client(compute_v1.FirewallsClient, credentials)
+    request = compute_v1.DeleteFirewallRequest(
+        project=project, firewall=name, request_id=new_request_id()
+    )
     try:
         op = retry_transient(
             f"delete firewall rule {name}",
-            lambda: client.delete_unary(project=project, firewall=name, timeout=CALL_TIMEOUT),
+            lambda: client.delete_unary(request=request, timeout=CALL_TIMEOUT),
+            attempts,
         )
         wait_global_operation(
             credentials, project, op, what=f"delete firewall rule {name}", timeout=timeout
@@ -160,6 +201,18 @@ def delete_firewall_rule(
             return False
         raise
     return True
+
+
+def list_all_firewall_rules(credentials: Credentials, project: str) -> list[FirewallRule]:
+    """Every firewall rule of the project, across every page."""
+    client = compute_client(compute_v1.FirewallsClient, credentials)
+    request = compute_v1.ListFirewallsRequest(project=project)
+    return [
+        _firewall_rule(r)
+        for r in retry_transient(
+            "list firewall rules", lambda: list(client.list(request=request, timeout=CALL_TIMEOUT))
+        )
+    ]
 
 
 def list_firewall_rules(
@@ -224,13 +277,16 @@ def update_instance_metadata_item(
     update: Callable[[str | None], str | None],
     *,
     timeout: float = DEFAULT_OPERATION_TIMEOUT,
+    on_started: Callable[[str], None] | None = None,
 ) -> str | None:
     """Set metadata item KEY to UPDATE(current value) without touching other items; None
     removes the item. Returns the value written.
 
     Writes with the metadata fingerprint just read, so a concurrent change is never
     overwritten: on 412 (fingerprint changed) it reads again and retries once. No write
-    happens when UPDATE returns the current value. Waits for the zone operation.
+    happens when UPDATE returns the current value. Each write carries a requestId reused by
+    its retries (5xx, 429, rate limits, resourceNotReady); ON_STARTED gets the operation's
+    name once Compute accepted the write. Waits for the zone operation.
     """
     client = compute_client(compute_v1.InstancesClient, credentials)
     for attempt in (1, 2):
@@ -243,19 +299,27 @@ def update_instance_metadata_item(
         if wanted is not None:
             items.append(compute_v1.Items(key=key, value=wanted))
         body = compute_v1.Metadata(fingerprint=info.metadata_fingerprint, items=items)
+        request = compute_v1.SetMetadataInstanceRequest(
+            project=project,
+            zone=zone,
+            instance=instance,
+            metadata_resource=body,
+            request_id=new_request_id(),
+        )
         try:
-            op = client.set_metadata_unary(
-                project=project,
-                zone=zone,
-                instance=instance,
-                metadata_resource=body,
-                timeout=CALL_TIMEOUT,
+            op = retry_transient(
+                f"set metadata {key} on {instance}",
+                lambda request=request: client.set_metadata_unary(  # type: ignore[misc]
+                    request=request, timeout=CALL_TIMEOUT
+                ),
             )
         except api_exceptions.PreconditionFailed:
             if attempt == 2:
                 raise
             logger.info("metadata of %s changed concurrently; reading it again", instance)
             continue
+        if on_started is not None:
+            on_started(op.name)
         wait_zone_operation(
             credentials,
             project,
@@ -281,6 +345,7 @@ def add_ssh_key_entry(
     *,
     drop: Callable[[str], bool] | None = None,
     timeout: float = DEFAULT_OPERATION_TIMEOUT,
+    on_started: Callable[[str], None] | None = None,
 ) -> None:
     """Append ENTRY (one `USER:KEY ...` line) to the instance's `ssh-keys` metadata, keeping
     every other line except those DROP returns True for (for example expired leftovers).
@@ -293,8 +358,29 @@ def add_ssh_key_entry(
         return "\n".join(lines) if lines else None
 
     update_instance_metadata_item(
-        credentials, project, zone, instance, SSH_KEYS_METADATA_KEY, update, timeout=timeout
+        credentials,
+        project,
+        zone,
+        instance,
+        SSH_KEYS_METADATA_KEY,
+        update,
+        timeout=timeout,
+        on_started=on_started,
     )
+
+
+def wait_zone_operation_named(
+    credentials: Credentials,
+    project: str,
+    zone: str,
+    operation: str,
+    *,
+    what: str,
+    timeout: float,
+) -> compute_v1.Operation:
+    """Wait for the zone operation called OPERATION (see wait_zone_operation)."""
+    pending = compute_v1.Operation(name=operation, status=compute_v1.Operation.Status.PENDING)
+    return wait_zone_operation(credentials, project, zone, pending, what=what, timeout=timeout)
 
 
 def remove_ssh_key_entries(
@@ -342,6 +428,7 @@ __all__ = [
     "FirewallRule",
     "InstanceInfo",
     "OperationError",
+    "OperationUnreadable",
     "add_ssh_key_entry",
     "compute_client_options",
     "create_firewall_rule",
@@ -349,11 +436,16 @@ __all__ = [
     "get_firewall_rule",
     "get_instance",
     "get_instance_nat_ip",
+    "list_all_firewall_rules",
     "list_firewall_rules",
     "network_path",
+    "new_request_id",
     "parse_timestamp",
+    "reasons",
     "remove_ssh_key_entries",
     "update_instance_metadata_item",
     "wait_global_operation",
+    "wait_global_operation_named",
     "wait_zone_operation",
+    "wait_zone_operation_named",
 ]

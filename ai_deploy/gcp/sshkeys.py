@@ -64,6 +64,8 @@ from ai_deploy.gcp.sshsettings import (
 logger = logging.getLogger(__name__)
 
 _TRUE = ("true", "1", "yes", "y", "on")
+# How long closing waits for an accepted ssh-keys add that was not yet seen DONE.
+SETTLE_TIMEOUT = 120.0
 
 
 def _metadata_error(
@@ -108,6 +110,9 @@ class _Grant:
         self.directory: Path | None = None
         self.blob: str | None = None
         self.entry_may_exist = False
+        # The accepted add's zone operation until it was seen DONE: closing waits for it, or
+        # the removal would read the metadata before the entry lands and leave it there.
+        self.add_operation: str | None = None
         self.oslogin: tuple[str, str] | None = None  # (email, fingerprint)
 
     def open(self) -> SshAccess:
@@ -176,11 +181,13 @@ class _Grant:
                 entry,
                 drop=expired_leftover,
                 timeout=self.timeout,
+                on_started=self._add_started,
             )
         except api_exceptions.GoogleAPICallError as exc:
             raise _metadata_error(
                 exc, "add the ssh-keys entry", self.project, self.zone, self.instance
             ) from exc
+        self.add_operation = None
         logger.info(
             "ssh-keys entry for %s added to %s (expires %s)",
             s.user,
@@ -189,12 +196,32 @@ class _Grant:
         )
         return SshAccess("metadata", s.user, private, public, expires_at, metadata_entry=entry)
 
+    def _add_started(self, operation: str) -> None:
+        self.add_operation = operation
+
+    def _settle_add(self) -> None:
+        """Wait (bounded) for an accepted add not yet seen DONE; best effort."""
+        if self.add_operation is None:
+            return
+        try:
+            compute.wait_zone_operation_named(
+                self.credentials,
+                self.project,
+                self.zone,
+                self.add_operation,
+                what=f"add the ssh-keys entry on {self.instance}",
+                timeout=min(self.timeout, SETTLE_TIMEOUT),
+            )
+        except (api_exceptions.GoogleAPIError, GcpError) as exc:
+            logger.warning("waiting for the ssh-keys add before removing it: %s", exc)
+
     def close(self, pending: BaseException | None) -> None:
         """Take the key back and delete the key directory; never raises over PENDING."""
         failure: str | None = None
         cause: BaseException | None = None
         try:
             if self.entry_may_exist and self.blob:
+                self._settle_add()
                 blob = self.blob
                 try:
                     compute.remove_ssh_key_entries(

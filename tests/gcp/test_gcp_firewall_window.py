@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from google.oauth2.credentials import Credentials as TokenCredentials
 
-from ai_deploy.gcp import Terminated
+from ai_deploy.gcp import Terminated, operations
 from ai_deploy.gcp.firewall import (
     FirewallError,
     firewall_rule_name,
@@ -33,6 +33,18 @@ GCP_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 
 class Boom(Exception):
     pass
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries and polls keep their shape (exponential, jittered) at a test's time scale."""
+    for name, value in (
+        ("RETRY_BASE_S", 0.01),
+        ("RETRY_CAP_S", 0.05),
+        ("POLL_BASE_S", 0.01),
+        ("POLL_CAP_S", 0.05),
+    ):
+        monkeypatch.setattr(operations, name, value)
 
 
 def _deletes(fake: FakeGcp) -> list[RecordedRequest]:
@@ -233,7 +245,9 @@ def test_failed_create_operation_still_cleans_up(
         firewall_window(token_credentials, PROJECT, source_ip=RUNNER_IP),
     ):
         pytest.fail("the block must not run")
-    assert len(_deletes(gcp_fake)) == 1
+    # DONE with an error: no rule was made, so nothing to delete and no wait for a late one.
+    assert _deletes(gcp_fake) == []
+    assert gcp_fake.requests_to("GET", r"/global/firewalls/") == []
     assert gcp_fake.state.firewalls == {}
 
 
@@ -247,7 +261,8 @@ def test_delete_failure_after_success_is_an_error_with_the_manual_command(
     ):
         pass
     assert window.name in str(caught.value)
-    assert len(_deletes(gcp_fake)) == 3  # retried
+    assert len(_deletes(gcp_fake)) == operations.RETRY_ATTEMPTS  # retried, one requestId
+    assert len({r.query["requestId"][0] for r in _deletes(gcp_fake)}) == 1
 
 
 def test_delete_failure_does_not_hide_the_original_error(

@@ -20,7 +20,14 @@ class ComputeApi(OperationsApi):
     # -- test controls -------------------------------------------------------------------------
 
     def add_firewall(
-        self, name: str, *, created: datetime | None = None, source_ranges: list[str] | None = None
+        self,
+        name: str,
+        *,
+        created: datetime | None = None,
+        source_ranges: list[str] | None = None,
+        target_tags: list[str] | None = None,
+        description: str = "",
+        priority: int = 1000,
     ) -> dict[str, Any]:
         """Put a firewall rule straight into the state (for example an old leftover)."""
         created = created or datetime.now(timezone.utc)
@@ -29,8 +36,10 @@ class ComputeApi(OperationsApi):
             "network": "global/networks/default",
             "direction": "INGRESS",
             "sourceRanges": source_ranges or ["192.0.2.1/32"],
-            "targetTags": ["ai-server"],
+            "targetTags": ["ai-server"] if target_tags is None else target_tags,
             "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}],
+            "description": description,
+            "priority": priority,
         }
         with self.lock:
             resource = self._firewall_resource(self.state.project, body, created)
@@ -98,7 +107,9 @@ class ComputeApi(OperationsApi):
                 )
         if not body.get("allowed") and not body.get("denied"):
             raise ApiError(400, "invalid", "Required field 'resource.allowed' not specified")
-        if name in self.state.firewalls:
+        if name in self.state.firewalls or self.operation_in_flight(
+            f"/global/firewalls/{name}", "insert"
+        ):
             raise ApiError(
                 409,
                 "alreadyExists",
@@ -133,6 +144,13 @@ class ComputeApi(OperationsApi):
     def _firewalls_delete(
         self, request: RecordedRequest, project: str, name: str
     ) -> tuple[int, dict[str, Any]]:
+        self._check_project(project)
+        if self.operation_in_flight(f"/global/firewalls/{name}"):
+            raise ApiError(
+                400,
+                "resourceNotReady",
+                f"The resource 'projects/{project}/global/firewalls/{name}' is not ready",
+            )
         _, resource = self._firewalls_get(request, project, name)
 
         def effect() -> None:

@@ -1,11 +1,19 @@
-"""Compute operations: mutations start one whose effect is applied when it turns DONE, so a
-client that does not wait for its operation sees the old state; tests can plan operations
-that stay RUNNING for a number of polls or end with an error."""
+"""Compute operations as the real API runs them: a mutation answers at once with an operation
+in PENDING, which turns RUNNING and then DONE with time, whether or not anyone polls; its
+effect (the rule appears, the metadata changes) is applied only when it is DONE.
+
+`operations.wait` blocks until the operation is DONE or `wait_max_s` passed (the real one
+blocks up to about 2 minutes, best effort); `wait_returns_at_once` makes it answer at once
+with whatever status the operation has, as the real one may. A retried mutation that carries
+the same `requestId` gets the same operation back. Tests can also plan operations that stay
+RUNNING for a number of polls, for a time, or end DONE with an error.
+"""
 
 from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +33,7 @@ class OperationPlan:
     running_polls: int = 0
     error: dict[str, Any] | None = None
     times: int | None = 1
+    seconds: float | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return method == self.method.upper() and bool(self.pattern.search(path))
@@ -34,6 +43,14 @@ class OperationsApi(FakeCore):
     """Global and zone operations get/wait, and how mutations start operations."""
 
     _plans: list[OperationPlan]
+    # Seconds an unplanned operation takes from insert to DONE (the real API: 5-20 s for a
+    # firewall insert; tests keep it short).
+    operation_seconds: float
+    # How long operations.wait blocks at most, and whether it answers at once instead.
+    wait_max_s: float
+    wait_returns_at_once: bool
+    # (method, path, requestId) -> operation name
+    _request_ids: dict[tuple[str, str, str], str]
 
     def plan_operations(
         self,
@@ -41,16 +58,42 @@ class OperationsApi(FakeCore):
         path: str,
         *,
         running_polls: int = 0,
+        seconds: float | None = None,
         error: dict[str, Any] | None = None,
         times: int | None = 1,
     ) -> None:
-        """Operations started by matching requests come back RUNNING and turn DONE on the
-        `running_polls`-th get/wait; with ERROR (`{"code","message","http_status"}`) they end
-        DONE with that error and without their effect."""
+        """Operations started by matching requests stay PENDING/RUNNING until the
+        `running_polls`-th get/wait, or for SECONDS (whichever is set; with both, until both
+        passed); with ERROR (`{"code","message","http_status"}`) they end DONE with that
+        error and without their effect."""
         with self.lock:
             self._plans.append(
-                OperationPlan(method.upper(), re.compile(path), running_polls, error, times)
+                OperationPlan(
+                    method.upper(), re.compile(path), running_polls, error, times, seconds
+                )
             )
+
+    def operation_in_flight(self, target_suffix: str, operation_type: str | None = None) -> bool:
+        """Whether an operation on a target whose link ends with TARGET_SUFFIX is not DONE."""
+        with self.lock:
+            self._advance_operations()
+            return any(
+                op.body["status"] != "DONE"
+                and op.body["targetLink"].endswith(target_suffix)
+                and (operation_type is None or op.body["operationType"] == operation_type)
+                for op in self.state.operations.values()
+            )
+
+    def _replayed_operation(self, request: RecordedRequest) -> dict[str, Any] | None:
+        """The operation an earlier request with this requestId started, if any."""
+        request_id = (request.query.get("requestId") or [""])[0]
+        if not request_id:
+            return None
+        name = self._request_ids.get((request.method, request.path, request_id))
+        if name is None:
+            return None
+        self._advance_operations()
+        return dict(self.state.operations[name].body)
 
     def _start_operation(
         self,
@@ -82,28 +125,48 @@ class OperationsApi(FakeCore):
             "user": "fake@dojangkok-ai.iam.gserviceaccount.com",
             "progress": 0,
             "insertTime": rfc3339(now),
-            "startTime": rfc3339(now),
             "selfLink": f"{GOOGLE_LINK_BASE}{scope}/operations/{name}",
         }
         if zone:
             body["zone"] = f"{GOOGLE_LINK_BASE}projects/{project}/zones/{zone}"
+        seconds = plan.seconds if plan and plan.seconds is not None else None
+        if seconds is None:
+            seconds = 0.0 if plan and plan.running_polls else self.operation_seconds
+        started = time.monotonic()
         op = FakeOperation(
             body=body,
             remaining_polls=plan.running_polls if plan else 0,
             effect=effect,
             error=plan.error if plan else None,
             zone=zone,
+            running_at=started + min(seconds / 4, 0.5),
+            done_at=started + seconds,
         )
         self.state.operations[name] = op
-        if op.remaining_polls > 0:
-            body["status"] = "RUNNING"
-        else:
-            self._finish_operation(op)
+        request_id = (request.query.get("requestId") or [""])[0]
+        if request_id:
+            self._request_ids[(request.method, request.path, request_id)] = name
+        self._advance_operations()
         return dict(body)
+
+    def _advance_operations(self) -> None:
+        """Move every operation along its clock (called under the lock, by each request and
+        by the fake's ticker thread)."""
+        now = time.monotonic()
+        for op in list(self.state.operations.values()):
+            if op.body["status"] == "DONE":
+                continue
+            if op.remaining_polls <= 0 and now >= op.done_at:
+                self._finish_operation(op)
+            elif op.body["status"] == "PENDING" and now >= op.running_at:
+                op.body["status"] = "RUNNING"
+                op.body["startTime"] = rfc3339(datetime.now(timezone.utc))
+                op.body["progress"] = 50
 
     def _finish_operation(self, op: FakeOperation) -> None:
         op.body["status"] = "DONE"
         op.body["progress"] = 100
+        op.body.setdefault("startTime", rfc3339(datetime.now(timezone.utc)))
         op.body["endTime"] = rfc3339(datetime.now(timezone.utc))
         if op.error is not None:
             op.body["error"] = {
@@ -116,15 +179,41 @@ class OperationsApi(FakeCore):
         elif op.effect is not None:
             op.effect()
 
-    def _operation_poll(
-        self, request: RecordedRequest, project: str, op: str, zone: str | None = None
-    ) -> tuple[int, dict[str, Any]]:
+    def _operation(
+        self, request: RecordedRequest, project: str, op: str, zone: str | None
+    ) -> FakeOperation:
         self._check_project(project)
         operation = self.state.operations.get(op)
         if operation is None or operation.zone != zone:
             raise ApiError(404, "notFound", f"The resource '{request.path}' was not found")
+        return operation
+
+    def _operation_poll(
+        self, request: RecordedRequest, project: str, op: str, zone: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """operations.get: the operation as it is now (a get counts as a poll)."""
+        operation = self._operation(request, project, op, zone)
         if operation.body["status"] != "DONE":
             operation.remaining_polls -= 1
-            if operation.remaining_polls <= 0:
-                self._finish_operation(operation)
+        self._advance_operations()
         return 200, dict(operation.body)
+
+    def _operation_wait(
+        self, request: RecordedRequest, project: str, op: str, zone: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """operations.wait: blocks (without the fake's lock) until DONE or `wait_max_s`."""
+        with self.lock:
+            operation = self._operation(request, project, op, zone)
+            if operation.body["status"] != "DONE":
+                operation.remaining_polls -= 1
+            self._advance_operations()
+        deadline = time.monotonic() + (0.0 if self.wait_returns_at_once else self.wait_max_s)
+        while True:
+            with self.lock:
+                self._advance_operations()
+                if operation.body["status"] == "DONE" or time.monotonic() >= deadline:
+                    return 200, dict(operation.body)
+                # An operation that ends only when polled cannot end while this wait blocks.
+                if operation.remaining_polls > 0:
+                    return 200, dict(operation.body)
+            time.sleep(0.01)

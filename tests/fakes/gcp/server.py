@@ -45,6 +45,8 @@ class Fault:
     times: int | None = 1
     before: Callable[[RecordedRequest], None] | None = None
     delay: float = 0.0
+    # Apply the request normally, then answer with the fault (the answer was lost).
+    applied: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return method == self.method.upper() and bool(self.pattern.search(path))
@@ -60,9 +62,15 @@ class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthA
         self.listeners: list[Callable[[str], None]] = []
         self._faults: list[Fault] = []
         self._plans: list[OperationPlan] = []
+        self._request_ids: dict[tuple[str, str, str], str] = {}
+        self.operation_seconds = 0.0
+        self.wait_max_s = 120.0
+        self.wait_returns_at_once = False
         self._ids = itertools.count(1000)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._routes = self._build_routes()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -87,9 +95,19 @@ class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthA
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
+        self._stopping.clear()
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+        self._ticker.start()
         return self
 
+    def _tick(self) -> None:
+        """Operations progress with time, not only when someone polls them."""
+        while not self._stopping.wait(0.02):
+            with self.lock:
+                self._advance_operations()
+
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -123,10 +141,13 @@ class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthA
         times: int | None = 1,
         before: Callable[[RecordedRequest], None] | None = None,
         delay: float = 0.0,
+        applied: bool = False,
     ) -> Fault:
         """Answer the next `times` requests matching METHOD and PATH (a regex searched in the
         path) with STATUS and Google's error body (or BODY); `status=None` keeps the normal
-        answer and only runs BEFORE / waits DELAY first. `times=None` means every time."""
+        answer and only runs BEFORE / waits DELAY first. `times=None` means every time.
+        APPLIED: the request still takes effect, only its answer is the error (as when a
+        load balancer loses the reply); a DELAY longer than the client's timeout is a timeout."""
         fault = Fault(
             method=method.upper(),
             pattern=re.compile(path),
@@ -137,6 +158,7 @@ class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthA
             times=times,
             before=before,
             delay=delay,
+            applied=applied,
         )
         with self.lock:
             self._faults.append(fault)
@@ -167,10 +189,10 @@ class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthA
             (
                 "POST",
                 re.compile(p + r"/global/operations/(?P<op>[^/]+)/wait"),
-                self._operation_poll,
+                self._operation_wait,
             ),
             ("GET", re.compile(z + r"/operations/(?P<op>[^/]+)"), self._operation_poll),
-            ("POST", re.compile(z + r"/operations/(?P<op>[^/]+)/wait"), self._operation_poll),
+            ("POST", re.compile(z + r"/operations/(?P<op>[^/]+)/wait"), self._operation_wait),
             ("GET", re.compile(z + r"/instances/(?P<name>[^/]+)"), self._instances_get),
             (
                 "POST",
@@ -235,16 +257,22 @@ class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthA
             if fault.before is not None:
                 fault.before(request)
         if fault is not None and fault.status is not None:
+            if fault.applied:
+                self._route(request)
             status = fault.status
             payload = fault.body or google_error_body(fault.status, fault.reason, fault.message)
         else:
             status, payload = self._route(request)
         data = json.dumps(payload).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json; charset=UTF-8")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json; charset=UTF-8")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except OSError:
+            # The client gave up (its timeout); the request still took effect, as on Google.
+            handler.close_connection = True
 
     def _route(self, request: RecordedRequest) -> tuple[int, dict[str, Any]]:
         known_path = False
@@ -258,7 +286,14 @@ class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthA
             try:
                 if request.path.startswith(("/compute/", "/oslogin/")):
                     self._check_bearer(request)
+                if func == self._operation_wait:
+                    # Blocks: takes the lock itself, between looks at the operation.
+                    return func(request, **match.groupdict())
                 with self.lock:
+                    if request.path.startswith("/compute/") and request.method != "GET":
+                        replayed = self._replayed_operation(request)
+                        if replayed is not None:
+                            return 200, replayed
                     return func(request, **match.groupdict())
             except ApiError as exc:
                 if exc.oauth:

@@ -21,6 +21,9 @@ class FakeOperation:
     effect: Callable[[], None] | None
     error: dict[str, Any] | None
     zone: str | None
+    # time.monotonic() values: when it turns RUNNING, and when DONE (once no polls remain)
+    running_at: float = 0.0
+    done_at: float = 0.0
 
 
 @dataclass
