@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core import exceptions as api_exceptions
+from google.cloud import compute_v1
 from google.oauth2.credentials import Credentials as TokenCredentials
 
-from ai_deploy.gcp import Terminated, operations
+from ai_deploy.gcp import Terminated, compute, operations
 from ai_deploy.gcp import firewall as firewall_module
 from ai_deploy.gcp.firewall import (
     FirewallError,
@@ -111,16 +113,8 @@ def test_names_keep_their_unique_suffix_whatever_the_lengths() -> None:
 def test_fake_operations_progress_with_time_and_resources_appear_when_done(
     slow_fake: FakeGcp, token_credentials: TokenCredentials
 ) -> None:
-    from ai_deploy.gcp import compute
-
-    started: list[str] = []
-    slow_fake.wait_returns_at_once = True
-    slow_fake.inject("POST", r"/global/operations/", status=None, before=lambda r: None)
-    name = "ai-deploy-ssh-fake-1234"
-    # Insert without waiting: look at the fake's state while the operation runs.
-    from google.cloud import compute_v1
-
     client = compute.compute_client(compute_v1.FirewallsClient, token_credentials)
+    name = "ai-deploy-ssh-fake-1234"
     rule = compute_v1.Firewall(
         name=name,
         network="global/networks/default",
@@ -132,25 +126,56 @@ def test_fake_operations_progress_with_time_and_resources_appear_when_done(
         project=PROJECT, firewall_resource=rule, request_id="6f1c0e6a-0000-4000-8000-000000000001"
     )
     op = client.insert_unary(request=request)
-    started.append(op.name)
     assert op.status.name == "PENDING"
     assert compute.get_firewall_rule(token_credentials, PROJECT, name) is None  # 404 meanwhile
     # A retry of the same insert (same requestId) is the same operation, not a 409.
     assert client.insert_unary(request=request).name == op.name
+    # Another insert of the name while the first runs: 409, as for an existing rule.
+    other = compute_v1.InsertFirewallRequest(project=PROJECT, firewall_resource=rule)
+    with pytest.raises(api_exceptions.Conflict):
+        client.insert_unary(request=other)
     # A DELETE while the insert runs: 400 resourceNotReady, as Compute answers.
-    from google.api_core import exceptions as api_exceptions
-
     with pytest.raises(api_exceptions.BadRequest) as refused:
         client.delete_unary(project=PROJECT, firewall=name)
     assert compute.reasons(refused.value) == {"resourceNotReady"}
+    time.sleep(0.3)
+    with slow_fake.lock:
+        assert slow_fake.state.operations[op.name].body["status"] == "RUNNING"
     # Nobody polls; the rule still appears once the operation is DONE.
-    time.sleep(1.0)
+    time.sleep(0.8)
     with slow_fake.lock:
         assert name in slow_fake.state.firewalls
         assert slow_fake.state.operations[op.name].body["status"] == "DONE"
-    assert len(slow_fake.requests_to("POST", INSERT)) == 2
     compute.delete_firewall_rule(token_credentials, PROJECT, name)
     _nothing_left(slow_fake)
+
+
+def test_fake_wait_blocks_until_done_or_answers_at_once(
+    gcp_fake: FakeGcp, token_credentials: TokenCredentials
+) -> None:
+    gcp_fake.plan_operations("POST", INSERT, seconds=0.8, times=2)
+    ops = compute.compute_client(compute_v1.GlobalOperationsClient, token_credentials)
+    firewalls = compute.compute_client(compute_v1.FirewallsClient, token_credentials)
+
+    def insert(name: str) -> compute_v1.Operation:
+        rule = compute_v1.Firewall(
+            name=name,
+            source_ranges=["203.0.113.7/32"],
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])],
+        )
+        return firewalls.insert_unary(project=PROJECT, firewall_resource=rule)
+
+    began = time.monotonic()
+    done = ops.wait(project=PROJECT, operation=insert("blocking-wait").name)
+    assert done.status.name == "DONE" and time.monotonic() - began >= 0.5
+    gcp_fake.wait_returns_at_once = True
+    began = time.monotonic()
+    early = ops.wait(project=PROJECT, operation=insert("early-wait").name)
+    assert early.status.name != "DONE" and time.monotonic() - began < 0.5
+    _settle(gcp_fake)
+    for name in ("blocking-wait", "early-wait"):
+        compute.delete_firewall_rule(token_credentials, PROJECT, name)
+    _nothing_left(gcp_fake)
 
 
 # -- item 1: every fault on the way in or out ------------------------------------------------
