@@ -470,7 +470,8 @@ def test_exception_right_after_creation_removes_rule(
     flow: Flow, make_release: Callable[[str], Release]
 ) -> None:
     release = make_release("flow")
-    flow.fake.inject("POST", r"/setMetadata$", status=500, times=1)
+    # Not retryable (a 500 would be retried and succeed): the key step fails for good.
+    flow.fake.inject("POST", r"/setMetadata$", status=400, reason="invalid", times=1)
     code, output = flow.deploy(release, "--data", flow.env_data())
     assert code == 13, output
     assert "==> Deploy with pyinfra" not in output
