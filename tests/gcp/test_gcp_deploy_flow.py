@@ -130,6 +130,26 @@ def outside_unhealthy_release(build_dir: Path) -> Release:
     return Release(path, check_artifact(path).release_id)
 
 
+APP_SECRET = "sk-" + "proj-Zq8Xw3Lr5Nt7Vb9Kc2"  # in the app's exception, so in its error log
+
+
+@pytest.fixture(scope="module")
+def secret_crash_release(build_dir: Path) -> Release:
+    """The example app failing at import with its API key in the exception's message, as an
+    SDK's authentication error can: the traceback lands in the release's error log."""
+    src = build_dir / "secret-crash"
+    shutil.copytree(REPO_ROOT / "examples" / "ai-server", src, ignore=_ignore_local)
+    main = src / "main.py"
+    main.write_text(
+        main.read_text()
+        + '\n\nraise RuntimeError("the provider refused OPENAI_API_KEY=" + '
+        + repr(APP_SECRET)
+        + ")\n"
+    )
+    path = build_artifact(src, build_dir, artifact_id=f"secret-{secrets.token_hex(4)}")
+    return Release(path, check_artifact(path).release_id)
+
+
 def _ignore_local(directory: str, names: list[str]) -> set[str]:
     return {n for n in names if n in (".venv", "__pycache__") or n.startswith(".env")}
 
@@ -656,4 +676,31 @@ def test_dry_run_changes_nothing(flow: Flow, make_release: Callable[[str], Relea
     assert f"would deploy release {release.release_id} to {flow.host.address}" in output
     assert flow.hooks.deliveries == []
     assert guest_output(flow.host, "readlink /app/ai-server/current || true").strip() == current
+    flow.assert_nothing_left(output)
+
+
+# --- secrets -------------------------------------------------------------------------------
+
+
+def test_an_app_secret_in_its_error_log_is_masked_and_sent_nowhere(
+    flow: Flow, secret_crash_release: Release, tmp_path: Path
+) -> None:
+    summary = tmp_path / "summary.md"
+    code, output = flow.deploy(
+        secret_crash_release,
+        "--data",
+        flow.env_data(),
+        env={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)},
+    )
+    assert code in (14, 15, 16), output
+    # The host's error-log tail reached the CI log, redacted; the key itself only ever in
+    # ::add-mask:: commands (which GitHub hides).
+    assert "OPENAI_API_KEY=***" in output, output
+    shown = [line for line in output.splitlines() if APP_SECRET in line]
+    assert all(line.startswith("::add-mask::") for line in shown), shown
+    sent = json.dumps([d.payload for d in flow.hooks.deliveries]) + summary.read_text()
+    assert APP_SECRET not in sent and "Traceback" not in sent and "RuntimeError" not in sent
+    _one_notification_each(
+        flow, secret_crash_release.release_id, "rollback" if code == 15 else "failure"
+    )
     flow.assert_nothing_left(output)
