@@ -249,9 +249,12 @@ def host_keys_phase(run: Run, tmp: Path) -> None:
                 why = f"could not read the host keys of {opts.instance} ({exc})"
             if found is None:
                 if opts.host_keys == "require":
-                    raise PhaseFailed("ssh", f"{why}; AI_DEPLOY_HOST_KEYS=require stops here")
+                    raise PhaseFailed(
+                        "ssh", f'{why}; stopping, since AI_DEPLOY_HOST_KEYS is "require"'
+                    )
                 _say(
-                    f"{why}: the host key is accepted on first use (AI_DEPLOY_HOST_KEYS=accept-new)"
+                    f"{why}: the host key is accepted on first use "
+                    '(AI_DEPLOY_HOST_KEYS is "accept-new")'
                 )
             else:
                 pinned = found
@@ -260,7 +263,7 @@ def host_keys_phase(run: Run, tmp: Path) -> None:
         elif opts.host_keys == "require":
             raise PhaseFailed(
                 "config",
-                "AI_DEPLOY_HOST_KEYS=require needs the instance's published keys: set GCP_ZONE "
+                'AI_DEPLOY_HOST_KEYS "require" needs the instance\'s published keys: set GCP_ZONE '
                 "and GCP_INSTANCE",
             )
         proxy = None

@@ -21,8 +21,10 @@ from google.cloud import compute_v1
 from ai_deploy.gcp.operations import CALL_TIMEOUT, compute_client, retry_transient
 
 HOSTKEYS_QUERY_PATH = "hostkeys/"
+# The IAM permission instances.getGuestAttributes needs (without it the keys are not pinned).
+PERMISSION = "compute.instances.getGuestAttributes"
 ENABLE_HINT = (
-    "enable guest attributes so the guest agent publishes the host keys: gcloud compute "
+    "to have the guest agent publish them, enable guest attributes with gcloud compute "
     "instances add-metadata {instance} --zone {zone} --project {project} "
     "--metadata enable-guest-attributes=TRUE"
 )
@@ -100,6 +102,7 @@ def enable_hint(project: str, zone: str, instance: str) -> str:
 
 __all__ = [
     "HOSTKEYS_QUERY_PATH",
+    "PERMISSION",
     "HostKey",
     "enable_hint",
     "parse_host_key",
