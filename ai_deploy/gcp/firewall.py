@@ -469,7 +469,9 @@ class _Window:
                 f"--project={w.project} --quiet"
             )
             if isinstance(exc, api_exceptions.Forbidden):
-                hint += " (the credentials lack compute.firewalls.delete)"
+                hint += " (the credentials lack compute.firewalls.delete)\n" + window_role_hint(
+                    w.project
+                )
             if pending is None:
                 raise FirewallError(hint) from exc
             logger.error("%s", hint)

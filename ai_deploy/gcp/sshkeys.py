@@ -46,6 +46,7 @@ from ai_deploy.gcp.oslogin import (
     oslogin_endpoint,
     revoke_oslogin,
 )
+from ai_deploy.gcp.permissions import window_role_hint
 from ai_deploy.gcp.sshsettings import (
     DEFAULT_KEY_TTL,
     DEFAULT_SSH_USER,
@@ -82,7 +83,7 @@ def _metadata_error(
             "compute.instances.get and compute.instances.setMetadata "
             "(roles/compute.instanceAdmin.v1) and, when the VM runs as a service account, "
             f"iam.serviceAccounts.actAs on it (roles/iam.serviceAccountUser). Google said: "
-            f"{exc.message}"
+            f"{exc.message}\n{window_role_hint(project)}"
         )
     return SshKeyError(f"cannot {action} on instance {instance}: {exc.message}")
 
