@@ -49,7 +49,9 @@ from tests.fakes.gcp import FakeGcp
 from tests.gcp.flowkit import (
     REPO_ROOT,
     DeployProcess,
+    FirewallMirror,
     GuestAgent,
+    MyIpServer,
     deploy_environment,
     guest_output,
     mutating_compute_requests,
@@ -281,13 +283,20 @@ class IapFlow:
     env_file: Path
     processes: list[DeployProcess] = field(default_factory=list)
 
-    def deploy(self, artifact: Path, *args: str, timeout: float = 300.0) -> tuple[int, str]:
+    def deploy(
+        self,
+        artifact: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 300.0,
+    ) -> tuple[int, str]:
         argv = ["--artifact", str(artifact), "--health-interval", "1", *args]
         extra = {
             "AI_DEPLOY_SSH_TRANSPORT": "iap",
             # No "what is my IP" service exists here: IAP mode must not ask one.
             "AI_DEPLOY_MYIP_URLS": "http://127.0.0.1:9/never-asked",
             "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            **(env or {}),
         }
         process = DeployProcess(argv, deploy_environment(os.environ, self.fake, extra))
         self.processes.append(process)
@@ -494,3 +503,60 @@ def test_mismatch_message_reads_the_presented_key_through_the_tunnel(
     expected = HostKey("ssh-ed25519", real["ssh-ed25519"]).fingerprint
     assert f"presented ssh-ed25519 {expected}" in message
     assert f"pinned ssh-ed25519 {wrong.fingerprint}" in message
+
+
+def _change_host_keys(host: Host) -> None:
+    guest_output(
+        host,
+        "rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub && ssh-keygen -A "
+        "&& systemctl restart ssh",
+    )
+
+
+def test_changed_host_key_stops_a_direct_deploy_before_anything_is_uploaded(
+    iap: IapFlow, release: Path, build_dir: Path
+) -> None:
+    """The same guarantee through the firewall window (no IAP): keys pinned for ssh and pyinfra
+    from guest attributes; a key changed between two runs stops the second in the SSH phase."""
+    mirror = FirewallMirror(iap.fake, iap.host)
+    myip = MyIpServer(iap.host.index)
+    direct = {"AI_DEPLOY_SSH_TRANSPORT": "direct", **myip.env()}
+    try:
+        mirror.install()
+        old = iap.real_host_keys()
+        iap.fake.publish_host_keys(old)
+        code, output = iap.deploy(release, "--data", f"env_file={iap.env_file}", env=direct)
+        assert code == 0, output
+        assert (
+            f"pinned host key ssh-ed25519 {HostKey('ssh-ed25519', old['ssh-ed25519']).fingerprint}"
+            in output
+        )
+        served = requests.get(f"http://{iap.host.address}:8000/health", timeout=5).json()
+        _change_host_keys(iap.host)
+        new = iap.real_host_keys()
+        assert new["ssh-ed25519"] != old["ssh-ed25519"]
+        before = guest_output(iap.host, LIST_UPLOADS)
+        other = build_artifact(
+            REPO_ROOT / "examples" / "ai-server",
+            build_dir,
+            artifact_id=f"direct-{secrets.token_hex(4)}",
+        )
+
+        code, output = iap.deploy(other, "--data", f"env_file={iap.env_file}", env=direct)
+
+        assert code == 13, output
+        presented = HostKey("ssh-ed25519", new["ssh-ed25519"]).fingerprint
+        pinned = HostKey("ssh-ed25519", old["ssh-ed25519"]).fingerprint
+        assert f"presented ssh-ed25519 {presented}" in output
+        assert "pinned ecdsa-sha2-nistp256" in output and pinned in output
+        assert "==> Deploy with pyinfra" not in output
+        assert guest_output(iap.host, LIST_UPLOADS) == before
+        now = requests.get(f"http://{iap.host.address}:8000/health", timeout=5).json()
+        assert now["release"] == served["release"]
+        with iap.fake.lock:
+            assert iap.fake.state.firewalls == {} or set(iap.fake.state.firewalls) == set()
+            assert "ssh-keys" not in iap.fake.state.instance.metadata
+        assert iap.tunnels() == []
+    finally:
+        mirror.close()
+        myip.stop()
