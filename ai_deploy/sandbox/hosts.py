@@ -164,10 +164,16 @@ def wait_ready(host: Host, timeout: float = BOOT_TIMEOUT_S) -> None:
                     + _console_tail(host)
                 ) from None
             time.sleep(0.1)
-    remaining = max(5.0, deadline - time.monotonic())
-    state = ssh(
-        host.address, "systemctl is-system-running --wait", timeout=remaining, check=False
-    ).strip()
+    # sshd may accept the connection before it serves logins (keys, PAM still starting): an
+    # empty answer is an SSH that did not get in, tried again until the deadline.
+    while True:
+        remaining = max(5.0, deadline - time.monotonic())
+        state = ssh(
+            host.address, "systemctl is-system-running --wait", timeout=remaining, check=False
+        ).strip()
+        if state or time.monotonic() > deadline or not host.running:
+            break
+        time.sleep(0.5)
     if state != "running":
         failed = ssh(host.address, "systemctl --failed --no-legend", check=False)
         raise SandboxError(f"sandbox host {host.name} booted {state!r}; failed units:\n{failed}")
