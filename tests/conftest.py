@@ -102,8 +102,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                     levels = {level}
                     break
         if levels & {"e2e", "gcp"}:
-            # Sandbox hosts, the shared sandbox network and timing-sensitive load tests: one
-            # worker runs them all, one after another (pyproject: --dist loadgroup).
+            # Meant to keep sandbox hosts and timing-sensitive load tests on one worker
+            # (pyproject: --dist loadgroup); measured, xdist still spreads them (README, Tests).
             item.add_marker(pytest.mark.xdist_group("hosts"))
 
 
