@@ -9,8 +9,9 @@ SSH as AI_DEPLOY_SSH_USER (default ubuntu), with the key at AI_DEPLOY_SSH_KEY wh
 keys are checked against AI_DEPLOY_SSH_KNOWN_HOSTS when set, with AI_DEPLOY_SSH_STRICT_HOST_KEYS
 (`yes` when `ai-deploy deploy` pinned the instance's published keys there, else `accept-new`:
 first use accepted); AI_DEPLOY_SSH_CONFIG names an ssh_config read for the host (through IAP it
-holds `ProxyCommand gcloud compute start-iap-tunnel INSTANCE 22 --listen-on-stdin ...`, which
-pyinfra's paramiko connector honours).
+holds `ProxyCommand gcloud compute start-iap-tunnel INSTANCE 22 --listen-on-stdin ...`; pyinfra
+reads it, but a deploy through it still hangs after the key exchange when run without a
+terminal, as `ai-deploy deploy` runs it: see the README's IAP section).
 """
 
 import os

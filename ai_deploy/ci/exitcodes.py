@@ -54,8 +54,9 @@ exit codes:
    2  bad input (artifact, settings, key): nothing was touched
   10  GCP authentication, or the instance could not be read
   11  the runner's address could not be found
-  12  the firewall window could not be opened
-  13  SSH to the host did not work
+  12  the firewall window could not be opened (IAP: no standing rule lets
+      35.235.240.0/20 reach port 22; the fix is printed)
+  13  SSH to the host did not work, or its host key is not the pinned one
   14  the deploy failed on a host (see its phase and reason)
   15  the release was not healthy (on the host or from outside) and the previous
       release was put back and is healthy
