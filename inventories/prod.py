@@ -8,10 +8,9 @@ Where the hosts are, in order:
 SSH as AI_DEPLOY_SSH_USER (default ubuntu), with the key at AI_DEPLOY_SSH_KEY when set; host
 keys are checked against AI_DEPLOY_SSH_KNOWN_HOSTS when set, with AI_DEPLOY_SSH_STRICT_HOST_KEYS
 (`yes` when `ai-deploy deploy` pinned the instance's published keys there, else `accept-new`:
-first use accepted); AI_DEPLOY_SSH_CONFIG names an ssh_config read for the host (through IAP it
-holds `ProxyCommand gcloud compute start-iap-tunnel INSTANCE 22 --listen-on-stdin ...`; pyinfra
-reads it, but a deploy through it still hangs after the key exchange when run without a
-terminal, as `ai-deploy deploy` runs it: see the README's IAP section).
+first use accepted). AI_DEPLOY_SSH_ENDPOINTS (`NAME=HOST:PORT,...`) sends SSH for host NAME to
+HOST:PORT: through IAP, `ai-deploy deploy` names the host by its instance and connects to the
+local port of `gcloud compute start-iap-tunnel INSTANCE 22 --local-host-port=localhost:0`.
 """
 
 import os
@@ -44,7 +43,20 @@ if os.environ.get("AI_DEPLOY_SSH_KNOWN_HOSTS"):
     _data["ssh_strict_host_key_checking"] = os.environ.get(
         "AI_DEPLOY_SSH_STRICT_HOST_KEYS", "accept-new"
     )
-if os.environ.get("AI_DEPLOY_SSH_CONFIG"):
-    _data["ssh_config_file"] = os.environ["AI_DEPLOY_SSH_CONFIG"]
 
-prod = [(address, dict(_data)) for address in _addresses()]
+
+def _endpoints() -> dict[str, dict[str, object]]:
+    found: dict[str, dict[str, object]] = {}
+    for item in os.environ.get("AI_DEPLOY_SSH_ENDPOINTS", "").split(","):
+        name, _, endpoint = item.strip().partition("=")
+        host, _, port = endpoint.rpartition(":")
+        if not (name and host and port.isdigit()):
+            if item.strip():
+                raise SystemExit(f"AI_DEPLOY_SSH_ENDPOINTS: {item.strip()!r} is not NAME=HOST:PORT")
+            continue
+        found[name] = {"ssh_hostname": host, "ssh_port": int(port)}
+    return found
+
+
+_where = _endpoints()
+prod = [(address, {**_data, **_where.get(address, {})}) for address in _addresses()]

@@ -1,9 +1,10 @@
 """The access phases of the CI entry that do not open a window: the instance's host keys read
 from its guest attributes and pinned for the run, and SSH through Identity-Aware Proxy (the
-standing rule checked, the tunnel as ProxyCommand)."""
+standing rule checked, gcloud's tunnel on a local port for the run)."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from ai_deploy.ci.context import Run
@@ -40,12 +41,10 @@ def _iap_target(run: Run) -> None:
     _say(f"SSH through IAP to instance {opts.instance} (zone {opts.zone}); no firewall window")
 
 
-def host_keys_phase(run: Run, tmp: Path) -> None:
+def host_keys_phase(run: Run) -> None:
     """Pin the host keys the instance's guest agent publishes (guest attributes `hostkeys/`);
     where none are published, AI_DEPLOY_HOST_KEYS says whether first use is accepted."""
-    from ai_deploy.ci.ssh import prepare_access
     from ai_deploy.gcp.hostkeys import enable_hint, published_host_keys
-    from ai_deploy.gcp.iap import IapError, tunnel_command
 
     opts = run.opts
     with run.phases.phase("host-keys", "Pin the instance's SSH host keys"):
@@ -83,15 +82,36 @@ def host_keys_phase(run: Run, tmp: Path) -> None:
                 'AI_DEPLOY_HOST_KEYS "require" needs the instance\'s published keys: set GCP_ZONE '
                 "and GCP_INSTANCE",
             )
-        proxy = None
-        if opts.ssh_transport == "iap":
-            assert run.session is not None and opts.zone and opts.instance
-            try:
-                proxy = tunnel_command(opts.instance, opts.zone, run.session.project)
-            except IapError as exc:
-                raise PhaseFailed("config", str(exc)) from exc
-        run.access = prepare_access(tmp, run.address, pinned=pinned, proxy_command=proxy)
+        run.pinned = pinned
+
+
+def access_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
+    """Where SSH connects: the host, or (IAP) the local port of gcloud's tunnel, open until the
+    run ends; known_hosts holds the pinned keys under that name."""
+    from ai_deploy.ci.ssh import prepare_access
+    from ai_deploy.ci.tunnel import iap_tunnel
+
+    opts = run.opts
+    if opts.ssh_transport != "iap":
+        run.access = prepare_access(tmp, run.address, pinned=run.pinned)
         run.known_hosts = run.access.known_hosts
+        return
+    assert run.session is not None and opts.zone and opts.instance
+    with run.phases.phase("ssh", "Open the IAP tunnel"):
+        tunnel = stack.enter_context(
+            iap_tunnel(
+                opts.instance,
+                opts.zone,
+                run.session.project,
+                wait_s=opts.ssh_wait_s,
+                environ=run.environ,
+                say=_say,
+            )
+        )
+    run.access = prepare_access(
+        tmp, tunnel.host, port=tunnel.port, pinned=run.pinned, through_iap=True
+    )
+    run.known_hosts = run.access.known_hosts
 
 
 def iap_phase(run: Run) -> None:

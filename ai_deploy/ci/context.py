@@ -27,7 +27,8 @@ class Run:
     user: str = ""
     key: Path | None = None
     known_hosts: Path | None = None
-    access: Any = None  # ai_deploy.ci.ssh.SshAccess: ProxyCommand config and pinned host keys
+    access: Any = None  # ai_deploy.ci.ssh.SshAccess: where SSH connects, pinned host keys
+    pinned: tuple[Any, ...] = ()  # ai_deploy.gcp.hostkeys.HostKey, read from guest attributes
     health_address: str = ""  # where the outside health check goes, when not `address` (IAP)
 
     def pyinfra_env(self) -> dict[str, str]:
@@ -38,8 +39,11 @@ class Run:
             env["AI_DEPLOY_SSH_KNOWN_HOSTS"] = str(self.known_hosts)
         if self.access is not None:
             env["AI_DEPLOY_SSH_STRICT_HOST_KEYS"] = self.access.strict
-            if self.access.config is not None:
-                env["AI_DEPLOY_SSH_CONFIG"] = str(self.access.config)
+            if (self.access.host, self.access.port) != (self.address, 22):
+                # Through IAP: the host keeps its instance name; SSH goes to the tunnel.
+                env["AI_DEPLOY_SSH_ENDPOINTS"] = (
+                    f"{self.address}={self.access.host}:{self.access.port}"
+                )
         return env
 
     @property

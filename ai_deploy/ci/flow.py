@@ -23,7 +23,7 @@ from ai_deploy.artifact.build import ArtifactError
 from ai_deploy.artifact.check import check_artifact
 from ai_deploy.ci import exitcodes
 from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.access import _iap_target, host_keys_phase, iap_phase
+from ai_deploy.ci.access import _iap_target, access_phase, host_keys_phase, iap_phase
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.dryrun import dry_run
 from ai_deploy.ci.health import check_health
@@ -118,11 +118,12 @@ def _phases(run: Run) -> tuple[int, str]:
         run.known_hosts = Path(tmp) / "known_hosts"
         if run.opts.dry_run:
             return dry_run(run, Path(tmp))
-        host_keys_phase(run, Path(tmp))
+        host_keys_phase(run)
         if iap:
             iap_phase(run)
         elif run.session is not None and run.runner_ip is not None:
             firewall_phase(run, stack)
+        access_phase(run, stack, Path(tmp))
         ssh_phase(run, stack, Path(tmp))
         code, message = deploy_phase(run)
         if code != exitcodes.EXIT_OK:

@@ -44,7 +44,7 @@ class DeployOptions:
     health_url: str | None = None  # default: http://ADDRESS:app_port/health_path
     ssh_wait_s: float = 180.0
     # "direct": the instance's external address through a per-run firewall window; "iap":
-    # through Identity-Aware Proxy (gcloud's tunnel as ProxyCommand), no window, no external IP
+    # through Identity-Aware Proxy (gcloud's tunnel on a local port), no window, no external IP
     ssh_transport: str = "direct"
     # where guest attributes publish no host keys: "accept-new" (trust on first use, said in
     # the output) or "require" (stop)

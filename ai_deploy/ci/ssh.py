@@ -1,7 +1,7 @@
 """SSH from the runner: a provided private key written for the run, how the run reaches the host
-(an ssh_config with IAP's ProxyCommand, a known_hosts file with the pinned host keys), and the
-wait until SSH with the run's key works (the guest agent adds keys asynchronously). A host that
-presents a key other than the pinned ones stops the wait at once, naming both."""
+(directly, or through the IAP tunnel's local port; a known_hosts file with the pinned host keys),
+and the wait until SSH with the run's key works (the guest agent adds keys asynchronously). A
+host that presents a key other than the pinned ones stops the wait at once, naming both."""
 
 from __future__ import annotations
 
@@ -21,35 +21,39 @@ HOST_KEY_FAILED = "Host key verification failed"
 
 @dataclass(frozen=True)
 class SshAccess:
-    """How this run reaches ADDRESS: `config` (an ssh_config holding the ProxyCommand) or
-    None for a direct connection; `pinned` host keys (empty: first use is accepted)."""
+    """Where this run's SSH connects (HOST:PORT: the host itself, or the IAP tunnel's local
+    port) and the `pinned` host keys (empty: first use is accepted)."""
 
     known_hosts: Path
-    config: Path | None = None
-    proxy_command: str | None = None
+    host: str
+    port: int = 22
     pinned: tuple[HostKey, ...] = ()
+    through_iap: bool = False
 
     @property
     def strict(self) -> str:
         return "yes" if self.pinned else "accept-new"
 
+    @property
+    def known_hosts_name(self) -> str:
+        """The name ssh and paramiko look up in known_hosts for HOST:PORT."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
 
 def prepare_access(
     directory: Path,
-    address: str,
+    host: str,
     *,
+    port: int = 22,
     pinned: Sequence[HostKey] = (),
-    proxy_command: str | None = None,
+    through_iap: bool = False,
 ) -> SshAccess:
-    """Write DIRECTORY/known_hosts (the pinned keys for ADDRESS, or empty) and, with a
-    PROXY_COMMAND, DIRECTORY/ssh_config sending ADDRESS through it."""
-    known_hosts = directory / "known_hosts"
-    known_hosts.write_text("".join(k.known_hosts_line(address) + "\n" for k in pinned))
-    config = None
-    if proxy_command is not None:
-        config = directory / "ssh_config"
-        config.write_text(f"Host {address}\n  ProxyCommand {proxy_command}\n")
-    return SshAccess(known_hosts, config, proxy_command, tuple(pinned))
+    """Write DIRECTORY/known_hosts: the pinned keys for HOST:PORT, or nothing."""
+    access = SshAccess(directory / "known_hosts", host, port, tuple(pinned), through_iap)
+    access.known_hosts.write_text(
+        "".join(k.known_hosts_line(access.known_hosts_name) + "\n" for k in pinned)
+    )
+    return access
 
 
 def provided_key(environ: Mapping[str, str], directory: Path) -> Path:
@@ -73,10 +77,10 @@ def provided_key(environ: Mapping[str, str], directory: Path) -> Path:
 
 
 def ssh_options(key: Path, known_hosts: Path, access: SshAccess | None = None) -> list[str]:
-    config = ["-F", str(access.config)] if access is not None and access.config else []
+    port = ["-p", str(access.port)] if access is not None and access.port != 22 else []
     strict = access.strict if access is not None else "accept-new"
     return [
-        *config,
+        *port,
         "-i",
         str(key),
         "-o",
@@ -109,11 +113,12 @@ def wait_for_ssh(
     refused for a while; a provided key that is refused will stay refused, so that ends the
     wait at once, and so does a host key other than the pinned ones (nothing is sent then)."""
     deadline = time.monotonic() + wait_s
+    target = access.host if access is not None else address
     attempt = 0
     while True:
         attempt += 1
         proc = subprocess.run(
-            ["ssh", *ssh_options(key, known_hosts, access), f"{user}@{address}", "true"],
+            ["ssh", *ssh_options(key, known_hosts, access), f"{user}@{target}", "true"],
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
@@ -140,7 +145,7 @@ def wait_for_ssh(
                 + (
                     "that IAP's standing rule matches the instance's tag, that gcloud can open "
                     "the tunnel (roles/iap.tunnelResourceAccessor) and that its guest agent runs"
-                    if access is not None and access.proxy_command
+                    if access is not None and access.through_iap
                     else "that the firewall rule's tag matches the instance and that its guest "
                     "agent runs"
                 ),
@@ -151,20 +156,16 @@ def wait_for_ssh(
 
 
 def presented_host_key(
-    address: str, key_types: Sequence[str], proxy_command: str | None = None, timeout: float = 15
+    host: str, port: int, key_types: Sequence[str], timeout: float = 15
 ) -> HostKey:
-    """The host key ADDRESS:22 presents when the client offers only KEY_TYPES (as OpenSSH does
+    """The host key HOST:PORT presents when the client offers only KEY_TYPES (as OpenSSH does
     when known_hosts holds keys of those types); key exchange only, no authentication."""
+    import socket
+
     import paramiko
 
-    sock: object
-    if proxy_command is not None:
-        sock = paramiko.ProxyCommand(proxy_command)
-    else:
-        import socket
-
-        sock = socket.create_connection((address, 22), timeout=timeout)
-    transport = paramiko.Transport(sock)  # type: ignore[arg-type]
+    sock = socket.create_connection((host, port), timeout=timeout)
+    transport = paramiko.Transport(sock)
     try:
         options = transport.get_security_options()
         wanted = set(key_types)
@@ -185,9 +186,7 @@ def host_key_mismatch(address: str, access: SshAccess) -> str:
     and fingerprint, when it can be read) and what was pinned."""
     pinned = ", ".join(f"{k.key_type} {k.fingerprint}" for k in access.pinned)
     try:
-        seen = presented_host_key(
-            address, [k.key_type for k in access.pinned], access.proxy_command
-        )
+        seen = presented_host_key(access.host, access.port, [k.key_type for k in access.pinned])
         presented = f"presented {seen.key_type} {seen.fingerprint}"
     except Exception as exc:  # the refusal stands; only the detail is missing
         presented = f"presented a key that could not be read back ({type(exc).__name__}: {exc})"

@@ -4,14 +4,14 @@
 What the VPC must already allow (checked here, never created): ingress from IAP's forwarding
 range 35.235.240.0/20 to tcp:22 of the instance's tag. What the caller needs:
 roles/iap.tunnelResourceAccessor. The tunnel itself is `gcloud compute start-iap-tunnel
-INSTANCE 22 --listen-on-stdin --zone Z --project P`, used as SSH's ProxyCommand.
+INSTANCE 22 --local-host-port=localhost:0 --zone Z --project P`, run for the deploy; ssh and
+pyinfra connect to the local port it reports (ai_deploy/ci/tunnel.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import shlex
 from dataclasses import dataclass
 
 from google.auth.credentials import Credentials
@@ -45,26 +45,23 @@ class StandingRule:
     source_ranges: tuple[str, ...]
 
 
-def tunnel_command(instance: str, zone: str, project: str) -> str:
-    """The ProxyCommand: gcloud's own IAP tunnel on stdin/stdout."""
+def tunnel_argv(instance: str, zone: str, project: str) -> list[str]:
+    """gcloud's arguments for an IAP tunnel to INSTANCE:22 on a local port it chooses (and
+    reports as "Listening on port [N].")."""
     for what, value in (("instance", instance), ("zone", zone), ("project", project)):
         if not _NAME_RE.fullmatch(value):
             raise IapError(f"{what} name {value!r} is not a valid GCP name")
-    return " ".join(
-        shlex.quote(a)
-        for a in (
-            "gcloud",
-            "compute",
-            "start-iap-tunnel",
-            instance,
-            str(SSH_PORT),
-            "--listen-on-stdin",
-            "--zone",
-            zone,
-            "--project",
-            project,
-        )
-    )
+    return [
+        "compute",
+        "start-iap-tunnel",
+        instance,
+        str(SSH_PORT),
+        "--local-host-port=localhost:0",
+        "--zone",
+        zone,
+        "--project",
+        project,
+    ]
 
 
 def _allows_ssh(allowed: compute_v1.Allowed) -> bool:
@@ -160,5 +157,5 @@ __all__ = [
     "find_standing_rule",
     "missing_rule_message",
     "require_standing_rule",
-    "tunnel_command",
+    "tunnel_argv",
 ]

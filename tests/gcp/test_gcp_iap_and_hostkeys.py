@@ -3,9 +3,10 @@ guest attributes, with the real google-cloud-compute client against the loopback
 
 The fast tests read guest attributes and firewall rules through the fake. The sandbox tests run
 `ai-deploy deploy` as CI does, with AI_DEPLOY_SSH_TRANSPORT=iap: a stand-in `gcloud` first on
-PATH records its arguments and, for `compute start-iap-tunnel INSTANCE 22 --listen-on-stdin`,
-carries stdin/stdout to the test's own sandbox host's port 22 (the only address it reaches),
-the way IAP's tunnel carries them to the VM. The fake publishes the sandbox host's real host keys
+PATH records its arguments and, for `compute start-iap-tunnel INSTANCE 22
+--local-host-port=localhost:0`, listens on a loopback port it reports as gcloud does and carries
+each connection to the test's own sandbox host's port 22 (the only address it reaches), the way
+IAP's tunnel carries it to the VM. The fake publishes the sandbox host's real host keys
 as the guest agent would; changing them on the host between two runs must stop the second run
 before anything is uploaded.
 
@@ -33,6 +34,7 @@ from ai_deploy.artifact.build import build_artifact
 from ai_deploy.artifact.check import check_artifact
 from ai_deploy.ci.options import DeployOptions, PhaseFailed
 from ai_deploy.ci.ssh import SshAccess, host_key_mismatch, prepare_access, ssh_options
+from ai_deploy.ci.tunnel import iap_tunnel
 from ai_deploy.gcp.hostkeys import HostKey, parse_host_key, published_host_keys
 from ai_deploy.gcp.iap import (
     IAP_ROLE,
@@ -41,7 +43,7 @@ from ai_deploy.gcp.iap import (
     create_rule_command,
     find_standing_rule,
     require_standing_rule,
-    tunnel_command,
+    tunnel_argv,
 )
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.hosts import Host
@@ -106,27 +108,37 @@ def test_host_key_values_in_either_form_are_parsed() -> None:
     assert parse_host_key("", ED25519_BLOB) is None
 
 
-def test_pinned_keys_make_ssh_strict_and_iap_uses_a_proxy_command(tmp_path: Path) -> None:
+def test_pinned_keys_make_ssh_strict_and_iap_uses_the_tunnels_local_port(
+    tmp_path: Path,
+) -> None:
     key = HostKey("ssh-ed25519", ED25519_BLOB)
-    proxy = tunnel_command("ai-server-prod", "asia-northeast3-a", "dojangkok-ai")
-    assert proxy == (
-        "gcloud compute start-iap-tunnel ai-server-prod 22 --listen-on-stdin "
-        "--zone asia-northeast3-a --project dojangkok-ai"
-    )
-    access = prepare_access(tmp_path, "ai-server-prod", pinned=[key], proxy_command=proxy)
+    argv = tunnel_argv("ai-server-prod", "asia-northeast3-a", "dojangkok-ai")
+    assert argv == [
+        "compute",
+        "start-iap-tunnel",
+        "ai-server-prod",
+        "22",
+        "--local-host-port=localhost:0",
+        "--zone",
+        "asia-northeast3-a",
+        "--project",
+        "dojangkok-ai",
+    ]
+    access = prepare_access(tmp_path, "127.0.0.1", port=40022, pinned=[key], through_iap=True)
     assert access.strict == "yes"
-    assert access.known_hosts.read_text() == f"ai-server-prod ssh-ed25519 {ED25519_BLOB}\n"
-    assert access.config is not None
-    assert access.config.read_text() == f"Host ai-server-prod\n  ProxyCommand {proxy}\n"
+    # ssh and paramiko look a port other than 22 up as [HOST]:PORT.
+    assert access.known_hosts.read_text() == f"[127.0.0.1]:40022 ssh-ed25519 {ED25519_BLOB}\n"
     options = ssh_options(tmp_path / "id", access.known_hosts, access)
-    assert options[:2] == ["-F", str(access.config)]
+    assert options[:2] == ["-p", "40022"]
     assert "StrictHostKeyChecking=yes" in options
     (tmp_path / "direct").mkdir()
     loose = prepare_access(tmp_path / "direct", "10.0.0.9")
     assert loose.known_hosts.read_text() == ""
-    assert loose.strict == "accept-new" and loose.config is None
+    assert loose.strict == "accept-new" and "-p" not in ssh_options(
+        tmp_path / "id", loose.known_hosts, loose
+    )
     with pytest.raises(IapError):
-        tunnel_command("vm;rm -rf /", "zone", "project")
+        tunnel_argv("vm;rm -rf /", "zone", "project")
 
 
 def test_unknown_transport_or_host_key_setting_is_a_config_error(tmp_path: Path) -> None:
@@ -240,36 +252,45 @@ def release(build_dir: Path) -> Path:
 
 STAND_IN_GCLOUD = """#!{python}
 # A stand-in for `gcloud compute start-iap-tunnel` (written by {test}): records its arguments,
-# then carries stdin/stdout to the sandbox host's port 22 as IAP's tunnel carries them.
-import json, os, socket, sys, threading
+# listens on a loopback port of its choosing, says so as gcloud does ("Listening on port [N]."),
+# and carries each connection to the sandbox host's port 22 as IAP's tunnel carries it.
+import json, socket, sys, threading
 args = sys.argv[1:]
 with open({log!r}, "a") as log:
     log.write(json.dumps(args) + "\\n")
-want = ["compute", "start-iap-tunnel", {instance!r}, "22", "--listen-on-stdin",
+want = ["compute", "start-iap-tunnel", {instance!r}, "22", "--local-host-port=localhost:0",
         "--zone", {zone!r}, "--project", {project!r}]
 if args != want:
     sys.stderr.write("stand-in gcloud: unexpected arguments %r\\n" % (args,))
     sys.exit(2)
-sock = socket.create_connection(({address!r}, 22), timeout=10)
-sock.settimeout(None)
-def upstream():
-    while True:
-        data = os.read(0, 65536)
-        if not data:
-            break
-        sock.sendall(data)
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(16)
+sys.stderr.write("Testing if tunnel connection works.\\n")
+sys.stderr.write("Listening on port [%d].\\n" % server.getsockname()[1])
+sys.stderr.flush()
+def carry(src, dst):
     try:
-        sock.shutdown(socket.SHUT_WR)
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
     except OSError:
         pass
-threading.Thread(target=upstream, daemon=True).start()
+    for sock in (dst, src):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 while True:
-    data = sock.recv(65536)
-    if not data:
-        break
-    view = memoryview(data)
-    while view:
-        view = view[os.write(1, view):]
+    client, _ = server.accept()
+    with open({connections!r}, "a") as log:
+        log.write("connection\\n")
+    upstream = socket.create_connection(({address!r}, 22), timeout=10)
+    upstream.settimeout(None)
+    threading.Thread(target=carry, args=(client, upstream), daemon=True).start()
+    threading.Thread(target=carry, args=(upstream, client), daemon=True).start()
 """
 
 
@@ -311,6 +332,10 @@ class IapFlow:
         if not self.gcloud_log.exists():
             return []
         return [json.loads(line) for line in self.gcloud_log.read_text().splitlines()]
+
+    def tunnel_connections(self) -> int:
+        log = self.gcloud_log.parent / "tunnel-connections.log"
+        return len(log.read_text().splitlines()) if log.exists() else 0
 
     def add_standing_rule(self) -> None:
         self.fake.add_firewall("allow-ssh-from-iap", source_ranges=[IAP_SOURCE_RANGE])
@@ -359,6 +384,7 @@ def iap(
             zone=inst.zone,
             project=gcp_fake.state.project,
             address=vm_host.address,
+            connections=str(tmp_path / "tunnel-connections.log"),
         )
     )
     gcloud.chmod(gcloud.stat().st_mode | stat.S_IXUSR)
@@ -373,16 +399,6 @@ def iap(
         agent.stop()
 
 
-# pyinfra's paramiko connection through the ProxyCommand stops after key exchange when pyinfra
-# runs in a session of its own with no controlling terminal (as run_pyinfra_streamed starts it):
-# reproduced with `setsid -w pyinfra ... exec -- true`; the same run from a terminal connects.
-# Not run until that is fixed, since it hangs until the deploy's timeout.
-PYINFRA_THROUGH_PROXY_HANGS = pytest.mark.xfail(
-    run=False, reason="pyinfra through ProxyCommand hangs after kex without a controlling tty"
-)
-
-
-@PYINFRA_THROUGH_PROXY_HANGS
 def test_iap_deploy_is_healthy_without_any_firewall_change(iap: IapFlow, release: Path) -> None:
     iap.add_standing_rule()
     keys = iap.real_host_keys()
@@ -400,15 +416,17 @@ def test_iap_deploy_is_healthy_without_any_firewall_change(iap: IapFlow, release
         "start-iap-tunnel",
         inst.name,
         "22",
-        "--listen-on-stdin",
+        "--local-host-port=localhost:0",
         "--zone",
         inst.zone,
         "--project",
         iap.fake.state.project,
     ]
-    # The wait for SSH and pyinfra's connection both went through the tunnel.
-    assert iap.tunnels() and all(call == tunnel for call in iap.tunnels()), iap.tunnels()
-    assert len(iap.tunnels()) >= 2
+    # One tunnel for the run; the wait for SSH and pyinfra's connection both went through it,
+    # and it is gone afterwards.
+    assert iap.tunnels() == [tunnel], iap.tunnels()
+    assert iap.tunnel_connections() >= 2
+    assert "IAP tunnel to" in output and "listens on 127.0.0.1:" in output
     assert iap.firewall_calls() == []
     assert "firewall rule allow-ssh-from-iap lets IAP" in output
     assert "runner address" not in output
@@ -449,7 +467,6 @@ def test_guest_attributes_off_with_require_stops_naming_the_setting(
     assert iap.tunnels() == [] and mutating_compute_requests(iap.fake) == []
 
 
-@PYINFRA_THROUGH_PROXY_HANGS
 def test_changed_host_key_stops_the_next_run_before_anything_is_uploaded(
     iap: IapFlow, release: Path, build_dir: Path
 ) -> None:
@@ -490,16 +507,18 @@ def test_changed_host_key_stops_the_next_run_before_anything_is_uploaded(
 
 
 def test_mismatch_message_reads_the_presented_key_through_the_tunnel(
-    iap: IapFlow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    iap: IapFlow, tmp_path: Path
 ) -> None:
-    """The probe behind the message: key exchange only, through the same ProxyCommand."""
+    """The probe behind the message: key exchange only, through the same tunnel."""
     inst = iap.fake.state.instance
-    proxy = tunnel_command(inst.name, inst.zone, iap.fake.state.project)
-    monkeypatch.setenv("PATH", f"{iap.bin_dir}:{os.environ.get('PATH', '')}")
+    environ = {**os.environ, "PATH": f"{iap.bin_dir}:{os.environ.get('PATH', '')}"}
     real = iap.real_host_keys()
     wrong = HostKey("ssh-ed25519", ED25519_BLOB)
-    access = SshAccess(tmp_path / "known_hosts", None, proxy, (wrong,))
-    message = host_key_mismatch(inst.name, access)
+    with iap_tunnel(
+        inst.name, inst.zone, iap.fake.state.project, wait_s=30, environ=environ
+    ) as tunnel:
+        access = SshAccess(tmp_path / "known_hosts", tunnel.host, tunnel.port, (wrong,), True)
+        message = host_key_mismatch(inst.name, access)
     expected = HostKey("ssh-ed25519", real["ssh-ed25519"]).fingerprint
     assert f"presented ssh-ed25519 {expected}" in message
     assert f"pinned ssh-ed25519 {wrong.fingerprint}" in message

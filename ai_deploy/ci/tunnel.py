@@ -1,0 +1,150 @@
+"""The IAP tunnel for one run: `gcloud compute start-iap-tunnel INSTANCE 22
+--local-host-port=localhost:0` started in the background, the local port it listens on read from
+its output ("Listening on port [N]."), and the process ended on every exit of the run.
+
+ssh and pyinfra then connect to 127.0.0.1:N like any host. (pyinfra's paramiko connection
+through a ProxyCommand stops after key exchange when pyinfra runs without a controlling
+terminal, as the CI entry runs it; a plain local port has no such problem.)"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ai_deploy.ci.options import PhaseFailed
+from ai_deploy.gcp.iap import IapError, tunnel_argv
+
+LISTENING_RE = re.compile(r"Listening on port \[(\d+)\]")
+LOCAL_HOST = "127.0.0.1"
+STOP_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """Where the instance's port 22 answers for this run."""
+
+    instance: str
+    host: str
+    port: int
+
+    @property
+    def known_hosts_name(self) -> str:
+        """How ssh and paramiko name this endpoint in known_hosts (a port other than 22)."""
+        return f"[{self.host}]:{self.port}"
+
+
+def _pump(stream: object, lines: queue.Queue[str | None], keep: list[str]) -> None:
+    """Every line of gcloud's output to LINES (while someone waits) and the last ones to KEEP;
+    read to the end, so gcloud never blocks on a full pipe."""
+    for line in stream:  # type: ignore[attr-defined]
+        keep.append(line.rstrip("\n"))
+        del keep[:-20]
+        lines.put(line)
+    lines.put(None)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, STOP_WAIT_S), (signal.SIGKILL, STOP_WAIT_S)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextmanager
+def iap_tunnel(
+    instance: str,
+    zone: str,
+    project: str,
+    *,
+    wait_s: float,
+    environ: Mapping[str, str],
+    say: Callable[[str], None] = print,
+) -> Iterator[Tunnel]:
+    """gcloud's IAP tunnel to INSTANCE:22 on a local port, for the duration of the block."""
+    try:
+        argv = tunnel_argv(instance, zone, project)
+    except IapError as exc:
+        raise PhaseFailed("config", str(exc)) from exc
+    gcloud = shutil.which("gcloud", path=environ.get("PATH"))
+    if gcloud is None:
+        raise PhaseFailed(
+            "config",
+            "AI_DEPLOY_SSH_TRANSPORT=iap runs `gcloud compute start-iap-tunnel`, and gcloud is "
+            "not on PATH: install the Cloud SDK (GitHub's ubuntu runners have it; elsewhere "
+            "google-github-actions/setup-gcloud) or use the firewall window (direct)",
+        )
+    proc = subprocess.Popen(
+        [gcloud, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(environ),
+        start_new_session=True,  # ended by us, after pyinfra has released the host's lock
+    )
+    try:
+        lines: queue.Queue[str | None] = queue.Queue()
+        last: list[str] = []
+        threading.Thread(target=_pump, args=(proc.stdout, lines, last), daemon=True).start()
+        port = _wait_for_port(proc, lines, last, wait_s, instance)
+        say(f"IAP tunnel to {instance}:22 listens on {LOCAL_HOST}:{port}")
+        yield Tunnel(instance, LOCAL_HOST, port)
+    finally:
+        _stop(proc)
+
+
+def _wait_for_port(
+    proc: subprocess.Popen[str],
+    lines: queue.Queue[str | None],
+    last: list[str],
+    wait_s: float,
+    instance: str,
+) -> int:
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            line = lines.get(timeout=max(left, 0.01)) if left > 0 else None
+        except queue.Empty:
+            line = None
+            left = 0
+        if line is not None:
+            found = LISTENING_RE.search(line)
+            if found:
+                return int(found.group(1))
+            continue
+        said = " | ".join(x for x in last[-5:] if x.strip()) or "no output"
+        if left <= 0:
+            why = f"did not report a local port within {wait_s:.0f} s ({said})"
+        else:
+            try:
+                proc.wait(timeout=STOP_WAIT_S)
+                why = f"exited {proc.returncode} ({said})"
+            except subprocess.TimeoutExpired:
+                why = f"closed its output without reporting a local port ({said})"
+        raise PhaseFailed(
+            "ssh",
+            f"gcloud compute start-iap-tunnel to {instance} {why}; check gcloud's credentials "
+            "(the auth step's credentials file), roles/iap.tunnelResourceAccessor and the "
+            "standing rule for 35.235.240.0/20",
+        )
+
+
+__all__ = ["LISTENING_RE", "Tunnel", "iap_tunnel"]
