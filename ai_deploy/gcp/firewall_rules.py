@@ -18,6 +18,7 @@ from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import Credentials
 
 from ai_deploy.gcp import GcpError, compute
+from ai_deploy.gcp.github_runs import RunStatus
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def _stale_because(
     now: datetime,
     older_than: timedelta,
     environ: Mapping[str, str],
+    runs: RunStatus | None = None,
 ) -> str | None:
     """Why RULE is a leftover that may be deleted now, or None to leave it."""
     run = _rule_run(rule.description)
@@ -111,6 +113,8 @@ def _stale_because(
         attempt = int(environ.get("GITHUB_RUN_ATTEMPT", "1") or "1")
         if run[1] < attempt:
             return f"its run {run[0]} attempt {run[1]} is over (this is attempt {attempt})"
+    elif run and runs is not None and runs.is_over(run[0]):
+        return f"its run {run[0]} is over (GitHub says completed)"
     expiry = _rule_expiry(rule.description)
     if expiry is not None:
         return f"it expired at {expiry:%Y-%m-%dT%H:%M:%SZ}" if now >= expiry else None
@@ -141,8 +145,9 @@ def sweep_stale_rules(
     """Delete PREFIX* rules that are leftovers of runs that ended; returns the names deleted.
 
     A leftover is a rule whose `ai-deploy-expires=` mark has passed, a rule of an earlier
-    attempt of this same GitHub run (`ai-deploy-run=`), or a rule without an expiry mark
-    created more than OLDER_THAN ago. Best effort: a failure to list or delete is logged as
+    attempt of this same GitHub run (`ai-deploy-run=`), a rule of another run that GitHub
+    says is completed (asked with GITHUB_TOKEN; see github_runs), or a rule without an expiry
+    mark created more than OLDER_THAN ago. Best effort: a failure to list or delete is logged as
     a warning and never raised, since a leftover rule must not block a deploy. KEEP is left
     alone.
     """
@@ -162,8 +167,9 @@ def sweep_stale_rules(
         logger.warning("cannot list firewall rules to sweep old %s* rules: %s", prefix, exc)
         return []
     swept: list[str] = []
+    runs = RunStatus(env)
     for rule in rules:
-        why = None if rule.name == keep else _stale_because(rule, now, older_than, env)
+        why = None if rule.name == keep else _stale_because(rule, now, older_than, env, runs)
         if why is None:
             continue
         logger.info("deleting stale firewall rule %s: %s", rule.name, why)

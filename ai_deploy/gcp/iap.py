@@ -24,9 +24,7 @@ IAP_SOURCE_RANGE = "35.235.240.0/20"
 IAP_ROLE = "roles/iap.tunnelResourceAccessor"
 SSH_PORT = 22
 TRANSPORTS = ("direct", "iap")
-# What IAP mode's own Compute calls need (the ephemeral key's metadata calls aside): the rule
-# check lists firewalls; the tunnel needs IAP_ROLE (iap.tunnelInstances.accessViaIAP) on top.
-IAP_CHECK_PERMISSIONS = ("compute.firewalls.list", "compute.instances.get")
+# What IAP mode's calls need: ai_deploy.gcp.permissions.IAP_PERMISSIONS.
 DEFAULT_RULE_NAME = "allow-ssh-from-iap"
 # Names gcloud accepts for instances, zones and projects; anything else is refused before it
 # reaches a shell command line.
@@ -147,7 +145,6 @@ def require_standing_rule(
 
 
 __all__ = [
-    "IAP_CHECK_PERMISSIONS",
     "IAP_ROLE",
     "IAP_SOURCE_RANGE",
     "TRANSPORTS",

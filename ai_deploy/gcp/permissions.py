@@ -1,36 +1,78 @@
-"""The least-privilege custom role for the firewall-window mode: exactly the IAM permissions
-its Compute calls need, as a definition for `gcloud iam roles create --file`.
+"""The least-privilege custom roles: exactly the IAM permissions each access mode's calls need,
+as definitions for `gcloud iam roles create --file`.
 
-Calls and the permission each needs: firewalls insert (compute.firewalls.create, plus
-compute.networks.updatePolicy on the rule's network), get, delete, list; global operations
-get and wait (both compute.globalOperations.get); instances get and setMetadata; zone
-operations get and wait (compute.zoneOperations.get). On an instance that runs as a service
-account, setMetadata also needs iam.serviceAccounts.actAs on that account (granted on the
-account, not in this project-level role).
+Every mode reads the instance (compute.instances.get), its published host keys
+(instances.getGuestAttributes: compute.instances.getGuestAttributes) and the project's
+metadata, to see whether OS Login is on project-wide (projects.get: compute.projects.get).
+The short-lived key as an `ssh-keys` entry: instances.setMetadata and the zone operation's
+get/wait (compute.zoneOperations.get). The firewall window: firewalls insert
+(compute.firewalls.create, plus compute.networks.updatePolicy on the rule's network), get,
+delete, list, and the global operation's get/wait (compute.globalOperations.get). IAP: the
+standing rule is listed (compute.firewalls.list), the tunnel needs
+iap.tunnelInstances.accessViaIAP. OS Login instead of the `ssh-keys` entry: no setMetadata, but
+compute.instances.osAdminLogin (the deploy uses sudo); the OS Login API's key import and delete
+on the principal's own account need no further permission. On an instance that runs as a
+service account, setMetadata and OS Login also need iam.serviceAccounts.actAs on that account
+(granted on the account, not in a project-level role).
 """
 
 from __future__ import annotations
 
 WINDOW_ROLE_ID = "aiDeploySshWindow"
+IAP_ROLE_ID = "aiDeploySshIap"
 
-WINDOW_PERMISSIONS: tuple[str, ...] = (
-    "compute.firewalls.create",
-    "compute.firewalls.delete",
-    "compute.firewalls.get",
-    "compute.firewalls.list",
-    "compute.globalOperations.get",
+READ_INSTANCE: tuple[str, ...] = (
     "compute.instances.get",
-    "compute.instances.setMetadata",
-    "compute.networks.updatePolicy",
-    "compute.zoneOperations.get",
+    "compute.instances.getGuestAttributes",
+    "compute.projects.get",
+)
+METADATA_KEY: tuple[str, ...] = ("compute.instances.setMetadata", "compute.zoneOperations.get")
+OSLOGIN_KEY: tuple[str, ...] = ("compute.instances.osAdminLogin",)
+
+WINDOW_PERMISSIONS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            *READ_INSTANCE,
+            *METADATA_KEY,
+            "compute.firewalls.create",
+            "compute.firewalls.delete",
+            "compute.firewalls.get",
+            "compute.firewalls.list",
+            "compute.globalOperations.get",
+            "compute.networks.updatePolicy",
+        }
+    )
+)
+IAP_PERMISSIONS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            *READ_INSTANCE,
+            *METADATA_KEY,
+            "compute.firewalls.list",
+            "iap.tunnelInstances.accessViaIAP",
+        }
+    )
 )
 
-WINDOW_ROLE_YAML = (
-    "title: ai-deploy SSH window\n"
-    "description: Opens and closes ai-deploy's temporary SSH firewall rule and adds its "
-    "short-lived SSH key\n"
-    "stage: GA\n"
-    "includedPermissions:\n" + "".join(f"- {p}\n" for p in WINDOW_PERMISSIONS)
+
+def _role_yaml(title: str, description: str, permissions: tuple[str, ...]) -> str:
+    return (
+        f"title: {title}\n"
+        f"description: {description}\n"
+        "stage: GA\n"
+        "includedPermissions:\n" + "".join(f"- {p}\n" for p in permissions)
+    )
+
+
+WINDOW_ROLE_YAML = _role_yaml(
+    "ai-deploy SSH window",
+    "Opens and closes ai-deploy's temporary SSH firewall rule and adds its short-lived SSH key",
+    WINDOW_PERMISSIONS,
+)
+IAP_ROLE_YAML = _role_yaml(
+    "ai-deploy SSH through IAP",
+    "Reaches the instance through IAP TCP forwarding and adds ai-deploy's short-lived SSH key",
+    IAP_PERMISSIONS,
 )
 
 
@@ -46,4 +88,15 @@ def window_role_hint(project: str) -> str:
     )
 
 
-__all__ = ["WINDOW_PERMISSIONS", "WINDOW_ROLE_ID", "WINDOW_ROLE_YAML", "window_role_hint"]
+__all__ = [
+    "IAP_PERMISSIONS",
+    "IAP_ROLE_ID",
+    "IAP_ROLE_YAML",
+    "METADATA_KEY",
+    "OSLOGIN_KEY",
+    "READ_INSTANCE",
+    "WINDOW_PERMISSIONS",
+    "WINDOW_ROLE_ID",
+    "WINDOW_ROLE_YAML",
+    "window_role_hint",
+]

@@ -31,6 +31,7 @@ from ai_deploy.artifact.build import build_artifact
 from ai_deploy.artifact.check import check_artifact
 from ai_deploy.gcp.auth import load_credentials
 from ai_deploy.gcp.firewall import firewall_window
+from ai_deploy.gcp.permissions import WINDOW_PERMISSIONS
 from ai_deploy.gcp.sshkeys import generate_key_pair, ssh_keys_entry
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.hosts import Host
@@ -53,6 +54,7 @@ from tests.gcp.flowkit import (
     ssh_port_state,
     wait_until,
 )
+from tests.gcp.permission_table import compute_permissions
 
 pytestmark = [pytest.mark.gcp]
 
@@ -423,6 +425,8 @@ def test_full_flow_deploys_through_a_window_that_closes(
     assert f"http://{flow.host.address}:8000/health answered 200 on attempt" in output
     _one_notification_each(flow, release.release_id, "success")
     flow.assert_nothing_left(output)
+    # The README's custom role is exactly what this whole run used.
+    assert compute_permissions(fake.requests) == set(WINDOW_PERMISSIONS)
 
 
 # --- the rule (and the key) go on every way out --------------------------------------------

@@ -45,6 +45,7 @@ from ai_deploy.gcp.iap import (
     require_standing_rule,
     tunnel_argv,
 )
+from ai_deploy.gcp.permissions import IAP_PERMISSIONS
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.hosts import Host
 from tests.fakes.gcp import FakeGcp
@@ -58,6 +59,7 @@ from tests.gcp.flowkit import (
     guest_output,
     mutating_compute_requests,
 )
+from tests.gcp.permission_table import compute_permissions
 
 pytestmark = [pytest.mark.gcp]
 
@@ -435,6 +437,11 @@ def test_iap_deploy_is_healthy_without_any_firewall_change(iap: IapFlow, release
     # Only the ephemeral key's metadata changed, and it is gone again.
     assert all("/setMetadata" in call for call in mutating_compute_requests(iap.fake))
     assert "ssh-keys" not in iap.fake.state.instance.metadata
+    # The README's IAP role is exactly what this run used (the tunnel's IAP permission aside,
+    # which gcloud uses, not a Compute call).
+    assert compute_permissions(iap.fake.requests) == set(IAP_PERMISSIONS) - {
+        "iap.tunnelInstances.accessViaIAP"
+    }
 
 
 def test_iap_without_the_standing_rule_prints_the_fix(iap: IapFlow, release: Path) -> None:

@@ -31,9 +31,10 @@ from ai_deploy.gcp.firewall import (
     sweep_stale_rules,
     unique_name,
 )
-from ai_deploy.gcp.permissions import WINDOW_PERMISSIONS, WINDOW_ROLE_YAML
+from ai_deploy.gcp.permissions import IAP_ROLE_YAML, WINDOW_PERMISSIONS, WINDOW_ROLE_YAML
 from ai_deploy.gcp.sshkeys import SshSettings, ephemeral_ssh_key
 from tests.fakes.gcp import FakeGcp, RecordedRequest
+from tests.gcp.permission_table import compute_permissions
 
 pytestmark = pytest.mark.gcp
 
@@ -478,16 +479,19 @@ def test_sigterm_while_the_insert_runs_leaves_no_rule(
     assert [r.path.rsplit("/", 1)[1] for r in _deletes(fake)] == [name]
 
 
+@pytest.mark.parametrize("next_one", ["attempt", "run"])
 def test_sigint_sigterm_sigkill_while_the_insert_runs_is_swept_by_the_next_attempt(
     child_env: FakeGcp,
     child_python: Callable[[str], Any],
     token_credentials: TokenCredentials,
     monkeypatch: pytest.MonkeyPatch,
+    next_one: str,
 ) -> None:
     """GitHub's cancel: SIGINT, SIGTERM, then SIGKILL. The child, waiting for the insert to
     end so it can delete the rule, is killed first: the rule appears afterwards. The next
-    attempt of the run deletes it at its start (no 60-minute wait: the rule says which run
-    and attempt made it), and leaves nothing itself."""
+    attempt of the run, or the next run (which asks GitHub whether the rule's run is over),
+    deletes it at its start (no 60-minute wait: the rule says which run and attempt made it),
+    and leaves nothing itself."""
     fake = child_env
     fake.plan_operations("POST", INSERT, seconds=4.0)
     child = child_python(CHILD)
@@ -504,10 +508,57 @@ def test_sigint_sigterm_sigkill_while_the_insert_runs_is_swept_by_the_next_attem
     assert "ai-deploy-run=5150-1" in leftover["description"]
     assert "ai-deploy-expires=" in leftover["description"]
 
-    monkeypatch.setenv("GITHUB_RUN_ATTEMPT", "2")
+    if next_one == "attempt":
+        monkeypatch.setenv("GITHUB_RUN_ATTEMPT", "2")
+    else:
+        monkeypatch.setenv("GITHUB_RUN_ID", "5151")
+        for key, value in fake.github_api_env().items():
+            monkeypatch.setenv(key, value)
+        with fake.lock:
+            fake.state.github_runs["5150"] = "completed"
     with firewall_window(token_credentials, PROJECT, source_ip=RUNNER_IP) as window, fake.lock:
         assert set(fake.state.firewalls) == {window.name}
     _nothing_left(fake)
+    if next_one == "run":
+        (asked,) = fake.requests_to("GET", r"/actions/runs/")
+        assert asked.path.endswith("/repos/dojangkok/ai-server/actions/runs/5150")
+        assert asked.authorization == f"Bearer {fake.state.github_token}"
+
+
+def test_sweep_asks_github_about_other_runs_and_keeps_what_it_cannot_tell(
+    gcp_fake: FakeGcp, token_credentials: TokenCredentials
+) -> None:
+    """Another run's live rule goes only when GitHub says that run is completed; a run still
+    in progress, one GitHub does not know, or no token: the rule waits for its expiry."""
+    later = datetime.now(timezone.utc) + timedelta(minutes=50)
+
+    def marks(run: str) -> str:
+        return f"x; ai-deploy-run={run} ai-deploy-expires={later:%Y-%m-%dT%H:%M:%SZ}"
+
+    for run in ("10", "11", "12"):
+        gcp_fake.add_firewall(f"ai-deploy-ssh-{run}-1-aaaa", description=marks(f"{run}-1"))
+    with gcp_fake.lock:
+        gcp_fake.state.github_runs.update({"10": "completed", "11": "in_progress"})
+    env = {"GITHUB_RUN_ID": "20", "GITHUB_RUN_ATTEMPT": "1"}
+
+    # Without GITHUB_TOKEN nothing is asked and nothing goes.
+    assert sweep_stale_rules(token_credentials, PROJECT, environ=env) == []
+    assert not gcp_fake.requests_to("GET", r"/actions/runs/")
+    # A token for an http address that is not loopback is never sent.
+    leaky = {**env, **gcp_fake.github_api_env(), "GITHUB_API_URL": "http://api.invalid"}
+    assert sweep_stale_rules(token_credentials, PROJECT, environ=leaky) == []
+
+    swept = sweep_stale_rules(
+        token_credentials, PROJECT, environ={**env, **gcp_fake.github_api_env()}
+    )
+    assert swept == ["ai-deploy-ssh-10-1-aaaa"]
+    assert set(gcp_fake.state.firewalls) == {"ai-deploy-ssh-11-1-aaaa", "ai-deploy-ssh-12-1-aaaa"}
+    # Each run asked once; a wrong token is a warning, not a deletion.
+    assert len(gcp_fake.requests_to("GET", r"/actions/runs/")) == 3
+    with gcp_fake.lock:
+        gcp_fake.state.github_runs["11"] = "completed"
+    wrong = {**env, **gcp_fake.github_api_env(), "GITHUB_TOKEN": "ghs-wrong"}
+    assert sweep_stale_rules(token_credentials, PROJECT, environ=wrong) == []
 
 
 def test_sweep_deletes_expired_rules_and_keeps_live_ones(
@@ -567,31 +618,6 @@ def test_default_allow_ssh_is_warned_about(
     assert "office-ssh" not in caplog.text
 
 
-def _permission(request: RecordedRequest) -> set[str]:
-    """The IAM permissions Compute checks for REQUEST (documented per method)."""
-    path, method = request.path, request.method
-    table: list[tuple[str, str, set[str]]] = [
-        (
-            "POST",
-            r"/global/firewalls$",
-            {"compute.firewalls.create", "compute.networks.updatePolicy"},
-        ),
-        ("GET", r"/global/firewalls$", {"compute.firewalls.list"}),
-        ("GET", r"/global/firewalls/[^/]+$", {"compute.firewalls.get"}),
-        ("DELETE", r"/global/firewalls/[^/]+$", {"compute.firewalls.delete"}),
-        ("GET", r"/global/operations/[^/]+$", {"compute.globalOperations.get"}),
-        ("POST", r"/global/operations/[^/]+/wait$", {"compute.globalOperations.get"}),
-        ("GET", r"/zones/[^/]+/operations/[^/]+$", {"compute.zoneOperations.get"}),
-        ("POST", r"/zones/[^/]+/operations/[^/]+/wait$", {"compute.zoneOperations.get"}),
-        ("GET", r"/zones/[^/]+/instances/[^/]+$", {"compute.instances.get"}),
-        ("POST", r"/zones/[^/]+/instances/[^/]+/setMetadata$", {"compute.instances.setMetadata"}),
-    ]
-    for m, pattern, permissions in table:
-        if m == method and re.search(pattern, path):
-            return permissions
-    pytest.fail(f"no permission known for {method} {path}: add it to the role and the README")
-
-
 def _readme_role() -> str:
     text = README.read_text()
     match = re.search(r"```yaml\n(title: ai-deploy SSH window\n.*?)```", text, re.S)
@@ -603,6 +629,7 @@ def test_custom_role_in_the_readme_is_exactly_what_the_window_mode_calls_need(
     slow_fake: FakeGcp, token_credentials: TokenCredentials
 ) -> None:
     assert _readme_role() == WINDOW_ROLE_YAML
+    assert f"```yaml\n{IAP_ROLE_YAML}```" in README.read_text()
     listed = set(re.findall(r"^- (\S+)$", _readme_role(), re.M))
     assert listed == set(WINDOW_PERMISSIONS)
 
@@ -620,7 +647,12 @@ def test_custom_role_in_the_readme_is_exactly_what_the_window_mode_calls_need(
     # A re-run that finds its own rule (an earlier try of the same create) reads it.
     slow_fake.add_firewall("ai-deploy-ssh-77-1-beef", source_ranges=[f"{RUNNER_IP}/32"])
     window_mode_run("ai-deploy-ssh-77-1-beef")
-    compute_calls = [r for r in slow_fake.requests if r.path.startswith("/compute/")]
-    used = set().union(*(_permission(r) for r in compute_calls))
-    assert used == set(WINDOW_PERMISSIONS)
+    # The window and the key alone; the whole deploy (host keys, OS Login check) is compared
+    # with the role in test_gcp_deploy_flow's full flow.
+    used = compute_permissions(slow_fake.requests)
+    assert used <= set(WINDOW_PERMISSIONS)
+    assert set(WINDOW_PERMISSIONS) - used == {
+        "compute.instances.getGuestAttributes",
+        "compute.projects.get",
+    }
     _nothing_left(slow_fake)

@@ -200,6 +200,11 @@ class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthA
                 self._instances_set_metadata,
             ),
             ("GET", re.compile(r"/github/oidc"), self._github_oidc),
+            (
+                "GET",
+                re.compile(r"/github/api/repos/(?P<repo>[^/]+/[^/]+)/actions/runs/(?P<run>\d+)"),
+                self._github_run,
+            ),
             ("POST", re.compile(r"/sts/v1/token"), self._sts_token),
             (
                 "POST",

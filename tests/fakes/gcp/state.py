@@ -56,6 +56,10 @@ class FakeState:
     provider: str = "github-provider"
     service_account: str = "github-actions@dojangkok-ai.iam.gserviceaccount.com"
     github_request_token: str = "gh-request-token"
+    # GitHub's REST API for workflow runs: run id -> status ("completed", "in_progress", ...)
+    github_repository: str = "dojangkok/ai-server"
+    github_token: str = "ghs-run-token"
+    github_runs: dict[str, str] = field(default_factory=dict)
     firewalls: dict[str, dict[str, Any]] = field(default_factory=dict)
     instance: FakeInstance = field(default_factory=FakeInstance)
     operations: dict[str, FakeOperation] = field(default_factory=dict)

@@ -38,6 +38,14 @@ class StsApi(FakeCore):
             "ACTIONS_ID_TOKEN_REQUEST_TOKEN": self.state.github_request_token,
         }
 
+    def github_api_env(self) -> dict[str, str]:
+        """What a job step sees for GitHub's REST API (GITHUB_TOKEN passed by the workflow)."""
+        return {
+            "GITHUB_API_URL": f"{self.url}/github/api",
+            "GITHUB_REPOSITORY": self.state.github_repository,
+            "GITHUB_TOKEN": self.state.github_token,
+        }
+
     def external_account_info(
         self,
         *,
@@ -72,6 +80,18 @@ class StsApi(FakeCore):
         return info
 
     # -- endpoints -----------------------------------------------------------------------------
+
+    def _github_run(
+        self, request: RecordedRequest, repo: str, run: str
+    ) -> tuple[int, dict[str, Any]]:
+        """GET /repos/{owner}/{repo}/actions/runs/{run_id}: 401 without the token, 404 for a
+        run or repository it does not know, else the run with its `status`."""
+        if request.authorization != f"Bearer {self.state.github_token}":
+            return 401, {"message": "Bad credentials"}
+        status = self.state.github_runs.get(run)
+        if repo != self.state.github_repository or status is None:
+            return 404, {"message": "Not Found"}
+        return 200, {"id": int(run), "status": status, "conclusion": None}
 
     def _github_oidc(self, request: RecordedRequest) -> tuple[int, dict[str, Any]]:
         if request.authorization != f"Bearer {self.state.github_request_token}":
