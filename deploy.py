@@ -3,6 +3,7 @@
 
 from pyinfra import config, host
 
+from ai_deploy.settings.pyinfra_hooks import check_host
 from tasks.env import env_file_present
 from tasks.gpu import gpu_driver_ready
 from tasks.layout import app_layout_present, upload_staging_dir
@@ -10,6 +11,8 @@ from tasks.release import release_serving
 from tasks.unit import unit_installed
 from tasks.uv import uv_installed
 
+# Unknown or ill-typed settings stop the run here, before this host's first operation.
+check_host(host)
 # Uploads are staged in a directory private to this deploy, made first by app_layout_present.
 config.TEMP_DIR = upload_staging_dir(host.data.app_root)
 app_layout_present()

@@ -74,6 +74,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from ai_deploy.commands.config import show_config
+
+    return show_config(args.environment, args.data, args.json)
+
+
 def _add_inventory(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-i",
@@ -177,6 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inventory(lock_release)
     lock_release.add_argument("--force", action="store_true", help="remove a live holder's lock")
     lock_release.set_defaults(func=_cmd_lock)
+
+    config = sub.add_parser(
+        "config",
+        help="every setting with its value and where it comes from (checked, secrets masked)",
+        description="Print every setting, its merged value and its source: group_data/all.py, "
+        "group_data/prod.py, ai-deploy.toml (or AI_DEPLOY_SETTINGS), its "
+        "[environments.ENV] table, --data; later ones win. Exits 2 naming each unknown or "
+        "ill-typed setting.",
+    )
+    config.add_argument(
+        "-e", "--environment", metavar="ENV", help="apply [environments.ENV] of ai-deploy.toml"
+    )
+    config.add_argument(
+        "--data", action="append", default=[], metavar="KEY=VALUE", help="as pyinfra's --data"
+    )
+    config.add_argument("--json", action="store_true", help="a JSON list of name, value, source")
+    config.set_defaults(func=_cmd_config)
 
     demo = sub.add_parser(
         "demo", help="deploy the example AI server to a local sandbox host and print its URL"

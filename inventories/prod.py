@@ -11,9 +11,18 @@ keys are checked against AI_DEPLOY_SSH_KNOWN_HOSTS when set, with AI_DEPLOY_SSH_
 first use accepted). AI_DEPLOY_SSH_ENDPOINTS (`NAME=HOST:PORT,...`) sends SSH for host NAME to
 HOST:PORT: through IAP, `ai-deploy deploy` names the host by its instance and connects to the
 local port of `gcloud compute start-iap-tunnel INSTANCE 22 --local-host-port=localhost:0`.
+
+Settings from the app's ai-deploy.toml (in the current directory, or at AI_DEPLOY_SETTINGS)
+become each host's data: above group_data, below --data. They, group_data and pyinfra's --data
+are checked here, before any host is connected; run from another directory, the project's
+group_data/all.py and prod.py are given as the `all` and `prod` groups' data.
 """
 
 import os
+
+from ai_deploy.settings.pyinfra_hooks import inventory_settings
+
+_settings = inventory_settings(__file__)
 
 
 def _addresses() -> list[str]:
@@ -33,7 +42,10 @@ def _addresses() -> list[str]:
     )
 
 
-_data: dict[str, object] = {"ssh_user": os.environ.get("AI_DEPLOY_SSH_USER", "ubuntu")}
+_data: dict[str, object] = {
+    **_settings.host_data,
+    "ssh_user": os.environ.get("AI_DEPLOY_SSH_USER", _settings.host_data.get("ssh_user", "ubuntu")),
+}
 if os.environ.get("AI_DEPLOY_SSH_KEY"):
     _data["ssh_key"] = os.environ["AI_DEPLOY_SSH_KEY"]
     _data["ssh_allow_agent"] = False
@@ -60,3 +72,6 @@ def _endpoints() -> dict[str, dict[str, object]]:
 
 _where = _endpoints()
 prod = [(address, {**_data, **_where.get(address, {})}) for address in _addresses()]
+if _settings.group_data:  # pyinfra will not find the project's group_data/ from here
+    all = ([address for address, _ in prod], _settings.group_data.get("all", {}))
+    prod = (prod, _settings.group_data.get("prod", {}))

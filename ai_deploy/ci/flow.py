@@ -31,7 +31,7 @@ from ai_deploy.ci.notify import DeployEvent, Outcome, notify
 from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, PhaseFailed
 from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.ci.secrets import mask_secret_like, mask_secrets
-from ai_deploy.ci.settings_probe import read_settings
+from ai_deploy.ci.settings_probe import check_settings, read_settings
 from ai_deploy.ci.ssh import provided_key, wait_for_ssh
 from ai_deploy.gcp import Terminated, raise_on_termination
 from ai_deploy.inventory import RemoteError, resolve_inventory
@@ -138,6 +138,7 @@ def check_artifact_phase(run: Run) -> None:
         except RemoteError as exc:
             raise PhaseFailed("config", str(exc)) from exc
         run.opts.check_access_settings()
+        check_settings(run.opts.data, run.environ, Path.cwd())
         probe = run.opts.host or SETTINGS_PROBE_HOST
         run.settings = read_settings(run.inventory, run.opts.data, run.environ, probe)
         mask_secrets(run.settings.env_file, run.environ)

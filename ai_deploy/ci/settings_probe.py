@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ai_deploy.artifact.check import ArtifactLimits
 from ai_deploy.ci.options import HostSettings, PhaseFailed
+from ai_deploy.settings.appfile import PATH_ENV
+from ai_deploy.settings.check import SettingsError
+from ai_deploy.settings.merge import check_all
 
 KEYS = (
     "app_module",
@@ -26,6 +30,19 @@ KEYS = (
     "artifact_max_members",
     "artifact_max_ratio",
 )
+
+
+def check_settings(data: Sequence[str], environ: MutableMapping[str, str], cwd: Path) -> None:
+    """PhaseFailed("config") naming each unknown or ill-typed setting in the project's
+    group_data, the app's ai-deploy.toml and `--data` DATA, before any host is touched. The
+    settings file found from CWD is named in ENVIRON's AI_DEPLOY_SETTINGS: the inventory is
+    loaded in the project directory and must read the same file."""
+    try:
+        app = check_all(data, cwd, environ)
+    except SettingsError as exc:
+        raise PhaseFailed("config", "invalid settings: " + "; ".join(exc.problems)) from None
+    if app.path is not None:
+        environ[PATH_ENV] = str(app.path.resolve())
 
 
 def read_settings(

@@ -1,0 +1,62 @@
+"""`ai-deploy config [-e ENV] [--data K=V ...] [--json]`: every setting, its merged value and
+where that value came from, after the same checks a deploy makes. Secret-looking values are
+masked; the .env text (env_default) is never printed, nor is env_file read."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ai_deploy.settings.check import SettingsError
+from ai_deploy.settings.merge import Setting, merged_settings
+
+MASK = "********"
+_SECRET_NAME = re.compile(r"key|token|secret|passw|passphrase|credential|auth", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_ENV_TEXT = ("env_default",)  # the .env text itself
+
+
+def shown(name: str, value: Any) -> Any:
+    """VALUE as it may be printed: masked when NAME looks secret, .env text replaced by its
+    length, credentials in URLs and secret-looking table entries masked."""
+    if value is None or value == "":
+        return value
+    if name in _ENV_TEXT:
+        return f"<{len(str(value))} characters of .env text, not shown>"
+    if _SECRET_NAME.search(name):
+        return MASK
+    if isinstance(value, dict):
+        return {k: shown(str(k), v) for k, v in value.items()}
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(f"{MASK}@", value)
+    return value
+
+
+def render(settings: dict[str, Setting]) -> list[str]:
+    width = max((len(name) for name in settings), default=0)
+    return [
+        f"{s.name:<{width}} = {shown(s.name, s.value)!r}  # {s.source}" for s in settings.values()
+    ]
+
+
+def show_config(environment: str | None, data: Sequence[str], as_json: bool = False) -> int:
+    """Print the merged settings; 2 with a line per problem when they do not check."""
+    try:
+        settings = merged_settings(environment or "", list(data), Path.cwd())
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"ai-deploy: error: {problem}", file=sys.stderr)
+        return 2
+    if as_json:
+        rows = [
+            {"name": s.name, "value": shown(s.name, s.value), "source": s.source}
+            for s in settings.values()
+        ]
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print("\n".join(render(settings)))
+    return 0

@@ -1,0 +1,3 @@
+"""The deploy's settings as one schema (read from group_data/all.py, the one place their
+defaults and comments live), checked before any host is touched: in group_data files, in
+`--data`, and in the app's settings file (ai-deploy.toml)."""
