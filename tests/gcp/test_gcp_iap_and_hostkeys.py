@@ -405,6 +405,8 @@ def test_iap_deploy_is_healthy_without_any_firewall_change(iap: IapFlow, release
     iap.add_standing_rule()
     keys = iap.real_host_keys()
     iap.fake.publish_host_keys(keys)
+    # The key's metadata writes take time, as real zone operations do.
+    iap.fake.plan_operations("POST", r"/setMetadata$", running_polls=1, times=None)
 
     code, output = iap.deploy(release, "--data", f"env_file={iap.env_file}")
 
