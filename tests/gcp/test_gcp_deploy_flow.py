@@ -432,9 +432,7 @@ def test_full_flow_deploys_through_a_window_that_closes(
     # The README's custom role is exactly what this whole run used, but for reading back a
     # rule of the same name (a retried create finding its own rule), which
     # test_custom_role_in_the_readme_is_exactly_what_the_window_mode_calls_need exercises.
-    assert compute_permissions(fake.requests) == set(WINDOW_PERMISSIONS) - {
-        "compute.firewalls.get"
-    }
+    assert compute_permissions(fake.requests) == set(WINDOW_PERMISSIONS) - {"compute.firewalls.get"}
 
 
 # --- the rule (and the key) go on every way out --------------------------------------------
