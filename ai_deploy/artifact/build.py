@@ -3,7 +3,9 @@
 The same source tree always gives the same bytes (sorted members, fixed mtimes and owners,
 normalized modes, a gzip header without time or name), and the release id derived from it
 depends only on the paths, modes and contents of what is shipped. Secrets (`.env*`), virtual
-environments, caches and VCS data are never shipped.
+environments, caches and VCS data are never shipped. In a git work tree only what git sees is
+shipped (ai_deploy.artifact.gitfiles: nothing git ignores unless it tracks it); a build can
+first refuse a uv.lock that no longer matches pyproject.toml (ai_deploy.artifact.lockcheck).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from ai_deploy.artifact.errors import ArtifactError
+from ai_deploy.artifact.gitfiles import GitListing, git_listing
+from ai_deploy.artifact.lockcheck import check_lock
+
 DEFAULT_NAME = "ai-server"
 # Names left out at any depth, whatever their type (a `.venv` may be a symlink, `.git` a file).
 EXCLUDED_NAMES = frozenset({".venv", ".git", "__pycache__"})
@@ -32,11 +38,6 @@ FIXED_MTIME = 0
 _ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}"
 _ID_RE = re.compile(_ID_PATTERN)
 _CHUNK = 1024 * 1024
-
-
-class ArtifactError(Exception):
-    """The source tree, the requested id or the artifact file is unusable; the message says
-    which path or value and what to do."""
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,21 @@ def _symlink_target(src_real: Path, path: Path, arcname: str) -> str:
     return target
 
 
-def _collect(src: Path, skip: str | None) -> list[_Member]:
+def _check_listed(src: Path, listing: GitListing, entry: str) -> None:
+    for required in (*REQUIRED_FILES, entry):
+        # A missing entry module is the deploy's to report; here only one git would drop.
+        if os.path.lexists(src / required) and required not in listing.files:
+            raise ArtifactError(
+                f"{src / required} is ignored by git and not tracked, so a checkout (and the "
+                f"artifact) would lack it: commit it (`git add -f {required}` in {src}) or drop "
+                f"the rule that ignores it (`git check-ignore -v {required}` names it)"
+            )
+
+
+def _collect(src: Path, skip: str | None, listing: GitListing | None) -> list[_Member]:
     """Every member to ship, parents before children, in a fixed order; SKIP is an arcname
-    left out with everything under it (the output directory when it lies inside SRC)."""
+    left out with everything under it (the output directory when it lies inside SRC); with a
+    LISTING, only what it keeps."""
     src_real = Path(os.path.realpath(src))
     members: list[_Member] = []
 
@@ -160,6 +173,8 @@ def _collect(src: Path, skip: str | None) -> list[_Member]:
             if arcname == skip:
                 continue
             st = os.lstat(path)
+            if listing is not None and not listing.keeps(arcname, stat.S_ISDIR(st.st_mode)):
+                continue
             if stat.S_ISLNK(st.st_mode):
                 target = _symlink_target(src_real, path, arcname)
                 members.append(_Member(arcname, path, tarfile.SYMTYPE, 0o777, linkname=target))
@@ -256,14 +271,19 @@ def build_artifact(
     artifact_id: str | None = None,
     name: str = DEFAULT_NAME,
     app_module: str = "main:app",
+    lock_check: bool = False,
 ) -> Path:
     """Pack the app directory SRC into OUTDIR/<name>-<id>.tar.gz and return its path.
 
     Guarantees:
     + SRC must be a directory holding pyproject.toml and uv.lock, else ArtifactError; neither
       they nor the entry module of APP_MODULE may be a symbolic link.
-    + `.venv`, `.git`, `__pycache__`, `*.pyc` and every `.env*` are left out at any depth, and
-      so is OUTDIR when it lies inside SRC.
+    + With LOCK_CHECK, a uv.lock that `uv lock --check` finds stale is refused (ArtifactError
+      naming SRC and the fix) before the tree is packed.
+    + In a git work tree only what git lists is shipped: nothing it ignores unless it tracks
+      it, no empty directories; pyproject.toml, uv.lock and the entry module must be listed.
+    + `.venv`, `.git`, `__pycache__`, `*.pyc` and every `.env*` are left out at any depth, even
+      when git tracks them, and so is OUTDIR when it lies inside SRC.
     + Members are stored as `main.py`, `pkg/mod.py` (no `./`, no entry for the root), sorted,
       with mtime 0, owner 0:0 without names, modes 0644 (0755 for executables and directories);
       only regular files, directories and relative symlinks that stay inside SRC are allowed.
@@ -282,7 +302,8 @@ def build_artifact(
         )
     if artifact_id is not None:
         validate_artifact_id(artifact_id)
-    _check_source(src, entry_file(app_module))
+    entry = entry_file(app_module)
+    _check_source(src, entry)
     src_real, out_real = src.resolve(), outdir.resolve()
     if out_real == src_real:
         raise ArtifactError(
@@ -290,7 +311,12 @@ def build_artifact(
             f"(for example {src / 'dist'}), or earlier artifacts would be packed into it"
         )
     skip = out_real.relative_to(src_real).as_posix() if out_real.is_relative_to(src_real) else None
-    members = _collect(src, skip)
+    if lock_check:
+        check_lock(src)
+    listing = git_listing(src)
+    if listing is not None:
+        _check_listed(src, listing, entry)
+    members = _collect(src, skip, listing)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,4 +1,8 @@
-"""`ai-deploy artifact build`: the deterministic tar.gz of an app directory, .sha256 beside it."""
+"""`ai-deploy artifact build`: the deterministic tar.gz of an app directory, .sha256 beside it.
+
+The command checks uv.lock against pyproject.toml first (`uv lock --check`), unless
+AI_DEPLOY_NO_LOCK_CHECK=1 says not to; in a git work tree it packs only what git sees.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,28 @@ import sys
 from pathlib import Path
 
 
-def build(directory: str, output: str, artifact_id: str | None, app_module: str) -> int:
+def build(
+    directory: str,
+    output: str,
+    artifact_id: str | None,
+    app_module: str,
+    lock_check: bool = True,
+) -> int:
     from ai_deploy.artifact.build import build_artifact, sha256_file
+    from ai_deploy.artifact.lockcheck import NO_LOCK_CHECK_ENV, lock_check_skipped
 
+    if lock_check and lock_check_skipped():
+        print(
+            f"uv.lock not checked against pyproject.toml ({NO_LOCK_CHECK_ENV} is set)",
+            file=sys.stderr,
+        )
+        lock_check = False
     path = build_artifact(
-        Path(directory), Path(output), artifact_id=artifact_id, app_module=app_module
+        Path(directory),
+        Path(output),
+        artifact_id=artifact_id,
+        app_module=app_module,
+        lock_check=lock_check,
     )
     print(f"sha256 {sha256_file(path)}", file=sys.stderr)
     print(path)
