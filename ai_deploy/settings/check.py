@@ -39,7 +39,9 @@ def is_pyinfra_key(name: str) -> bool:
 
 
 def unknown_key(where: str, name: str, schema: Mapping[str, Declared]) -> str:
-    close = difflib.get_close_matches(name, list(schema), n=1)
+    close = difflib.get_close_matches(name, list(schema), n=3)
+    # letters swapped (app_prot) are nearer to app_port than difflib's tie-break says
+    close.sort(key=lambda known: sorted(known) != sorted(name))
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"{where}: unknown setting {name!r}{hint}"
 
