@@ -206,6 +206,9 @@ class Flow:
             metadata = dict(self.fake.state.instance.metadata)
         assert rules == [], f"firewall rules left: {rules}\n{output}"
         assert "ssh-keys" not in metadata, f"ssh-keys left: {metadata}\n{output}"
+        with self.fake.lock:
+            oslogin = {user: keys for user, keys in self.fake.state.oslogin_keys.items() if keys}
+        assert oslogin == {}, f"OS Login keys left: {oslogin}\n{output}"
         assert self.mirror.allowed_now() == []
         assert ssh_port_state(self.host.address) == "refused"
         self.agent.wait_synced()
@@ -607,6 +610,72 @@ def test_forbidden_create_names_the_missing_permission(
     assert "==> Deploy with pyinfra" not in output
     facts = _one_notification_each(flow, release.release_id, "failure")
     assert facts["discord"].get("failed phase") == "firewall"
+    flow.assert_nothing_left(output)
+
+
+# The window's faults through the CLI, each with the exit code the README's table gives.
+WINDOW_REFUSALS = {
+    "insert refused (403)": (
+        lambda fake: fake.inject("POST", r"/global/firewalls$", status=403, reason="forbidden"),
+        "compute.firewalls.create",
+    ),
+    "operation unreadable (403 on every get/wait)": (
+        lambda fake: (
+            fake.plan_operations("POST", r"/global/firewalls$", seconds=1.0),
+            fake.inject("POST", r"/global/operations/", status=403, reason="forbidden", times=None),
+            fake.inject("GET", r"/global/operations/", status=403, reason="forbidden", times=None),
+        ),
+        "compute.globalOperations.get",
+    ),
+    "create DONE with an error": (
+        lambda fake: fake.plan_operations(
+            "POST",
+            r"/global/firewalls$",
+            seconds=0.3,
+            error={"code": "QUOTA_EXCEEDED", "message": "Quota 'FIREWALLS' exceeded"},
+        ),
+        "QUOTA_EXCEEDED",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WINDOW_REFUSALS))
+def test_window_refusals_through_the_cli_exit_12_and_leave_nothing(
+    flow: Flow, make_release: Callable[[str], Release], case: str
+) -> None:
+    arrange, named = WINDOW_REFUSALS[case]
+    arrange(flow.fake)
+    code, output = flow.deploy(make_release("flow"), "--data", flow.env_data())
+    assert code == 12, output
+    assert named in output
+    assert flow.fake.requests_to("POST", r"/setMetadata$") == []
+    assert "==> Deploy with pyinfra" not in output
+    flow.assert_nothing_left(output)
+
+
+def test_retryable_answers_everywhere_still_deploy_and_close_through_the_cli(
+    flow: Flow, make_release: Callable[[str], Release]
+) -> None:
+    """Rate limits, 5xx and resourceNotReady on the insert, the waits, the key's metadata
+    writes and the delete: retried with the same requestId; the deploy exits 0 and leaves
+    nothing."""
+    fake = flow.fake
+    fake.plan_operations("POST", r"/global/firewalls$", seconds=1.0)
+    fake.inject("POST", r"/global/firewalls$", status=403, reason="rateLimitExceeded")
+    fake.inject("POST", r"/global/firewalls$", status=429, reason="rateLimitExceeded")
+    fake.inject("POST", r"/global/operations/", status=503, reason="backendError")
+    fake.inject("POST", r"/setMetadata$", status=403, reason="userRateLimitExceeded", times=2)
+    fake.inject("DELETE", r"/global/firewalls/", status=400, reason="resourceNotReady", times=2)
+    release = make_release("flow")
+
+    code, output = flow.deploy(release, "--data", flow.env_data())
+
+    assert code == 0, output
+    assert flow.release_served() == release.release_id
+    inserts = fake.requests_to("POST", r"/global/firewalls$")
+    assert len(inserts) == 3 and len({r.query["requestId"][0] for r in inserts}) == 1
+    deletes = fake.requests_to("DELETE", r"/global/firewalls/")
+    assert len(deletes) == 3 and len({r.query["requestId"][0] for r in deletes}) == 1
     flow.assert_nothing_left(output)
 
 
