@@ -18,7 +18,7 @@ from google.auth.credentials import Credentials
 from google.cloud import compute_v1
 
 from ai_deploy.gcp import compute
-from ai_deploy.gcp.operations import CALL_TIMEOUT, compute_client
+from ai_deploy.gcp.operations import CALL_TIMEOUT, compute_client, retry_transient
 from ai_deploy.gcp.sshsettings import SSH_MODE_ENV, SshKeyError, SshSettings
 
 OSLOGIN_ENDPOINT_ENV = "AI_DEPLOY_OSLOGIN_ENDPOINT"
@@ -33,6 +33,17 @@ def oslogin_endpoint(environ: Mapping[str, str] | None = None) -> str:
 
 
 def _oslogin_call(
+    credentials: Credentials, method: str, path: str, **kwargs: Any
+) -> dict[str, Any]:
+    """One OS Login call; rate limits, 429 and 5xx are retried with backoff (importing the
+    same key again, or deleting it again, is harmless)."""
+    return retry_transient(
+        f"OS Login {method} {path.split('/')[0]}",
+        lambda: _oslogin_once(credentials, method, path, **kwargs),
+    )
+
+
+def _oslogin_once(
     credentials: Credentials, method: str, path: str, **kwargs: Any
 ) -> dict[str, Any]:
     from google.auth.transport.requests import AuthorizedSession

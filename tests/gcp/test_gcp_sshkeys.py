@@ -212,6 +212,30 @@ def test_os_login_mode_imports_and_deletes_the_key(
     assert "ssh-keys" not in gcp_fake.state.instance.metadata
 
 
+def test_os_login_rate_limits_and_5xx_are_retried_and_the_key_still_goes(
+    gcp_fake: FakeGcp, token_credentials: TokenCredentials
+) -> None:
+    """The import answered 429 and then 503 after taking effect; the delete answered 503:
+    each retried, one key imported, and none left."""
+    sa = gcp_fake.state.service_account
+    gcp_fake.inject("POST", r":importSshPublicKey$", status=429, reason="rateLimitExceeded")
+    gcp_fake.inject("POST", r":importSshPublicKey$", status=503, applied=True)
+    gcp_fake.inject("DELETE", r"/sshPublicKeys/", status=503)
+    with ephemeral_ssh_key(
+        token_credentials,
+        PROJECT,
+        zone=ZONE,
+        instance=INSTANCE,
+        settings=SshSettings(mode="oslogin"),
+        principal=sa,
+    ) as access:
+        assert len(gcp_fake.state.oslogin_keys[sa]) == 1
+        assert access.oslogin_fingerprint in gcp_fake.state.oslogin_keys[sa]
+    assert gcp_fake.state.oslogin_keys[sa] == {}
+    assert len(gcp_fake.requests_to("POST", r":importSshPublicKey$")) == 3
+    assert len(gcp_fake.requests_to("DELETE", r"/sshPublicKeys/")) == 2
+
+
 def test_os_login_refused_names_the_role_and_leaves_nothing(
     gcp_fake: FakeGcp, token_credentials: TokenCredentials, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,6 +86,7 @@ def _nothing_left(fake: FakeGcp) -> None:
     with fake.lock:
         assert fake.state.firewalls == {}, fake.state.firewalls
         assert "ssh-keys" not in fake.state.instance.metadata
+        assert not any(fake.state.oslogin_keys.values()), fake.state.oslogin_keys
 
 
 def _deletes(fake: FakeGcp) -> list[RecordedRequest]:
