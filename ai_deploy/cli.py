@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -164,25 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("release", nargs="?", metavar="RELEASE", help="default: previous")
     _add_inventory(rollback)
-    rollback.set_defaults(func=_cmd_rollback)
+    rollback.set_defaults(func=_cmd_rollback, day2=True)
 
     status = sub.add_parser(
         "status", help="per host: current release, kept releases, service, health, lock, log"
     )
     _add_inventory(status)
-    status.set_defaults(func=_cmd_status)
+    status.set_defaults(func=_cmd_status, day2=True)
 
     lock = sub.add_parser("lock", help="the per-host deploy lock")
     lock_sub = lock.add_subparsers(dest="lock_command", metavar="ACTION", required=True)
     lock_status = lock_sub.add_parser("status", help="who holds the lock on each host")
     _add_inventory(lock_status)
-    lock_status.set_defaults(func=_cmd_lock)
+    lock_status.set_defaults(func=_cmd_lock, day2=True)
     lock_release = lock_sub.add_parser(
         "release", help="remove a stale lock (a dead or expired deploy); --force for any"
     )
     _add_inventory(lock_release)
     lock_release.add_argument("--force", action="store_true", help="remove a live holder's lock")
-    lock_release.set_defaults(func=_cmd_lock)
+    lock_release.set_defaults(func=_cmd_lock, day2=True)
 
     config = sub.add_parser(
         "config",
@@ -216,6 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "day2", False):
+            from ai_deploy.ci.reach import run_reached, through_gcp
+            from ai_deploy.inventory import resolve_inventory
+
+            if through_gcp(os.environ):
+                # GCP_ZONE and GCP_INSTANCE: reach the instance as a deploy does (window or
+                # IAP, a key for this run), run the command, close everything.
+                given = list(argv) if argv is not None else sys.argv[1:]
+                return run_reached(resolve_inventory(args.inventory), given, os.environ)
         return int(args.func(args))
     except (SandboxError, ArtifactError, RemoteError, ProjectError) as exc:
         print(f"ai-deploy: error: {exc}", file=sys.stderr)

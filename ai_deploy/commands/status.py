@@ -43,7 +43,7 @@ def _show(h: PyinfraRemote) -> None:
     )
     enabled = h.run(f"systemctl is-enabled {shlex.quote(layout.service)} 2>/dev/null || true")
     log = h.run(f"tail -n 5 {layout.revisions} 2>/dev/null || true").stdout
-    print(f"{h.name} ({d.ssh_hostname or h.name})")
+    print(f"{h.name} ({getattr(d, 'ssh_hostname', None) or h.name})")
     print(f"  current:   {tree.current or 'none'} (previous: {tree.previous or 'none'})")
     print(f"  releases:  {', '.join(tree.releases) or 'none'}")
     state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}"

@@ -577,17 +577,19 @@ class FirewallMirror:
 
 @dataclass
 class DeployProcess:
-    """`python -m ai_deploy.cli deploy ARGS` started with ENV; output collected in `lines`."""
+    """`python -m ai_deploy.cli COMMAND ARGS` (COMMAND: deploy unless given) started with ENV;
+    output collected in `lines`."""
 
     args: list[str]
     env: dict[str, str]
     lines: list[str] = field(default_factory=list)
+    command: tuple[str, ...] = ("deploy",)
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
         self._done = False
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ai_deploy.cli", "deploy", *self.args],
+            [sys.executable, "-m", "ai_deploy.cli", *self.command, *self.args],
             cwd=REPO_ROOT,
             env=self.env,
             stdout=subprocess.PIPE,

@@ -679,6 +679,71 @@ def test_retryable_answers_everywhere_still_deploy_and_close_through_the_cli(
     flow.assert_nothing_left(output)
 
 
+def _laptop_environment(flow: Flow, key_file: Path) -> dict[str, str]:
+    """A laptop: a service-account key as its credentials, no GitHub run, no CI output."""
+    base = deploy_environment(
+        os.environ, flow.fake, {**flow.myip.env(), "GOOGLE_APPLICATION_CREDENTIALS": str(key_file)}
+    )
+    return {k: v for k, v in base.items() if not k.startswith(("GITHUB_", "ACTIONS_"))}
+
+
+def _service_account_key_file(fake: FakeGcp, path: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": fake.state.project,
+        "private_key_id": "0123456789abcdef",
+        "private_key": pem,
+        "client_email": fake.state.service_account,
+        "client_id": "111111111111111111111",
+        "token_uri": f"{fake.url}/oauth2/token",
+    }
+    path.write_text(json.dumps(info))
+    return path
+
+
+def test_rollback_and_status_from_a_laptop_open_and_close_the_window(
+    flow: Flow, make_release: Callable[[str], Release], tmp_path: Path
+) -> None:
+    """Day-2 commands outside CI reach the instance as the deploy does: the window for this
+    machine's address, a key made for the command, pinned host keys; all gone afterwards."""
+    first, second = make_release("flow"), make_release("next")
+    for release in (first, second):
+        code, output = flow.deploy(release, "--data", flow.env_data())
+        assert code == 0, output
+    assert flow.release_served() == second.release_id
+    env = _laptop_environment(flow, _service_account_key_file(flow.fake, tmp_path / "sa.json"))
+    windows = len(flow.rules_created())
+
+    rollback = DeployProcess([], env, command=("rollback",))
+    code = rollback.finish(timeout=300)
+    print(rollback.output)
+
+    assert code == 0, rollback.output
+    assert flow.release_served() == first.release_id
+    assert len(flow.rules_created()) == windows + 1  # one window, for this command
+    (rule,) = flow.rules_created()[windows:]
+    assert "-local-" in rule["name"] or rule["name"].startswith(f"{RULE_PREFIX}local")
+    assert rule["sourceRanges"] == [flow.runner_range]
+    flow.assert_nothing_left(rollback.output)
+
+    status = DeployProcess([], env, command=("status",))
+    code = status.finish(timeout=300)
+    print(status.output)
+    assert code == 0, status.output
+    assert f"current:   {first.release_id}" in status.output
+    assert f"(previous: {second.release_id})" in status.output
+    flow.assert_nothing_left(status.output)
+
+
 def test_invalid_runner_address_stops_before_anything_is_created(
     flow: Flow, make_release: Callable[[str], Release]
 ) -> None:

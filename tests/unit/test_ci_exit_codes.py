@@ -54,7 +54,7 @@ def test_a_bad_data_item_exits_2_naming_it(tmp_path: Path, capsys) -> None:
     art = build_artifact(EXAMPLE, tmp_path / "dist")
     code = _deploy(art, use_gcp=False, host="127.0.0.1", data=["no-equals-sign"])
     assert code == 2
-    assert "'no-equals-sign' is not KEY=VALUE" in capsys.readouterr().err
+    assert "--data no-equals-sign: expected KEY=VALUE" in capsys.readouterr().err
 
 
 def test_a_key_given_as_a_path_exits_2_naming_it(tmp_path: Path, capsys) -> None:
