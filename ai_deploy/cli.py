@@ -81,12 +81,35 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return show_config(args.environment, args.data, args.json)
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from ai_deploy.commands.init import run_init
+
+    return run_init(
+        args.dir,
+        force=args.force,
+        environment=args.environment or "production",
+        project=args.project,
+        zone=args.zone,
+        instance=args.instance,
+        repository=args.repository,
+        service_account=args.service_account,
+        transport=args.transport,
+    )
+
+
 def _add_inventory(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-i",
         "--inventory",
         metavar="INV",
         help="pyinfra inventory file (default: inventories/prod.py)",
+    )
+    parser.add_argument(
+        "-e",
+        "--environment",
+        metavar="ENV",
+        help="the environment of ai-deploy.toml: its hosts and settings (default: production "
+        "when the file has it)",
     )
 
 
@@ -202,11 +225,52 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--json", action="store_true", help="a JSON list of name, value, source")
     config.set_defaults(func=_cmd_config)
 
+    init = sub.add_parser(
+        "init",
+        help="write ai-deploy.toml and .github/workflows/ai-cicd.yml into an app repository",
+        description="Write the app's settings (ai-deploy.toml: every setting with its default, "
+        "and its environments) and its GitHub workflow, then print the one-time GCP and GitHub "
+        "set-up as commands with the names filled in. Refuses to overwrite without --force.",
+    )
+    init.add_argument("dir", nargs="?", default=".", metavar="DIR", help="the app (default .)")
+    init.add_argument("--force", action="store_true", help="replace files that exist")
+    init.add_argument(
+        "-e", "--environment", metavar="ENV", help="the workflow's environment (production)"
+    )
+    init.add_argument("--project", help="GCP project id, filled into the printed commands")
+    init.add_argument("--zone", help="the instance's zone")
+    init.add_argument("--instance", help="the GPU VM's name")
+    init.add_argument("--repository", metavar="OWNER/REPO", help="default: the origin remote")
+    init.add_argument(
+        "--service-account", default="ai-deploy", metavar="NAME", help="default ai-deploy"
+    )
+    init.add_argument(
+        "--transport",
+        choices=("direct", "iap"),
+        default="direct",
+        help="SSH through a per-deploy firewall window (direct) or IAP",
+    )
+    init.set_defaults(func=_cmd_init)
+
     demo = sub.add_parser(
         "demo", help="deploy the example AI server to a local sandbox host and print its URL"
     )
     demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _settings_from_here(args: argparse.Namespace) -> None:
+    """The app's ai-deploy.toml in the working directory, and the chosen environment, reach
+    every pyinfra run and child (they run from the project's directory)."""
+    from pathlib import Path
+
+    from ai_deploy.settings.appfile import ENVIRONMENT_ENV, FILENAME, PATH_ENV
+
+    here = Path.cwd() / FILENAME
+    if not os.environ.get(PATH_ENV) and here.is_file():
+        os.environ[PATH_ENV] = str(here)
+    if getattr(args, "environment", None) and args.command != "init":
+        os.environ[ENVIRONMENT_ENV] = args.environment
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ai_deploy.sandbox.image import SandboxError
 
     args = build_parser().parse_args(argv)
+    _settings_from_here(args)
     try:
         if getattr(args, "day2", False):
             from ai_deploy.ci.reach import run_reached, through_gcp

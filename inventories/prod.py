@@ -3,6 +3,8 @@
 Where the hosts are, in order:
 - AI_DEPLOY_HOSTS: comma-separated addresses (a plain address, or any non-GCP target);
   `ai-deploy deploy` sets it to the instance's external address.
+- else the `hosts` of the environment in ai-deploy.toml (AI_DEPLOY_ENVIRONMENT, set by
+  `ai-deploy -e ENV`; production when the file has that table and none is named);
 - else GCP_PROJECT_ID, GCP_ZONE, GCP_INSTANCE: the instance's external address, read from the
   Compute API with Application Default Credentials.
 SSH as AI_DEPLOY_SSH_USER (default ubuntu), with the key at AI_DEPLOY_SSH_KEY when set; host
@@ -12,8 +14,8 @@ first use accepted). AI_DEPLOY_SSH_ENDPOINTS (`NAME=HOST:PORT,...`) sends SSH fo
 HOST:PORT: through IAP, `ai-deploy deploy` names the host by its instance and connects to the
 local port of `gcloud compute start-iap-tunnel INSTANCE 22 --local-host-port=localhost:0`.
 
-Settings from the app's ai-deploy.toml (in the current directory, or at AI_DEPLOY_SETTINGS)
-become each host's data: above group_data, below --data. They, group_data and pyinfra's --data
+Settings from the app's ai-deploy.toml (in the current directory, or at AI_DEPLOY_SETTINGS),
+then its environment's table, become each host's data: above group_data, below --data. They, group_data and pyinfra's --data
 are checked here, before any host is connected; run from another directory, the project's
 group_data/all.py and prod.py are given as the `all` and `prod` groups' data.
 """
@@ -29,6 +31,8 @@ def _addresses() -> list[str]:
     listed = [a.strip() for a in os.environ.get("AI_DEPLOY_HOSTS", "").split(",") if a.strip()]
     if listed:
         return listed
+    if _settings.hosts:  # the environment's hosts in ai-deploy.toml
+        return list(_settings.hosts)
     zone, instance = os.environ.get("GCP_ZONE"), os.environ.get("GCP_INSTANCE")
     if zone and instance:
         from ai_deploy.gcp.auth import load_credentials

@@ -28,6 +28,9 @@ FILENAME = "ai-deploy.toml"
 PATH_ENV = "AI_DEPLOY_SETTINGS"
 ENVIRONMENTS = "environments"
 HOSTS = "hosts"
+# `-e/--environment` of every command; without it, production when the file has that table.
+ENVIRONMENT_ENV = "AI_DEPLOY_ENVIRONMENT"
+DEFAULT_ENVIRONMENT = "production"
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,20 @@ puts ai-deploy.toml into host data, which pyinfra ranks above group data and bel
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ai_deploy.project import project_dir
-from ai_deploy.settings.appfile import ENVIRONMENTS, AppSettings, load_app_settings
+from ai_deploy.settings.appfile import (
+    DEFAULT_ENVIRONMENT,
+    ENVIRONMENT_ENV,
+    ENVIRONMENTS,
+    AppSettings,
+    load_app_settings,
+)
 from ai_deploy.settings.check import (
     DATA,
     SettingsError,
@@ -79,6 +86,10 @@ def merged_settings(
     if group != "all" and group_file.is_file():
         layer(read_group_file(group_file), f"group_data/{group}.py")
     layer(app.settings, app.label)
+    env = os.environ if environ is None else environ
+    environment = environment or env.get(ENVIRONMENT_ENV, "").strip()
+    if not environment and DEFAULT_ENVIRONMENT in app.environments:
+        environment = DEFAULT_ENVIRONMENT
     if environment:
         layer(app.environment(environment).settings, f"{app.label} [{ENVIRONMENTS}.{environment}]")
     layer(parse_data(data)[0], DATA)

@@ -5,13 +5,14 @@ Both stop the run with SystemExit, whose message pyinfra prints as it is."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ai_deploy.project import project_dir
-from ai_deploy.settings.appfile import load_app_settings
+from ai_deploy.settings.appfile import DEFAULT_ENVIRONMENT, ENVIRONMENT_ENV, load_app_settings
 from ai_deploy.settings.check import (
     DATA,
     SettingsError,
@@ -48,6 +49,8 @@ class InventorySettings:
 
     host_data: dict[str, Any] = field(default_factory=dict)
     group_data: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)  # the environment's, from ai-deploy.toml
+    environment: str | None = None
 
 
 def inventory_settings(inventory_file: str) -> InventorySettings:
@@ -63,8 +66,17 @@ def inventory_settings(inventory_file: str) -> InventorySettings:
     if (cwd / "group_data").resolve() != project_group_data.resolve():
         problems += check_group_dir(cwd / "group_data", label=str(cwd / "group_data"))
     app_data: dict[str, Any] = {}
+    hosts: list[str] = []
+    chosen = os.environ.get(ENVIRONMENT_ENV, "").strip() or None
     try:
-        app_data = load_app_settings(cwd).settings
+        app = load_app_settings(cwd)
+        app_data = dict(app.settings)
+        if chosen is None and DEFAULT_ENVIRONMENT in app.environments:
+            chosen = DEFAULT_ENVIRONMENT
+        if chosen is not None:
+            env = app.environment(chosen)
+            app_data.update(env.settings)
+            hosts = list(env.hosts)
     except SettingsError as exc:
         problems += exc.problems
     problems += check_data(cli_data() or [])
@@ -76,7 +88,7 @@ def inventory_settings(inventory_file: str) -> InventorySettings:
             path = project_group_data / f"{name}.py"
             if path.is_file():
                 groups[name] = read_group_file(path)
-    return InventorySettings(app_data, groups)
+    return InventorySettings(app_data, groups, hosts, chosen)
 
 
 def _override_problems(values: Mapping[str, Any]) -> list[str]:

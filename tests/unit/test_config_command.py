@@ -62,10 +62,17 @@ def test_config_prints_every_setting_with_value_and_source(app_dir: Path) -> Non
     assert "uv_version" in lines and "artifact" in lines
 
 
-def test_config_without_environment_uses_group_data_prod(app_dir: Path) -> None:
+def test_config_without_environment_uses_production_when_the_file_has_it(app_dir: Path) -> None:
+    lines = _lines(_config(app_dir).stdout)
+    assert lines["health_deadline_s"] == "900  # ai-deploy.toml [environments.production]"
+    assert lines["app_port"] == "9000  # ai-deploy.toml"
+    # Without that table, group_data/prod.py's value shows.
+    text = (app_dir / "ai-deploy.toml").read_text()
+    (app_dir / "ai-deploy.toml").write_text(
+        text.replace("[environments.production]", "[environments.prod2]")
+    )
     lines = _lines(_config(app_dir).stdout)
     assert lines["health_deadline_s"] == "600  # group_data/prod.py"
-    assert lines["app_port"] == "9000  # ai-deploy.toml"
 
 
 def test_config_never_prints_secrets_or_env_text(app_dir: Path) -> None:

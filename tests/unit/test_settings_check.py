@@ -341,8 +341,30 @@ def test_prod_inventory_from_another_directory_has_the_projects_group_data(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert '"app_root": "/app/ai-server"' in proc.stdout
-    assert '"health_deadline_s": 600' in proc.stdout  # group_data/prod.py
+    # group_data/prod.py's 600 is overridden by the production environment's table, which
+    # applies when no environment is named.
+    assert '"health_deadline_s": 900' in proc.stdout
     assert '"deploy_strategy": "bluegreen"' in proc.stdout  # ai-deploy.toml, as host data
+    assert '"gpu_reboot_timeout_s": 600' in proc.stdout  # group_data/all.py
+
+
+def test_environment_picks_its_hosts_and_settings_in_the_inventory(tmp_path: Path) -> None:
+    """`-e staging` (AI_DEPLOY_ENVIRONMENT) gives the inventory staging's hosts and settings;
+    nothing named gives production's; a missing one is an error naming those there are."""
+    (tmp_path / "ai-deploy.toml").write_text(APP_TOML)
+    inventory = [str(VENV_BIN / "pyinfra"), "--json", str(ROOT / "inventories/prod.py"),
+                 "debug-inventory"]  # fmt: skip
+    staging = _run(inventory, tmp_path, AI_DEPLOY_ENVIRONMENT="staging")
+    assert staging.returncode == 0, staging.stderr
+    (host,) = json.loads(staging.stdout)
+    assert host["name"] == "203.0.113.20" and host["data"]["app_port"] == 9100
+    production = _run(inventory, tmp_path)
+    (host,) = json.loads(production.stdout)
+    assert host["name"] == "203.0.113.10" and host["data"]["health_deadline_s"] == 900
+    missing = _run(inventory, tmp_path, AI_DEPLOY_ENVIRONMENT="qa")
+    assert missing.returncode != 0
+    assert "no [environments.qa]" in missing.stdout + missing.stderr
+    assert "production, staging" in missing.stdout + missing.stderr
 
 
 def test_ai_deploy_deploy_with_bad_data_exits_2_before_anything(tmp_path: Path) -> None:

@@ -213,6 +213,14 @@ def _job(text: str, job: str) -> str:
     return match.group(1)
 
 
+def test_the_example_is_what_init_writes_for_the_example_app() -> None:
+    from ai_deploy.appinit.workflow import render_workflow
+
+    assert WORKFLOW.read_text(encoding="utf-8") == render_workflow(
+        "ai-server", "production", "3.10"
+    )
+
+
 def test_workflow_keeps_the_seed_jobs_and_deploy_contract() -> None:
     text = WORKFLOW.read_text(encoding="utf-8")
     lint_test = _job(text, "lint-test")
@@ -226,7 +234,7 @@ def test_workflow_keeps_the_seed_jobs_and_deploy_contract() -> None:
     assert "    if: github.ref == 'refs/heads/main'\n" in deploy
     assert "    needs: build-and-artifact\n" in deploy
     assert "    runs-on: ubuntu-22.04\n" in deploy
-    assert "    environment: 1-bigbang\n" in deploy
+    assert "    environment: production\n" in deploy
     assert re.search(r"permissions:\n\s+contents: read\n\s+id-token: write\b", deploy)
     assert re.search(r"concurrency:\n\s+group: \S+\n\s+cancel-in-progress: false\n", deploy)
     assert "name: ai-server-${{ github.sha }}" in deploy
@@ -237,7 +245,10 @@ def test_workflow_keeps_the_seed_jobs_and_deploy_contract() -> None:
         assert f"{name}: ${{{{ secrets.{name} }}}}" in deploy
     assert "AI_DEPLOY_SLACK_WEBHOOK_URL: ${{ secrets." in deploy
     assert "AI_DEPLOY_DISCORD_WEBHOOK_URL: ${{ secrets." in deploy
-    assert 'ai-deploy deploy --artifact "$artifact_file"' in deploy
+    assert 'ai-deploy deploy -e production --artifact "$artifact_file"' in deploy
+    # The checksum travels with the artifact; the settings come from the repository.
+    assert "dist/*.tar.gz.sha256" in build
+    assert "sparse-checkout: ai-deploy.toml" in deploy
 
     # Every checkout leaves no token behind for later steps to find.
     for job in (lint_test, build, deploy):
