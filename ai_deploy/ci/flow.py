@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ai_deploy.artifact.build import ArtifactError
 from ai_deploy.artifact.check import check_artifact
+from ai_deploy.artifact.checksum import check_sidecar
 from ai_deploy.ci import exitcodes
 from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.access import _iap_target, access_phase, host_keys_phase, iap_phase
@@ -146,8 +147,12 @@ def check_artifact_phase(run: Run) -> None:
             art = check_artifact(run.opts.artifact, run.settings.app_module, run.settings.limits)
         except ArtifactError as exc:
             raise PhaseFailed("artifact", str(exc)) from exc
+        try:
+            said = check_sidecar(run.opts.artifact, art.sha256, run.environ)
+        except ArtifactError as exc:
+            raise PhaseFailed("artifact", str(exc)) from exc
         run.release = art.release_id
-        _say(f"release {run.release} ({art.members} members, sha256 {art.sha256[:16]}...)")
+        _say(f"release {run.release} ({art.members} members, sha256 {art.sha256[:16]}...; {said})")
 
 
 def auth_phase(run: Run) -> None:
