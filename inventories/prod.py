@@ -15,8 +15,9 @@ HOST:PORT: through IAP, `ai-deploy deploy` names the host by its instance and co
 local port of `gcloud compute start-iap-tunnel INSTANCE 22 --local-host-port=localhost:0`.
 
 Settings from the app's ai-deploy.toml (in the current directory, or at AI_DEPLOY_SETTINGS),
-then its environment's table, become each host's data: above group_data, below --data. They, group_data and pyinfra's --data
-are checked here, before any host is connected; run from another directory, the project's
+then its environment's table, become each host's data: above group_data, below --data. They,
+group_data and pyinfra's --data are checked here, before any host is connected; run from
+another directory, the project's
 group_data/all.py and prod.py are given as the `all` and `prod` groups' data.
 """
 

@@ -100,7 +100,11 @@ def next_steps(t: Target, written: list[str]) -> str:
         ]
     lines += [
         "",
-        "4. First deploy: merge to main (the workflow builds, deploys and checks /health), or",
+        "4. The app's secrets: put its .env on the VM once, at APP_ROOT/.env (/app/ai-server/.env",
+        "   by default; the deploy keeps it, 0600, owned by the service user), or set env_default",
+        "   or env_allow_empty in ai-deploy.toml. A host without one stops the deploy, saying so.",
+        "",
+        "5. First deploy: merge to main (the workflow builds, deploys and checks /health), or",
         f"   from here: ai-deploy artifact build . -o dist && GCP_PROJECT_ID={p} "
         f"GCP_ZONE={t.zone} GCP_INSTANCE={t.instance} ai-deploy deploy -e {t.environment} "
         "--artifact dist/<file>.tar.gz",

@@ -172,7 +172,7 @@ def sweep_stale_rules(
         why = None if rule.name == keep else _stale_because(rule, now, older_than, env, runs)
         if why is None:
             continue
-        logger.info("deleting stale firewall rule %s: %s", rule.name, why)
+        logger.warning("deleting leftover firewall rule %s: %s", rule.name, why)
         try:
             compute.delete_firewall_rule(credentials, project, rule.name)
         except (api_exceptions.GoogleAPIError, GcpError) as exc:
