@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ai_deploy.ci.exitcodes import TABLE
+from ai_deploy.commands.day2_cli import add_day2_verbs
 
 
 def _cmd_sandbox_up(args: argparse.Namespace) -> int:
@@ -60,7 +61,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from ai_deploy.commands.status import show_status
 
-    return show_status(args.inventory)
+    return show_status(args.inventory, args.json)
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
@@ -113,11 +114,21 @@ def _add_inventory(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ai-deploy")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ai-deploy",
         description="Deploy the AI server with pyinfra: zero downtime, instant rollback.",
     )
+    parser.add_argument("--version", action="version", version=f"ai-deploy {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     sandbox = sub.add_parser("sandbox", help="throw-away local systemd hosts (root)")
@@ -191,10 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.set_defaults(func=_cmd_rollback, day2=True)
 
     status = sub.add_parser(
-        "status", help="per host: current release, kept releases, service, health, lock, log"
+        "status",
+        help="per host: current release, kept releases, service, health, lock, log; "
+        "exit 1 when a host is unreachable or not healthy",
     )
     _add_inventory(status)
+    status.add_argument("--json", action="store_true", help="a JSON list, one object per host")
     status.set_defaults(func=_cmd_status, day2=True)
+    add_day2_verbs(sub, _add_inventory)
 
     lock = sub.add_parser("lock", help="the per-host deploy lock")
     lock_sub = lock.add_subparsers(dest="lock_command", metavar="ACTION", required=True)
@@ -298,6 +313,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ai-deploy: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (`ai-deploy status | head -1`): end quietly, with
+    what a shell reports for a command stopped by SIGPIPE. stdout is pointed at /dev/null so
+    the interpreter's last flush cannot complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return 128 + 13
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,62 @@ def connected(
                 raise RemoteError(f"could not connect to {', '.join(missing)}")
             try:
                 yield hosts
+            finally:
+                disconnect_all(state)
+
+
+@dataclass(frozen=True)
+class Reached:
+    """The hosts of an inventory that could be connected, and why each other one could not."""
+
+    hosts: list[PyinfraRemote]
+    unreachable: dict[str, str]  # host name -> the connect error
+    names: list[str]  # every host, in the inventory's order
+    addresses: dict[str, str]  # host name -> the address it is reached at (ssh_hostname)
+
+
+@contextmanager
+def connected_partly(
+    inventory: str | None, data: Mapping[str, Any] | None = None
+) -> Iterator[Reached]:
+    """Connect to every host of INVENTORY that can be reached; unlike `connected`, a host that
+    cannot be is named with its reason instead of stopping the command (for reports)."""
+    import gevent
+    from pyinfra.api import Config, State
+    from pyinfra.api.connect import disconnect_all
+    from pyinfra.api.exceptions import ConnectError
+    from pyinfra.context import ctx_state
+
+    def attempt(h: Any) -> str | None:
+        try:
+            h.connect(show_errors=False, raise_exceptions=True)
+        except ConnectError as exc:
+            return str(exc.args[0]) if exc.args else type(exc).__name__
+        except Exception as exc:  # a connector's own failure is a reason too, not a crash
+            return f"{type(exc).__name__}: {exc}"
+        return None if h.connected else "not connected"
+
+    inv_path = resolve_inventory(inventory)
+    with _in_project() as cwd:
+        state = State()
+        with ctx_state.use(state):
+            inv = _load(inv_path, data or {}, cwd)
+            state.init(inv, Config())
+            listed = list(inv)
+            tries = [gevent.spawn(attempt, h) for h in listed]
+            gevent.joinall(tries)
+            reached: list[PyinfraRemote] = []
+            unreachable: dict[str, str] = {}
+            for h, done in zip(listed, tries, strict=True):
+                reason = done.value if done.successful() else repr(done.exception)
+                if reason is None:
+                    state.activate_host(h)
+                    reached.append(PyinfraRemote(h))
+                else:
+                    unreachable[h.name] = reason
+            try:
+                addresses = {h.name: str(h.data.get("ssh_hostname") or h.name) for h in listed}
+                yield Reached(reached, unreachable, [h.name for h in listed], addresses)
             finally:
                 disconnect_all(state)
 

@@ -1,10 +1,15 @@
-"""`ai-deploy status`: per host, the current release, kept releases, service, strategy, health,
-lock, GPU and the last lines of revisions.log."""
+"""`ai-deploy status [--json]`: per host, the current release, kept releases, service, strategy,
+health (with when the app loaded), lock, GPU and the last lines of revisions.log. Every host of
+the inventory is shown, an unreachable one with why; the exit status is 1 when any host is
+unreachable or not healthy (health not 200, or its service not active)."""
 
 from __future__ import annotations
 
+import json
 import shlex
+from typing import Any
 
+from ai_deploy.commands.when import when_text
 from ai_deploy.host import strategies
 from ai_deploy.host.facts import AppTree, read_tree
 from ai_deploy.host.gpu import parse_probe as parse_gpu_probe
@@ -13,7 +18,7 @@ from ai_deploy.host.paths import Layout
 from ai_deploy.host.release.health import parse_probe, probe_script
 from ai_deploy.host.release.lock import describe_lock
 from ai_deploy.host.remote import PyinfraRemote
-from ai_deploy.inventory import connected
+from ai_deploy.inventory import connected_partly
 
 
 def layout_of(h: PyinfraRemote) -> Layout:
@@ -35,33 +40,114 @@ def lock_line(tree: AppTree) -> str:
     return f"held by {describe_lock(tree.lock)}"
 
 
-def _show(h: PyinfraRemote) -> None:
+def health_fields(code: int, body: str) -> dict[str, Any]:
+    """The health answer as data; `loaded_at` (an epoch in the body) when the app gives one."""
+    fields: dict[str, Any] = {"code": code, "body": body}
+    try:
+        parsed = json.loads(body) if code else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("loaded_at"), (int, float)):
+        fields["loaded_at"] = float(parsed["loaded_at"])
+    return fields
+
+
+def is_healthy(report: dict[str, Any]) -> bool:
+    """Reached, health answered 200 and the service is active."""
+    return (
+        report.get("reachable", False)
+        and report["health"]["code"] == 200
+        and report["service"]["active"] == "active"
+    )
+
+
+def host_report(h: PyinfraRemote) -> dict[str, Any]:
+    """What `status` says about one reachable host, as data."""
     d, layout = h.data, layout_of(h)
     tree = read_tree(h, layout)
-    props, code, body = parse_probe(
-        h.run(probe_script(layout.service, d.app_port, d.health_path)).stdout
-    )
-    enabled = h.run(f"systemctl is-enabled {shlex.quote(layout.service)} 2>/dev/null || true")
+    # Blue/green serves from the live colour's unit; the health URL is nginx's, on app_port.
+    unit = layout.colour_unit(tree.live) if tree.live and tree.nginx_site else layout.service
+    props, code, body = parse_probe(h.run(probe_script(unit, d.app_port, d.health_path)).stdout)
+    enabled = h.run(f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null || true").stdout
     log = h.run(f"tail -n 5 {layout.revisions} 2>/dev/null || true").stdout
-    print(f"{h.name} ({getattr(d, 'ssh_hostname', None) or h.name})")
-    print(f"  current:   {tree.current or 'none'} (previous: {tree.previous or 'none'})")
-    print(f"  releases:  {', '.join(tree.releases) or 'none'}")
-    state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}"
-    enabled_state = enabled.stdout[0] if enabled.stdout else "unknown"
-    print(f"  service:   {state}, {enabled_state}, pid {props.get('MainPID', '?')}")
-    print(f"  strategy:  {strategy_line(tree, layout)}")
-    print(f"  health:    {f'{code} {body[:100]}' if code else f'no answer ({body[:80]})'}")
-    print(f"  lock:      {lock_line(tree)}")
-    report = parse_gpu_probe(h.run(gpu_probe_script(d.gpu_sysfs_pci)).stdout)
-    if report.has_gpu:
-        print(f"  gpu:       {report.summary()}")
-    print("  revisions.log:")
-    for line in log or ["(empty)"]:
-        print(f"    {line}")
+    gpu = parse_gpu_probe(h.run(gpu_probe_script(d.gpu_sysfs_pci)).stdout)
+    report: dict[str, Any] = {
+        "host": h.name,
+        "address": d.get("ssh_hostname") or h.name,
+        "reachable": True,
+        "current": tree.current,
+        "previous": tree.previous,
+        "releases": tree.releases,
+        "service": {
+            "unit": unit,
+            "active": props.get("ActiveState", "unknown"),
+            "sub": props.get("SubState", "unknown"),
+            "enabled": enabled[0] if enabled else "unknown",
+            "pid": int(props["MainPID"]) if props.get("MainPID", "").isdigit() else None,
+        },
+        "strategy": strategy_line(tree, layout),
+        "health": health_fields(code, body),
+        "lock": tree.lock if tree.lock is not None else tree.lock_raw,
+        "lock_line": lock_line(tree),
+        "gpu": gpu.summary() if gpu.has_gpu else None,
+        "revisions": log,
+    }
+    report["healthy"] = is_healthy(report)
+    return report
 
 
-def show_status(inventory: str | None) -> int:
-    with connected(inventory) as hosts:
-        for h in hosts:
-            _show(h)
-    return 0
+def unreachable_report(name: str, address: str, reason: str) -> dict[str, Any]:
+    return {
+        "host": name,
+        "address": address,
+        "reachable": False,
+        "healthy": False,
+        "error": f"unreachable: {reason}",
+    }
+
+
+def render(report: dict[str, Any], now: float | None = None) -> list[str]:
+    """REPORT as the lines `status` prints."""
+    verdict = "healthy" if report["healthy"] else "NOT HEALTHY"
+    if not report["reachable"]:
+        verdict = "UNREACHABLE"
+    lines = [f"{report['host']} ({report['address']}): {verdict}"]
+    if not report["reachable"]:
+        return [*lines, f"  {report['error']}"]
+    svc, health = report["service"], report["health"]
+    lines += [
+        f"  current:   {report['current'] or 'none'} (previous: {report['previous'] or 'none'})",
+        f"  releases:  {', '.join(report['releases']) or 'none'}",
+        f"  service:   {svc['unit']} {svc['active']}/{svc['sub']}, {svc['enabled']}, "
+        f"pid {svc['pid'] if svc['pid'] is not None else '?'}",
+        f"  strategy:  {report['strategy']}",
+        "  health:    "
+        + (f"{health['code']} {health['body'][:100]}" if health["code"] else "no answer")
+        + ("" if health["code"] else f" ({health['body'][:80]})"),
+    ]
+    if "loaded_at" in health:
+        lines.append(f"  loaded:    {when_text(health['loaded_at'], now)}")
+    lines.append(f"  lock:      {report['lock_line']}")
+    if report["gpu"]:
+        lines.append(f"  gpu:       {report['gpu']}")
+    lines.append("  revisions.log:")
+    lines += [f"    {line}" for line in report["revisions"] or ["(empty)"]]
+    return lines
+
+
+def show_status(inventory: str | None, as_json: bool = False) -> int:
+    reports: list[dict[str, Any]] = []
+    with connected_partly(inventory) as reached:
+        by_name = {h.name: h for h in reached.hosts}
+        for name in reached.names:
+            address = reached.addresses[name]
+            if name in by_name:
+                report = host_report(by_name[name])
+            else:
+                report = unreachable_report(name, address, reached.unreachable[name])
+            reports.append(report)
+            if not as_json:
+                print("\n".join(render(report)), flush=True)
+    if as_json:
+        print(json.dumps(reports, indent=2))
+    return 0 if all(r["healthy"] for r in reports) else 1

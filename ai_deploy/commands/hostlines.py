@@ -1,0 +1,24 @@
+"""Output lines of several hosts told apart: `HOST | line`, host names padded to one width."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+
+class HostLines:
+    """Prints `HOST | line` (or the bare line when PREFIX is false) to stdout or stderr."""
+
+    def __init__(self, names: Iterable[str], *, prefix: bool = True) -> None:
+        self.width = max((len(n) for n in names), default=0)
+        self.prefix = prefix
+
+    def format(self, host: str, line: str) -> str:
+        return f"{host:<{self.width}} | {line}" if self.prefix else line
+
+    def out(self, host: str, line: str, *, stream: TextIO | None = None) -> None:
+        print(self.format(host, line), file=stream or sys.stdout, flush=True)
+
+    def err(self, host: str, line: str) -> None:
+        self.out(host, line, stream=sys.stderr)
