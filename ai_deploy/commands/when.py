@@ -69,10 +69,15 @@ def parse_since(text: str, now: float | None = None) -> float:
         return midnight.timestamp()
     if value == "yesterday":
         return (midnight - timedelta(days=1)).timestamp()
+    epoch: float | None
     if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", value):
         parts = [int(p) for p in value.split(":")] + [0]
-        return midnight.replace(hour=parts[0], minute=parts[1], second=parts[2]).timestamp()
-    epoch = parse_iso(text)
+        try:
+            epoch = midnight.replace(hour=parts[0], minute=parts[1], second=parts[2]).timestamp()
+        except ValueError:
+            epoch = None  # 25:99: said below
+    else:
+        epoch = parse_iso(text)
     if epoch is None:
         raise ValueError(
             f"--since {text!r}: give a duration (10m, 2h, 1d), a time today (22:10) or a date "

@@ -80,7 +80,7 @@ def test_since_times_and_dates_are_local() -> None:
     assert parse_since("2026-11-29T22:20:00Z", NOW) == NOW
 
 
-@pytest.mark.parametrize("bad", ["", "soon", "10 parsecs", "2026-13-45", "-5m"])
+@pytest.mark.parametrize("bad", ["", "soon", "10 parsecs", "2026-13-45", "-5m", "25:99"])
 def test_since_refuses_what_it_cannot_read_naming_it(bad: str) -> None:
     with pytest.raises(ValueError, match="--since"):
         parse_since(bad, NOW)
