@@ -70,6 +70,12 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     return lock_command(args.inventory, args.lock_command, force=getattr(args, "force", False))
 
 
+def _cmd_pyinfra(args: argparse.Namespace) -> int:
+    from ai_deploy.commands.pyinfra_cmd import run_pyinfra_here
+
+    return run_pyinfra_here(args.inventory, args.args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ai_deploy.commands.demo import run_demo
 
@@ -266,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="SSH through a per-deploy firewall window (direct) or IAP",
     )
     init.set_defaults(func=_cmd_init)
+
+    pyinfra = sub.add_parser(
+        "pyinfra",
+        help="pyinfra INVENTORY deploy.py ARGS, from this installation, in this directory",
+        description="Run pyinfra on the packaged inventory (or -i INV) and deploy.py, in the "
+        "working directory, so the app's ai-deploy.toml and -e ENV apply. ARGS go to pyinfra: "
+        "ai-deploy pyinfra -e staging -- --data artifact=dist/app.tar.gz",
+    )
+    _add_inventory(pyinfra)
+    pyinfra.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="for pyinfra")
+    pyinfra.set_defaults(func=_cmd_pyinfra)
 
     demo = sub.add_parser(
         "demo", help="deploy the example AI server to a local sandbox host and print its URL"

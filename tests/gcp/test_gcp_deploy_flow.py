@@ -710,7 +710,7 @@ def _service_account_key_file(fake: FakeGcp, path: Path) -> Path:
     return path
 
 
-def test_rollback_and_status_from_a_laptop_open_and_close_the_window(
+def test_rollback_status_and_logs_from_a_laptop_open_and_close_the_window(
     flow: Flow, make_release: Callable[[str], Release], tmp_path: Path
 ) -> None:
     """Day-2 commands outside CI reach the instance as the deploy does: the window for this
@@ -742,6 +742,15 @@ def test_rollback_and_status_from_a_laptop_open_and_close_the_window(
     assert f"current:   {first.release_id}" in status.output
     assert f"(previous: {second.release_id})" in status.output
     flow.assert_nothing_left(status.output)
+
+    logs = DeployProcess(["--error", "--lines", "5"], env, command=("logs",))
+    code = logs.finish(timeout=300)
+    print(logs.output)
+    assert code == 0, logs.output
+    shown = [line for line in logs.lines if line.startswith(f"{flow.host.address} | ")]
+    assert 0 < len(shown) <= 5, logs.output
+    assert len(flow.rules_created()) == windows + 3  # one window per command
+    flow.assert_nothing_left(logs.output)
 
 
 def test_invalid_runner_address_stops_before_anything_is_created(

@@ -107,6 +107,8 @@ SHIPPED_FROM_REPO = {
     "main.py",
     "pyproject.toml",
     "uv.lock",
+    "tests",
+    "tests/test_main.py",
     "dist",
     "dist/keep.txt",
     "kept.log",
