@@ -15,6 +15,7 @@ from ai_deploy.ci.ssh import provided_key, wait_for_ssh
 
 
 def dry_run(run: Run, tmp: Path) -> tuple[int, str]:
+    from ai_deploy.gcp import GcpError
     from ai_deploy.gcp.sshkeys import SshSettings
 
     opts = run.opts
@@ -35,7 +36,10 @@ def dry_run(run: Run, tmp: Path) -> tuple[int, str]:
         )
         return exitcodes.EXIT_OK, "dry run: nothing changed"
     run.key = provided_key(run.environ, tmp)
-    run.user = SshSettings.from_env(run.environ).user
+    try:
+        run.user = SshSettings.from_env(run.environ).user
+    except GcpError as exc:
+        raise PhaseFailed("config", str(exc)) from exc
     assert run.known_hosts is not None
     with run.phases.phase("ssh", "Check SSH"):
         wait_for_ssh(

@@ -235,8 +235,11 @@ def ssh_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
     from ai_deploy.gcp.sshkeys import SSH_MODE_ENV, SshSettings, ephemeral_ssh_key
 
     opts = run.opts
-    settings = SshSettings.from_env(run.environ)
     with run.phases.phase("ssh", "Authorize an SSH key"):
+        try:
+            settings = SshSettings.from_env(run.environ)
+        except GcpError as exc:  # a login name or key setting that cannot work
+            raise PhaseFailed("config", str(exc)) from exc
         key_is_new = run.session is not None and bool(opts.instance and opts.zone)
         if key_is_new:
             try:

@@ -57,6 +57,17 @@ def test_a_bad_data_item_exits_2_naming_it(tmp_path: Path, capsys) -> None:
     assert "--data no-equals-sign: expected KEY=VALUE" in capsys.readouterr().err
 
 
+def test_an_unusable_login_name_exits_2_naming_the_setting(tmp_path: Path, capsys) -> None:
+    art = build_artifact(EXAMPLE, tmp_path / "dist")
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n"
+    env = {"AI_DEPLOY_SSH_USER": "root", "AI_DEPLOY_SSH_PRIVATE_KEY": key}
+    code = _deploy(art, use_gcp=False, host="127.0.0.1", env=env)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "AI_DEPLOY_SSH_USER='root' is not a usable login name" in err
+    assert "unexpected error" not in err
+
+
 def test_a_key_given_as_a_path_exits_2_naming_it(tmp_path: Path, capsys) -> None:
     art = build_artifact(EXAMPLE, tmp_path / "dist")
     code = _deploy(
