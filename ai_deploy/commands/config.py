@@ -5,6 +5,7 @@ masked; the .env text (env_default) is never printed, nor is env_file read."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -51,12 +52,19 @@ def show_config(environment: str | None, data: Sequence[str], as_json: bool = Fa
         for problem in exc.problems:
             print(f"ai-deploy: error: {problem}", file=sys.stderr)
         return 2
+    from ai_deploy.ci.env_settings import env_rows
+
+    from_env = env_rows(os.environ, MASK)
     if as_json:
         rows = [
             {"name": s.name, "value": shown(s.name, s.value), "source": s.source}
             for s in settings.values()
         ]
+        rows += [{"name": n, "value": v, "source": src} for n, v, src in from_env]
         print(json.dumps(rows, indent=2, default=str))
     else:
         print("\n".join(render(settings)))
+        print("\n# the deploy's environment variables")
+        width = max(len(n) for n, _, _ in from_env)
+        print("\n".join(f"{n:<{width}} = {v!r}  # {src}" for n, v, src in from_env))
     return 0

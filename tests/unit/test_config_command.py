@@ -42,7 +42,11 @@ def _config(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
 
 
 def _lines(out: str) -> dict[str, str]:
-    return {line.split(" = ", 1)[0].strip(): line.split(" = ", 1)[1] for line in out.splitlines()}
+    return {
+        line.split(" = ", 1)[0].strip(): line.split(" = ", 1)[1]
+        for line in out.splitlines()
+        if " = " in line
+    }
 
 
 @pytest.fixture
@@ -136,3 +140,25 @@ def test_shown_masks_by_name() -> None:
     assert shown("ssh_password", "x") == MASK
     assert shown("ssh_key_password", None) is None
     assert shown("app_port", 8000) == 8000
+
+
+def test_config_shows_the_deploys_environment_variables_with_secrets_masked(
+    app_dir: Path,
+) -> None:
+    hook = "https://hooks.slack.invalid/services/T000/B000/not-to-be-printed"
+    proc = _config(
+        app_dir, AI_DEPLOY_SSH_TRANSPORT="iap", AI_DEPLOY_SLACK_WEBHOOK_URL=hook, GCP_ZONE="z-a"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "not-to-be-printed" not in proc.stdout
+    lines = _lines(proc.stdout.split("# the deploy's environment variables", 1)[1])
+    assert lines["AI_DEPLOY_SSH_TRANSPORT"] == "'iap'  # environment variable"
+    assert lines["GCP_ZONE"] == "'z-a'  # environment variable"
+    assert lines["AI_DEPLOY_SLACK_WEBHOOK_URL"] == f"'{MASK}'  # environment variable"
+    assert lines["AI_DEPLOY_HOST_KEYS"].startswith("'accept-new'  # default")
+    rows = {r["name"]: r for r in json.loads(_config(app_dir, "--json", GCP_ZONE="z-a").stdout)}
+    assert rows["GCP_ZONE"] == {
+        "name": "GCP_ZONE",
+        "value": "z-a",
+        "source": "environment variable",
+    }
