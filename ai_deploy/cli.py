@@ -162,9 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--id", help="release id (CI passes the git SHA); default: content hash")
     build.add_argument(
         "--app-module",
-        default="main:app",
+        default=None,
         metavar="MODULE:APP",
-        help="uvicorn's APP (group_data app_module); its file must be in DIR (default main:app)",
+        help="uvicorn's APP; its file must be in DIR (default: app_module of DIR/ai-deploy.toml, "
+        "else main:app)",
     )
     build.set_defaults(func=_cmd_artifact_build)
     deploy = sub.add_parser(

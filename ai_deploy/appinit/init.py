@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from ai_deploy.appinit.detect import find_app_module
 from ai_deploy.appinit.next_steps import Target, next_steps
 from ai_deploy.appinit.settings_file import render_settings_file
 from ai_deploy.appinit.workflow import WORKFLOW_PATH, python_of, render_workflow
@@ -62,15 +63,30 @@ def init_app(app_dir: Path, target: Target, *, force: bool = False) -> str:
             + ": use --force to replace (compare with `git diff` afterwards)"
         )
     app = _app_name(app_dir)
+    found = find_app_module(app_dir)
+    if found is None:
+        raise InitError(
+            f"no FastAPI app found in {app_dir} (a module-level `app = FastAPI(...)`): ai-deploy "
+            "serves it with uvicorn MODULE:APP; create it, then run init again"
+        )
+    notes: list[str] = []
+    if not (app_dir / "uv.lock").is_file():
+        notes.append("no uv.lock yet: run `uv lock` and commit it (hosts install exactly it)")
     try:
         workflow_text = render_workflow(app, target.environment, python_of(app_dir))
     except ValueError as exc:
         raise InitError(str(exc)) from None
-    settings_text = render_settings_file({"app_name": app} if app != "ai-server" else None, PER_RUN)
+    overrides: dict[str, str] = {}
+    if app != "ai-server":
+        overrides["app_name"] = app
+    if found != "main:app":
+        overrides["app_module"] = found
+    settings_text = render_settings_file(overrides or None, PER_RUN)
     settings.write_text(settings_text)
     workflow.parent.mkdir(parents=True, exist_ok=True)
     workflow.write_text(workflow_text)
-    return next_steps(target, [FILENAME, str(WORKFLOW_PATH)])
+    said = [f"the app: {found} (app_module)", *notes]
+    return "\n".join(said) + "\n" + next_steps(target, [FILENAME, str(WORKFLOW_PATH)])
 
 
 __all__ = ["InitError", "init_app", "repository_of"]

@@ -124,6 +124,11 @@ def _check_source(src: Path, entry: str) -> None:
         if not (src / required).is_file():
             fix = "run `uv lock` there and commit it" if required == "uv.lock" else "add one"
             raise ArtifactError(f"{src / required} is missing: the app needs {required}; {fix}")
+    if not (src / entry).is_file():
+        raise ArtifactError(
+            f"{src / entry} is missing: uvicorn serves the app module from it (app_module; set "
+            "it in ai-deploy.toml or with --app-module MODULE:APP)"
+        )
 
 
 def _symlink_target(src_real: Path, path: Path, arcname: str) -> str:

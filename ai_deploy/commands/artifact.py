@@ -10,15 +10,34 @@ import sys
 from pathlib import Path
 
 
+def app_module_of(directory: Path) -> str:
+    """app_module as DIRECTORY's ai-deploy.toml sets it (top level), else main:app."""
+    from ai_deploy.artifact.errors import ArtifactError
+    from ai_deploy.settings.appfile import FILENAME, parse_app_settings
+    from ai_deploy.settings.check import SettingsError
+
+    path = directory / FILENAME
+    if not path.is_file():
+        return "main:app"
+    try:
+        value = parse_app_settings(path.read_text(), path).settings.get("app_module")
+    except SettingsError as exc:
+        raise ArtifactError("; ".join(exc.problems)) from None
+    return str(value) if value else "main:app"
+
+
 def build(
     directory: str,
     output: str,
     artifact_id: str | None,
-    app_module: str,
+    app_module: str | None,
     lock_check: bool = True,
 ) -> int:
     from ai_deploy.artifact.build import build_artifact, sha256_file
     from ai_deploy.artifact.lockcheck import NO_LOCK_CHECK_ENV, lock_check_skipped
+
+    if app_module is None:
+        app_module = app_module_of(Path(directory))
 
     if lock_check and lock_check_skipped():
         print(

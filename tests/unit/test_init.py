@@ -124,3 +124,57 @@ def test_a_typo_in_the_written_settings_stops_with_the_key_and_a_suggestion(app:
     proc = _cli(app, "config", "-e", "staging")
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"(?m)^deploy_strategy +(=|:)? *'bluegreen'.*# ai-deploy\.toml$", proc.stdout)
+
+
+def test_a_new_teams_layout_is_found_and_used_by_the_build(tmp_path: Path) -> None:
+    """Their own repository: the app in app/server.py as `api`, another project name, no
+    uv.lock yet. init names the app module in the settings and says to lock; the artifact
+    build then takes app_module from ai-deploy.toml."""
+    repo = tmp_path / "llm-gateway"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "__init__.py").write_text("")
+    (repo / "app" / "server.py").write_text("from fastapi import FastAPI\n\napi = FastAPI()\n")
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_x.py").write_text("from fastapi import FastAPI\nfake = FastAPI()\n")
+    (repo / "pyproject.toml").write_text(
+        '[project]\nname = "llm-gateway"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
+        "dependencies = []\n"
+    )
+    proc = _cli(repo, "init")
+    assert proc.returncode == 0, proc.stderr
+    assert "the app: app.server:api (app_module)" in proc.stdout
+    assert "no uv.lock yet" in proc.stdout
+    settings = parse_app_settings((repo / "ai-deploy.toml").read_text()).settings
+    assert settings == {"app_name": "llm-gateway", "app_module": "app.server:api"}
+    workflow = (repo / ".github" / "workflows" / "ai-cicd.yml").read_text()
+    assert (
+        'python-version: "3.11"' in workflow and "name: llm-gateway-${{ github.sha }}" in workflow
+    )
+    (repo / "uv.lock").write_text("version = 1\n")
+    built = subprocess.run(
+        [sys.executable, "-m", "ai_deploy.cli", "artifact", "build", ".", "-o", "dist"],
+        cwd=repo,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(repo), "AI_DEPLOY_NO_LOCK_CHECK": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr  # app/server.py satisfies app.server:api
+    (repo / "ai-deploy.toml").write_text('app_module = "nowhere:app"\n')
+    refused = subprocess.run(
+        [sys.executable, "-m", "ai_deploy.cli", "artifact", "build", ".", "-o", "dist2"],
+        cwd=repo,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(repo), "AI_DEPLOY_NO_LOCK_CHECK": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode != 0 and "nowhere.py is missing" in refused.stderr
+
+
+def test_init_without_a_fastapi_app_says_what_it_looked_for(app: Path) -> None:
+    (app / "main.py").write_text("print('no app here')\n")
+    proc = _cli(app, "init")
+    assert proc.returncode == 2
+    assert "no FastAPI app found" in proc.stderr
+    assert not (app / "ai-deploy.toml").exists()

@@ -1,0 +1,51 @@
+"""What `ai-deploy init` can tell about an app from its files: where its FastAPI app is
+(uvicorn's MODULE:APP) and whether its lock file is there."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+_SKIP = {".venv", "venv", ".git", "node_modules", "tests", "test", "dist", "build", "__pycache__"}
+_PREFERRED = ("main.py", "app.py", "app/main.py", "src/main.py")
+
+
+def _fastapi_names(path: Path) -> list[str]:
+    """Module-level names assigned a `FastAPI(...)` call in PATH."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    names = []
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called == "FastAPI":
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
+def _module_of(app_dir: Path, path: Path) -> str:
+    # uvicorn imports it from the release's directory (the project itself is not installed):
+    # a module under src/ is src.pkg.mod (a namespace package), as that import finds it.
+    return ".".join(path.relative_to(app_dir).with_suffix("").parts)
+
+
+def find_app_module(app_dir: Path) -> str | None:
+    """MODULE:APP of the app's FastAPI instance (the conventional files first, then any
+    module outside tests and virtual environments); None when there is none."""
+    candidates = [app_dir / p for p in _PREFERRED if (app_dir / p).is_file()]
+    for path in sorted(app_dir.rglob("*.py")):
+        rel = path.relative_to(app_dir)
+        if not any(part in _SKIP or part.startswith(".") for part in rel.parts[:-1]):
+            candidates.append(path)
+    for path in candidates:
+        names = _fastapi_names(path)
+        if names:
+            return f"{_module_of(app_dir, path)}:{names[0]}"
+    return None
+
+
+__all__ = ["find_app_module"]
