@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -751,6 +752,27 @@ def test_rollback_status_and_logs_from_a_laptop_open_and_close_the_window(
     assert 0 < len(shown) <= 5, logs.output
     assert len(flow.rules_created()) == windows + 3  # one window per command
     flow.assert_nothing_left(logs.output)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_followed_log_through_the_window_leaves_nothing(
+    flow: Flow, make_release: Callable[[str], Release], tmp_path: Path, signum: int
+) -> None:
+    """`logs -f` from a laptop runs until stopped: SIGTERM (a CI cancel) or SIGINT (Ctrl-C)
+    ends the command, then the window and the key go."""
+    code, output = flow.deploy(make_release("flow"), "--data", flow.env_data())
+    assert code == 0, output
+    env = _laptop_environment(flow, _service_account_key_file(flow.fake, tmp_path / "sa.json"))
+    follow = DeployProcess(["-f", "--error", "--lines", "1"], env, command=("logs",))
+    follow.wait_for(rf"^{re.escape(flow.host.address)} \| ", timeout=180)
+    with flow.fake.lock:
+        assert flow.fake.state.firewalls, "the window is open while the log is followed"
+    follow.proc.send_signal(signum)
+    code = follow.finish(timeout=120)
+    print(follow.output)
+    assert code == 128 + signum, follow.output
+    assert "Traceback" not in follow.output
+    flow.assert_nothing_left(follow.output)
 
 
 def test_invalid_runner_address_stops_before_anything_is_created(
