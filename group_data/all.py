@@ -53,6 +53,16 @@ socket_backlog = 4096
 bluegreen_ports = (8001, 8002)  # blue, green (internal, 127.0.0.1 only)
 bluegreen_upstream = "/etc/nginx/ai-server-upstream.conf"
 bluegreen_drain_s = 5  # the old colour finishes its requests, then stops
+# Blue/green on a GPU host: before the idle colour starts, nvidia-smi's free memory is compared
+# with what the release needs on each GPU (free memory plus what the idle colour holds, no
+# margin added). None: what the live colour's processes hold now (MainPID and its cgroup);
+# a number of MiB sets it (put any headroom you want in it). Hosts without nvidia-smi, or
+# where it fails, are not checked.
+gpu_memory_needed_mib = None
+# When two copies do not fit: "restart" stops the live colour before the idle one starts (no
+# overlap; requests fail while the new release loads), "refuse" stops the deploy on that host
+# before anything changes (the live colour keeps serving).
+gpu_memory_when_short = "restart"
 
 # Releases, health gate, lock
 releases_keep = 5  # newest releases kept; current and previous are never removed

@@ -45,6 +45,10 @@ class Spec:
     colour_ports: tuple[int, int]  # bluegreen: blue, green
     drain_s: float  # bluegreen: how long the old colour finishes its requests
     nginx_upstream: str
+    # bluegreen on a GPU host: MiB a second copy needs (None: what the live colour holds), and
+    # what happens when it does not fit ("restart": the live colour stops first; "refuse")
+    gpu_memory_needed_mib: int | None = None
+    gpu_memory_when_short: str = "restart"
     # this run
     action: str = "deploy"  # deploy | rollback | restart
     release_id: str = ""
@@ -85,6 +89,8 @@ class Spec:
             colour_ports=tuple(int(p) for p in get("bluegreen_ports")),  # type: ignore[arg-type]
             drain_s=float(get("bluegreen_drain_s")),
             nginx_upstream=str(get("bluegreen_upstream")),
+            gpu_memory_needed_mib=_optional_int(get("gpu_memory_needed_mib")),
+            gpu_memory_when_short=str(get("gpu_memory_when_short") or "restart"),
             **run,
         )
 
@@ -98,6 +104,10 @@ class Spec:
     @property
     def service(self) -> str:
         return self.layout.service
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None or value == "" else int(value)
 
 
 def deploy_who() -> str:

@@ -22,6 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "deploy_strategy": ("socket", "restart", "bluegreen"),
     "gpu_driver": ("auto", "skip"),
     "gpu_driver_method": ("cuda-installer", "ubuntu-drivers", "packages", "command"),
+    "gpu_memory_when_short": ("restart", "refuse"),
     "uv_python_downloads": ("never", "manual", "automatic"),
 }
 # Integer defaults that are read with float(): a fraction is fine.
@@ -36,7 +37,7 @@ NUMBERS = frozenset(
     }
 )
 # What a setting whose default is None holds when set (a string unless named here).
-OPTIONAL_KINDS: dict[str, str] = {}
+OPTIONAL_KINDS: dict[str, str] = {"gpu_memory_needed_mib": "int"}
 
 _OPS: dict[type, Any] = {
     ast.Add: operator.add,

@@ -1,19 +1,28 @@
 """bluegreen: ai-server@blue and ai-server@green on internal ports behind nginx on the public
 port. The idle colour starts the release and must pass the health gate on its own port before
 nginx is pointed at it (graceful reload); the old colour then drains and stops. A release that
-never turns healthy never receives a request. The GPU holds two copies of the model meanwhile."""
+never turns healthy never receives a request. The GPU holds two copies of the model meanwhile;
+on a GPU host where two do not fit (ai_deploy.host.gpu_memory), the live colour stops before the
+idle one starts (gpu_memory_when_short="restart": requests fail while it loads) or the deploy
+stops before anything changes ("refuse")."""
 
 from __future__ import annotations
 
 import shlex
 import time
 from io import StringIO
-from typing import Any
+from typing import Any, NoReturn
 
+from ai_deploy.host import gpu_memory
 from ai_deploy.host.facts import AppTree
-from ai_deploy.host.outcome import FAILED, SWITCHED_BACK, DeployFailed
+from ai_deploy.host.outcome import FAILED, SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.paths import COLOURS, Layout
-from ai_deploy.host.release.health import restart_service, wait_healthy, warn_unhealthy
+from ai_deploy.host.release.health import (
+    Health,
+    restart_service,
+    wait_healthy,
+    warn_unhealthy,
+)
 from ai_deploy.host.release.links import Links, set_links
 from ai_deploy.host.release.venv import ensure_release_venv
 from ai_deploy.host.remote import Remote
@@ -170,19 +179,85 @@ def _route_to(remote: Remote, spec: Spec, colour: str) -> None:
     remote.run(f"printf '%s\\n' {colour} > {spec.layout.colors}/LIVE")
 
 
+def _stop_live_first(remote: Remote, spec: Spec, live: str, idle: str, before: Links) -> bool:
+    """True when the GPU cannot hold LIVE and IDLE at once and gpu_memory_when_short says to
+    stop LIVE first; raises DeployFailed (nothing changed) when it says "refuse"."""
+    units = {c: spec.layout.colour_unit(c) for c in (live, idle)}
+    fit = gpu_memory.check(remote, units, live, idle, spec.gpu_memory_needed_mib)
+    if fit.fits is not False:
+        if fit.message:
+            remote.say(fit.message)
+        return False
+    if spec.gpu_memory_when_short == "refuse":
+        serving = f"{before.current} keeps serving on {live}" if before.current else "unchanged"
+        raise DeployFailed(
+            "gpu",
+            f"{spec.action} of {spec.release_id} refused: {fit.message} and "
+            f"gpu_memory_when_short='refuse'; nothing was changed ({serving})",
+        )
+    remote.warn(
+        f"{fit.message}: {live} stops before {idle} starts (gpu_memory_when_short='restart'; "
+        f"requests fail until {idle} is healthy)"
+    )
+    return True
+
+
+def _live_again(
+    remote: Remote, spec: Spec, live: str, before: Links, phase: str, reason: str
+) -> NoReturn:
+    """LIVE was stopped for a release that then failed in PHASE (REASON): start LIVE again
+    behind the health gate, and raise the outcome (switched back, or the switch-back failed)."""
+    target, old = spec.release_id, spec.layout.colour_unit(live)
+    remote.warn(f"starting {live} ({before.current or 'its release'}) again")
+    try:
+        if before.current:
+            ensure_release_venv(remote, spec, before.current)  # verified, or rebuilt first
+        port = spec.colour_ports[COLOURS.index(live)]
+        back = wait_healthy(remote, spec, restart_service(remote, old), service=old, port=port)
+    except DeployFailed as exc:
+        back = Health(False, str(exc))
+    if not back.ok:
+        raise DeployFailed(
+            "rollback",
+            f"{spec.action} of {target} failed ({reason}) and {live} "
+            f"({before.current or '-'}) did not come back healthy: {back.reason}",
+            status=SWITCH_BACK_FAILED,
+            journal=f"gpu-memory-short rollback-to={before.current or '-'} also-unhealthy",
+        )
+    remote.say(f"{live} serves {before.current or 'its release'} again: {back.reason}")
+    raise DeployFailed(
+        phase,
+        f"{spec.action} of {target} failed: {reason}; {live} was stopped for it (GPU memory) "
+        f"and serves {before.current or 'its release'} again",
+        status=SWITCHED_BACK,
+        serving=before.current,
+        journal=f"gpu-memory-short rolled-back-to={before.current or '-'} reason={reason!r}",
+    )
+
+
 def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> Live:
     target = spec.release_id
     live = live_colour(remote, spec)
     idle = "green" if live == "blue" else "blue"
     port = spec.colour_ports[COLOURS.index(idle)]
     unit = spec.layout.colour_unit(idle)
+    stop_first = live is not None and _stop_live_first(remote, spec, live, idle, before)
     _point_colour(remote, spec, idle, target)
+    if live is not None and stop_first:
+        remote.run(f"systemctl stop {shlex.quote(spec.layout.colour_unit(live))}")
     remote.say(f"starting release {target} as {idle} on 127.0.0.1:{port} (live: {live or 'none'})")
-    baseline = restart_service(remote, unit)
+    try:
+        baseline = restart_service(remote, unit)
+    except DeployFailed as exc:
+        if live is None or not stop_first:
+            raise
+        _live_again(remote, spec, live, before, exc.phase, str(exc))
     health = wait_healthy(remote, spec, baseline, service=unit, port=port)
     if not health.ok:
         warn_unhealthy(remote, spec, health, colour=idle)
         remote.run(f"systemctl stop {shlex.quote(unit)}")
+        if live is not None and stop_first:
+            _live_again(remote, spec, live, before, "health", health.reason)
         if before.current and before.current != target:
             # The live colour keeps running; its venv is checked (rebuilt when damaged) so
             # that its next start does not fail.
@@ -203,8 +278,10 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
     try:
         # Before the in-place units are left: a config nginx refuses must not cost the port.
         _stage_route(remote, spec, idle, port)
-    except DeployFailed:
+    except DeployFailed as exc:
         remote.run(f"systemctl stop {shlex.quote(unit)}")
+        if live is not None and stop_first:
+            _live_again(remote, spec, live, before, exc.phase, str(exc))
         raise
     if live is None:
         # The public port: from the in-place service or socket (first switch to blue/green).
@@ -215,12 +292,15 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
     remote.say(f"nginx now sends traffic to {idle} ({target})")
     if live is not None:
         old = spec.layout.colour_unit(live)
-        remote.say(f"draining {live} for {spec.drain_s:.0f} s, then stopping it")
-        time.sleep(spec.drain_s)
+        if not stop_first:
+            remote.say(f"draining {live} for {spec.drain_s:.0f} s, then stopping it")
+            time.sleep(spec.drain_s)
         remote.run(f"systemctl disable --now {shlex.quote(old)} 2>/dev/null || true")
+    how = f", {live} stopped first: GPU memory" if stop_first else ""
     return Live(
-        f"{spec.action} of {target} healthy (blue/green: {idle} live)",
-        f"previous={before.current or '-'} colour={idle}",
+        f"{spec.action} of {target} healthy (blue/green: {idle} live{how})",
+        f"previous={before.current or '-'} colour={idle}"
+        + (" gpu-memory-short=stopped-first" if stop_first else ""),
     )
 
 

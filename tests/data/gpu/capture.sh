@@ -17,4 +17,16 @@ unshare -m sh -c 'for d in /dev/nvidiactl /dev/nvidia0; do mount --bind /dev/nul
   echo "== devices"; ls -l /dev/nvidia* 2>&1
   echo "== nvidia-smi"; /usr/local/nvidia/bin/nvidia-smi 2>&1 || nvidia-smi 2>&1
 } > "$out/machine.txt" 2>&1
+# GPU memory as blue/green reads it (ai_deploy.host.gpu_memory): the same two queries, with
+# nounits (what the deploy runs) and without (the parsers accept both). Run it once with no
+# GPU process and once while the app (or any CUDA process) holds memory, into two OUTDIRs.
+smi=$(command -v nvidia-smi || echo /usr/local/nvidia/bin/nvidia-smi)
+for units in nounits units; do
+  fmt=csv,noheader; [ $units = nounits ] && fmt=csv,noheader,nounits
+  "$smi" --query-gpu=index,uuid,memory.total,memory.used,memory.free --format=$fmt \
+    > "$out/query-gpu-$units.txt" 2>&1; echo "rc $?" >> "$out/query-gpu-$units.txt"
+  "$smi" --query-compute-apps=pid,gpu_uuid,used_memory --format=$fmt \
+    > "$out/compute-apps-$units.txt" 2>&1; echo "rc $?" >> "$out/compute-apps-$units.txt"
+done
+"$smi" --query-gpu=memory.reserved --format=csv,noheader > "$out/memory-reserved.txt" 2>&1
 cat "$out/report.json"
