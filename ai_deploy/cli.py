@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ai_deploy.ci.exitcodes import TABLE
@@ -312,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ai_deploy.project import ProjectError
     from ai_deploy.sandbox.image import SandboxError
 
+    # pyinfra's CLI patches the standard library with gevent when the host commands import it,
+    # after ssl is loaded; gevent's warning about that says nothing a user can act on.
+    warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already been")
     args = build_parser().parse_args(argv)
     _settings_from_here(args)
     try:

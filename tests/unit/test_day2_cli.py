@@ -185,3 +185,21 @@ def test_revisions_script_tails_the_log(tmp_path: Path) -> None:
     assert parse_revisions(sh(revisions_script(layout, 2)))[0].release == "r3"
     assert len(sh(revisions_script(layout))) == 5
     assert sh(revisions_script(_layout(tmp_path / "none"))) == []
+
+
+def test_host_commands_print_no_gevent_warning(tmp_path: Path) -> None:
+    """pyinfra's CLI patches with gevent after ssl is loaded; the warning about it is not
+    shown to users (here: status of a host whose port is closed, on loopback)."""
+    inventory = tmp_path / "one.py"
+    inventory.write_text('hosts = [("127.0.0.1", {"ssh_port": 1, "ssh_connect_retries": 0})]\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "ai_deploy.cli", "status", "-i", str(inventory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("GCP_", "AI_DEPLOY_"))},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "UNREACHABLE" in proc.stdout
+    assert "MonkeyPatchWarning" not in proc.stderr
