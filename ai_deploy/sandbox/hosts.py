@@ -51,7 +51,9 @@ __all__ = [
 ]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-BOOT_TIMEOUT_S = 60.0
+# A boot takes seconds; the limit is for a loaded machine (two test workers each booting
+# several hosts), where one took over 60 s to serve its first login.
+BOOT_TIMEOUT_S = 180.0
 
 
 def _names_for(count: int, name: str | None, index_hint: int) -> list[str]:
@@ -166,17 +168,24 @@ def wait_ready(host: Host, timeout: float = BOOT_TIMEOUT_S) -> None:
             time.sleep(0.1)
     # sshd may accept the connection before it serves logins (keys, PAM still starting): an
     # empty answer is an SSH that did not get in, tried again until the deadline.
+    why = ""
     while True:
         remaining = max(5.0, deadline - time.monotonic())
-        state = ssh(
-            host.address, "systemctl is-system-running --wait", timeout=remaining, check=False
-        ).strip()
+        try:
+            state = ssh(
+                host.address, "systemctl is-system-running --wait", timeout=remaining, check=False
+            ).strip()
+        except subprocess.TimeoutExpired:
+            state, why = "", "ssh did not answer in time"
         if state or time.monotonic() > deadline or not host.running:
             break
         time.sleep(0.5)
     if state != "running":
         failed = ssh(host.address, "systemctl --failed --no-legend", check=False)
-        raise SandboxError(f"sandbox host {host.name} booted {state!r}; failed units:\n{failed}")
+        raise SandboxError(
+            f"sandbox host {host.name} booted {state!r} {why}; failed units:\n{failed}\n"
+            + _console_tail(host)
+        )
 
 
 def _console_tail(host: Host, lines: int = 20) -> str:
