@@ -1,5 +1,5 @@
 """GPU memory as blue/green reads it (ai_deploy.host.gpu_memory): the parsers on each file of
-tests/data/gpu/ (hand-written in nvidia-smi's documented format, see its README), the verdict as
+tests/data/gpu/ (captured on a real H200, a few written by hand: see its README), the verdict as
 data, and the reading script run by a shell with stand-ins for nvidia-smi and systemctl."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ai_deploy.project import group_data_defaults
 pytestmark = pytest.mark.unit
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "gpu"
-H200 = "GPU-66b12d6f-456f-2a42-e964-5e813c505a1c"
+H200 = "GPU-78ff34cd-3f67-b5c1-4197-cddde0e38ad8"
 SECOND = "GPU-3f0c9a51-7d2e-4b8a-9c61-0e5d2a7b4c19"
 
 
@@ -57,13 +57,13 @@ def test_parse_mib(text: str, mib: int | None) -> None:
 
 
 def test_parse_gpus_h200_nounits_and_units_read_the_same() -> None:
-    expected = [GpuMemory(0, H200, 143771, 129580, 13631)]
+    expected = [GpuMemory(0, H200, 143771, 128785, 14372)]
     assert parse_gpus(lines("query-gpu-h200-vllm.txt")) == expected
     assert parse_gpus(lines("query-gpu-h200-units.txt")) == expected
     assert parse_gpus(lines("query-gpu-h200-small-model.txt")) == [
-        GpuMemory(0, H200, 143771, 40682, 102529)
+        GpuMemory(0, H200, 143771, 41489, 101668)
     ]
-    assert parse_gpus(lines("query-gpu-h200-idle.txt")) == [GpuMemory(0, H200, 143771, 0, 143211)]
+    assert parse_gpus(lines("query-gpu-h200-idle.txt")) == [GpuMemory(0, H200, 143771, 0, 143156)]
 
 
 def test_parse_gpus_na_two_gpus_and_junk() -> None:
@@ -77,14 +77,12 @@ def test_parse_gpus_na_two_gpus_and_junk() -> None:
 
 
 def test_parse_apps_each_file() -> None:
-    assert parse_apps(lines("compute-apps-h200-vllm.txt")) == [ComputeApp(48213, H200, 129570)]
-    assert parse_apps(lines("compute-apps-h200-units.txt")) == [ComputeApp(48213, H200, 129570)]
-    assert parse_apps(lines("compute-apps-h200-small-model.txt")) == [
-        ComputeApp(48213, H200, 40110)
-    ]
+    assert parse_apps(lines("compute-apps-h200-vllm.txt")) == [ComputeApp(535, H200, 128776)]
+    assert parse_apps(lines("compute-apps-h200-units.txt")) == [ComputeApp(535, H200, 128776)]
+    assert parse_apps(lines("compute-apps-h200-small-model.txt")) == [ComputeApp(476, H200, 41480)]
     assert parse_apps(lines("compute-apps-h200-vllm-engine-child.txt")) == [
-        ComputeApp(48213, H200, 518),
-        ComputeApp(48230, H200, 129052),
+        ComputeApp(588, H200, 520),
+        ComputeApp(613, H200, 128264),
     ]
     assert parse_apps(lines("compute-apps-na.txt")) == [ComputeApp(48213, H200, None)]
     assert parse_apps(lines("compute-apps-none.txt")) == []
@@ -98,22 +96,22 @@ def test_parse_apps_each_file() -> None:
 def test_parse_reading_sections_rc_and_pids() -> None:
     out = [
         "== gpus",
-        *lines("query-gpu-h200-vllm.txt"),
+        *lines("query-gpu-h200-vllm-engine-child.txt"),
         "== gpus-rc 0",
         "== apps",
         *lines("compute-apps-h200-vllm-engine-child.txt"),
         "== apps-rc 0",
         "== unit blue",
-        "48213",
-        "48213",
-        "48230",
+        "588",
+        "588",
+        "613",
         "== unit green",
         "0",
     ]
     r = parse_reading(out)
     assert (r.has_smi, r.error) == (True, "")
-    assert r.pids == {"blue": frozenset({48213, 48230}), "green": frozenset()}
-    assert r.use("blue", r.gpus[0]) == (129570, False)
+    assert r.pids == {"blue": frozenset({588, 613}), "green": frozenset()}
+    assert r.use("blue", r.gpus[0]) == (128784, False)
     assert parse_reading(["== no-smi"]) == Reading(has_smi=False)
 
 
@@ -132,11 +130,11 @@ def test_parse_reading_failing_smi_is_an_error_naming_its_message() -> None:
 
 
 def test_small_model_fits() -> None:
-    r = reading("query-gpu-h200-small-model.txt", "compute-apps-h200-small-model.txt", {48213})
+    r = reading("query-gpu-h200-small-model.txt", "compute-apps-h200-small-model.txt", {476})
     verdict = fit(r, "blue", "green", None)
     assert verdict.fits is True
     assert verdict.message == (
-        "GPU 0: 102529 MiB free of 143771 MiB, green needs 40110 MiB (what blue holds now): "
+        "GPU 0: 101668 MiB free of 143771 MiB, green needs 41480 MiB (what blue holds now): "
         "two copies fit"
     )
 
@@ -146,41 +144,41 @@ def test_vllm_does_not_fit_with_units_or_without() -> None:
         ("query-gpu-h200-vllm.txt", "compute-apps-h200-vllm.txt"),
         ("query-gpu-h200-units.txt", "compute-apps-h200-units.txt"),
     ):
-        verdict = fit(reading(query, apps, {48213}), "blue", "green", None)
+        verdict = fit(reading(query, apps, {535}), "blue", "green", None)
         assert verdict.fits is False
         assert verdict.message == (
-            "GPU 0: 13631 MiB free of 143771 MiB, green needs 129570 MiB (what blue holds "
+            "GPU 0: 14372 MiB free of 143771 MiB, green needs 128776 MiB (what blue holds "
             "now): two copies do not fit"
         )
 
 
 def test_a_child_process_found_in_the_cgroup_counts() -> None:
     apps = "compute-apps-h200-vllm-engine-child.txt"
-    main_only = reading("query-gpu-h200-vllm.txt", apps, {48213})
-    assert fit(main_only, "blue", "green", None).fits is True  # 518 MiB: why the cgroup matters
-    with_child = reading("query-gpu-h200-vllm.txt", apps, {48213, 48230})
+    main_only = reading("query-gpu-h200-vllm-engine-child.txt", apps, {588})
+    assert fit(main_only, "blue", "green", None).fits is True  # 520 MiB: why the cgroup matters
+    with_child = reading("query-gpu-h200-vllm-engine-child.txt", apps, {588, 613})
     assert fit(with_child, "blue", "green", None).fits is False
 
 
 def test_what_the_idle_colour_holds_is_freed_by_its_restart() -> None:
     # An interrupted deploy left green running: its memory is free once it restarts.
-    r = reading("query-gpu-h200-vllm.txt", "compute-apps-h200-vllm-engine-child.txt", {48213},
-                {48230})  # fmt: skip
+    r = reading("query-gpu-h200-vllm-engine-child.txt", "compute-apps-h200-vllm-engine-child.txt",
+                {588}, {613})  # fmt: skip
     verdict = fit(r, "blue", "green", None)
     assert verdict.fits is True
-    assert "13631 MiB free + 129052 MiB green holds of 143771 MiB" in verdict.message
+    assert "14358 MiB free + 128264 MiB green holds of 143771 MiB" in verdict.message
 
 
 def test_the_setting_replaces_the_measurement() -> None:
-    r = reading("query-gpu-h200-vllm.txt", "compute-apps-h200-vllm.txt", {48213})
-    assert fit(r, "blue", "green", 13631).fits is True
-    short = fit(r, "blue", "green", 13632)
+    r = reading("query-gpu-h200-vllm.txt", "compute-apps-h200-vllm.txt", {535})
+    assert fit(r, "blue", "green", 14372).fits is True
+    short = fit(r, "blue", "green", 14373)
     assert short.fits is False
-    assert "green needs 13632 MiB (gpu_memory_needed_mib)" in short.message
+    assert "green needs 14373 MiB (gpu_memory_needed_mib)" in short.message
     # Which GPU the release uses is unknown (blue holds none): the amount is needed on each.
     idle = reading("query-gpu-h200-idle.txt", "compute-apps-none.txt", {48213})
-    assert fit(idle, "blue", "green", 143211).fits is True
-    assert fit(idle, "blue", "green", 143212).fits is False
+    assert fit(idle, "blue", "green", 143156).fits is True
+    assert fit(idle, "blue", "green", 143157).fits is False
 
 
 def test_two_gpus_are_judged_each_on_its_own() -> None:
@@ -199,7 +197,7 @@ def test_unknown_numbers_give_no_verdict() -> None:
     assert "[N/A]" in verdict.message and "gpu_memory_needed_mib" in verdict.message
     # With the setting, the unknown measurement is not needed.
     assert fit(na_apps, "blue", "green", 10000).fits is True
-    na_free = reading("query-gpu-na.txt", "compute-apps-h200-vllm.txt", {48213})
+    na_free = reading("query-gpu-na.txt", "compute-apps-h200-vllm.txt", {535})
     assert fit(na_free, "blue", "green", None).fits is None
 
 
@@ -255,18 +253,18 @@ def script_remote(tmp_path: Path, with_smi: bool = True) -> LocalRemote:
 def test_script_reads_main_pid_and_the_cgroup(tmp_path: Path) -> None:
     remote = script_remote(tmp_path)
     smi = tmp_path / "smi"
-    (smi / "query-gpu").write_text((DATA / "query-gpu-h200-vllm.txt").read_text())
+    (smi / "query-gpu").write_text((DATA / "query-gpu-h200-vllm-engine-child.txt").read_text())
     child = DATA / "compute-apps-h200-vllm-engine-child.txt"
     (smi / "compute-apps").write_text(child.read_text())
-    (smi / "ai-server@blue.service.pid").write_text("48213\n")
+    (smi / "ai-server@blue.service.pid").write_text("588\n")
     # No ControlGroup from systemctl: the unit's cgroup under system.slice is read.
     cgroup = tmp_path / "cgroup" / "system.slice" / "ai-server@blue.service"
     cgroup.mkdir(parents=True)
-    (cgroup / "cgroup.procs").write_text("48213\n48230\n")
+    (cgroup / "cgroup.procs").write_text("588\n613\n")
     units = {"blue": "ai-server@blue.service", "green": "ai-server@green.service"}
     verdict = gpu_memory.check(remote, units, "blue", "green", None, str(tmp_path / "cgroup"))
     assert verdict.fits is False
-    assert "green needs 129570 MiB (what blue holds now)" in verdict.message
+    assert "green needs 128784 MiB (what blue holds now)" in verdict.message
     (cgroup / "cgroup.procs").unlink()  # MainPID alone: the child's memory is not seen
     assert gpu_memory.check(remote, units, "blue", "green", None, str(tmp_path / "cgroup")).fits
 

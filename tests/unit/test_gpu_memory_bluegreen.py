@@ -20,7 +20,6 @@ pytestmark = pytest.mark.unit
 DATA = Path(__file__).resolve().parents[1] / "data" / "gpu"
 BLUE = "ai-server@blue.service"
 GREEN = "ai-server@green.service"
-PID = "48213"  # the pid in the compute-apps files
 
 # Answers only the two documented queries the deploy runs; anything else is an error.
 SMI = """#!/bin/sh
@@ -57,9 +56,11 @@ def with_gpu(host: FakeHost, query: str, apps: str) -> None:
 
 
 def blue_serving_r1(host: FakeHost) -> None:
-    """r1 live on blue, its process the pid the compute-apps files name."""
+    """r1 live on blue, its process the (first) pid the compute-apps file names."""
     assert host.deploy("r1", strategy="bluegreen").status == SERVED
-    (host.state / "units" / BLUE / "pid").write_text(PID + "\n")
+    apps = host.state / "smi" / "compute-apps"
+    pid = apps.read_text().split(",")[0] if apps.exists() else "4242"
+    (host.state / "units" / BLUE / "pid").write_text(pid + "\n")
     calls = host.state / "calls.log"
     calls.write_text("")  # from here on: what the second deploy did
 
@@ -86,7 +87,7 @@ def test_fits_blue_green_as_always(host: FakeHost) -> None:
     outcome = host.deploy("r2", strategy="bluegreen")
     assert (outcome.status, outcome.serving) == (SERVED, "r2")
     assert (
-        "GPU 0: 102529 MiB free of 143771 MiB, green needs 40110 MiB (what blue holds now): "
+        "GPU 0: 101668 MiB free of 143771 MiB, green needs 41480 MiB (what blue holds now): "
         "two copies fit" in host.remote.said
     )
     log = calls(host)
@@ -106,7 +107,7 @@ def test_short_stops_the_live_colour_first(host: FakeHost) -> None:
     outcome = host.deploy("r2", strategy="bluegreen")
     assert (outcome.status, outcome.serving, outcome.previous) == (SERVED, "r2", "r1")
     assert host.remote.warned == [
-        "GPU 0: 13631 MiB free of 143771 MiB, green needs 129570 MiB (what blue holds now): "
+        "GPU 0: 14372 MiB free of 143771 MiB, green needs 128776 MiB (what blue holds now): "
         "two copies do not fit: blue stops before green starts "
         "(gpu_memory_when_short='restart'; requests fail until green is healthy)"
     ]
@@ -172,7 +173,7 @@ def test_short_with_refuse_changes_nothing(host: FakeHost) -> None:
     outcome = host.deploy("r2", strategy="bluegreen", gpu_memory_when_short="refuse")
     assert (outcome.status, outcome.phase) == (FAILED, "gpu")
     assert outcome.reason == (
-        "deploy of r2 refused: GPU 0: 13631 MiB free of 143771 MiB, green needs 129570 MiB "
+        "deploy of r2 refused: GPU 0: 14372 MiB free of 143771 MiB, green needs 128776 MiB "
         "(what blue holds now): two copies do not fit and gpu_memory_when_short='refuse'; "
         "nothing was changed (r1 keeps serving on blue)"
     )

@@ -18,8 +18,8 @@ unshare -m sh -c 'for d in /dev/nvidiactl /dev/nvidia0; do mount --bind /dev/nul
   echo "== nvidia-smi"; /usr/local/nvidia/bin/nvidia-smi 2>&1 || nvidia-smi 2>&1
 } > "$out/machine.txt" 2>&1
 # GPU memory as blue/green reads it (ai_deploy.host.gpu_memory): the same two queries, with
-# nounits (what the deploy runs) and without (the parsers accept both). Run it once with no
-# GPU process and once while the app (or any CUDA process) holds memory, into two OUTDIRs.
+# nounits (what the deploy runs) and without (the parsers accept both), as the GPU is now.
+# capture_memory.py beside this file captures them in four states, holding memory itself.
 smi=$(command -v nvidia-smi || echo /usr/local/nvidia/bin/nvidia-smi)
 for units in nounits units; do
   fmt=csv,noheader; [ $units = nounits ] && fmt=csv,noheader,nounits
