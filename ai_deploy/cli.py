@@ -8,8 +8,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from ai_deploy.ci.exitcodes import TABLE
 from ai_deploy.commands.day2_cli import add_day2_verbs
+from ai_deploy.commands.deploy import add_deploy_parser
 
 
 def _cmd_sandbox_up(args: argparse.Namespace) -> int:
@@ -34,23 +34,6 @@ def _cmd_artifact_build(args: argparse.Namespace) -> int:
     from ai_deploy.commands.artifact import build
 
     return build(args.dir, args.output, args.id, args.app_module)
-
-
-def _cmd_deploy(args: argparse.Namespace) -> int:
-    from ai_deploy.commands.deploy import deploy
-
-    return deploy(
-        args.artifact,
-        inventory=args.inventory,
-        host=args.host,
-        no_gcp=args.no_gcp,
-        dry_run=args.dry_run,
-        data=args.data,
-        health_attempts=args.health_attempts,
-        health_interval=args.health_interval,
-        target_tag=args.target_tag,
-        network=args.network,
-    )
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
@@ -169,37 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else main:app)",
     )
     build.set_defaults(func=_cmd_artifact_build)
-    deploy = sub.add_parser(
-        "deploy",
-        help="the CI entry: GCP auth, firewall window, ephemeral SSH key, pyinfra, health, "
-        "notifications",
-        description="Deploy ARTIFACT to the GCP instance named by GCP_PROJECT_ID, GCP_ZONE and "
-        "GCP_INSTANCE (or to --host), with the settings of the inventory's group_data.",
-        epilog=TABLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    deploy.add_argument("--artifact", required=True, metavar="PATH", help="the release tar.gz")
-    _add_inventory(deploy)
-    deploy.add_argument("--host", metavar="ADDRESS", help="deploy to this address (no lookup)")
-    deploy.add_argument(
-        "--no-gcp",
-        action="store_true",
-        help="a non-GCP target: no auth, firewall window or key (use --host and "
-        "AI_DEPLOY_SSH_PRIVATE_KEY)",
-    )
-    deploy.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print pyinfra's plan for each host (same user, key and settings); change nothing",
-    )
-    deploy.add_argument(
-        "--data", action="append", default=[], metavar="KEY=VALUE", help="passed to pyinfra"
-    )
-    deploy.add_argument("--health-attempts", type=int, help="outside health checks (default 12)")
-    deploy.add_argument("--health-interval", type=float, help="seconds between them (default 5)")
-    deploy.add_argument("--target-tag", help="instances the SSH rule targets (default ai-server)")
-    deploy.add_argument("--network", help="VPC network of the SSH rule (default default)")
-    deploy.set_defaults(func=_cmd_deploy)
+    add_deploy_parser(sub, _add_inventory)
 
     rollback = sub.add_parser(
         "rollback",

@@ -150,10 +150,16 @@ def connected_partly(
                 disconnect_all(state)
 
 
-def pyinfra_command(inventory: str, data: Sequence[str], *, dry: bool = False) -> list[str]:
+def pyinfra_command(
+    inventory: str, data: Sequence[str], *, dry: bool = False, limit: Sequence[str] = ()
+) -> list[str]:
     """`pyinfra -y INVENTORY deploy.py --data k=v ...`, to run from project_dir(). DRY:
-    `--dry` without `-y`, so pyinfra detects and prints the changes, then stops."""
-    cmd = [sys.executable, "-m", "pyinfra", *(["--dry"] if dry else ["-y"]), inventory, "deploy.py"]
+    `--dry` without `-y`, so pyinfra detects and prints the changes, then stops. LIMIT: only
+    the hosts of these names (`--limit NAME` each)."""
+    cmd = [sys.executable, "-m", "pyinfra", *(["--dry"] if dry else ["-y"])]
+    for name in limit:
+        cmd += ["--limit", name]
+    cmd += [inventory, "deploy.py"]
     for item in data:
         cmd += ["--data", item]
     return cmd

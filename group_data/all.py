@@ -93,6 +93,16 @@ gpu_installer_url = (
 gpu_sysfs_pci = "/sys/bus/pci/devices"  # where PCI devices are read from
 gpu_reboot_timeout_s = 600
 
+# A rollout over several hosts (`ai-deploy deploy`; `pyinfra INVENTORY deploy.py` still changes
+# every host at once): the canary goes first, then batches; a number of hosts or a percentage of
+# the fleet (rounded up). Any failure switches back every host the rollout switched.
+rollout_canary = "1"  # "0": no canary
+rollout_batch_size = "25%"
+rollout_wait_s = 0  # after each step but the last: seconds its hosts' health is watched
+
 # What this run does (set with --data): artifact=PATH deploys it; rollback=RELEASE|previous
 artifact = None
 rollback = None
+# Set by `ai-deploy deploy` on a fleet: the rollout already holds every host's lock (with this
+# token in its info) for all its batches; the run works under that lock and leaves it held.
+rollout_lock_token = None

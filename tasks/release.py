@@ -33,7 +33,10 @@ def _artifact(path: str, app_module: str, limits: ArtifactLimits) -> CheckedArti
 
 
 def _spec(action: str, release_id: str, **extra: object) -> Spec:
-    return Spec.from_data(host.data, action=action, release_id=release_id, **extra)
+    token = host.data.get("rollout_lock_token") or None
+    return Spec.from_data(
+        host.data, action=action, release_id=release_id, lock_token=token, **extra
+    )
 
 
 @deploy("Release in service")

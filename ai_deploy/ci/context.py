@@ -30,6 +30,9 @@ class Run:
     access: Any = None  # ai_deploy.ci.ssh.SshAccess: where SSH connects, pinned host keys
     pinned: tuple[Any, ...] = ()  # ai_deploy.gcp.hostkeys.HostKey, read from guest attributes
     health_address: str = ""  # where the outside health check goes, when not `address` (IAP)
+    lock_hash: str = ""  # of the artifact's uv.lock
+    fleet: Any = None  # ai_deploy.rollout.run.Outcome of a rollout over several hosts
+    final_message: str = ""  # what the run said last (its --json result's message)
 
     def pyinfra_env(self) -> dict[str, str]:
         env = {**self.environ, "AI_DEPLOY_HOSTS": self.address, "AI_DEPLOY_SSH_USER": self.user}

@@ -57,9 +57,11 @@ exit codes:
   12  the firewall window could not be opened (IAP: no standing rule lets
       35.235.240.0/20 reach port 22; the fix is printed)
   13  SSH to the host did not work, or its host key is not the pinned one
-  14  the deploy failed on a host (see its phase and reason)
+  14  the deploy failed on a host (see its phase and reason); a rollout: a host
+      is locked by another deploy (named), nothing changed
   15  the release was not healthy (on the host or from outside) and the previous
-      release was put back and is healthy
+      release was put back and is healthy; a rollout: every host it switched
+      serves its previous release again
   16  the release was not healthy and putting the previous release back failed
  128+N  stopped by signal N (the window and the key were removed)"""
 

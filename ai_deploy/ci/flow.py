@@ -10,6 +10,7 @@ Notifications and the job summary come last and never change the exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.access import _iap_target, access_phase, host_keys_phase, iap_phase
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.dryrun import dry_run
+from ai_deploy.ci.fleet import fleet_phase, is_fleet, print_json, table_message
 from ai_deploy.ci.health import check_health
 from ai_deploy.ci.notify import DeployEvent, Outcome, notify
 from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, PhaseFailed
@@ -43,8 +45,19 @@ def _say(message: str) -> None:
 
 
 def run_deploy(opts: DeployOptions, env: Mapping[str, str] | None = None) -> int:
-    """The whole CI deploy; returns the exit code (see ai_deploy.ci.exitcodes)."""
+    """The whole CI deploy; returns the exit code (see ai_deploy.ci.exitcodes). With --json,
+    everything it prints goes to stderr and stdout holds the result as JSON alone."""
     run = Run(opts, dict(os.environ if env is None else env), ci_output.Phases())
+    if not opts.json:
+        return _run(run)
+    real = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        code, message = _run(run), run.final_message
+    print_json(run, code, message, real)
+    return code
+
+
+def _run(run: Run) -> int:
     started = time.monotonic()
     outcome, message, code = Outcome.FAILURE, "", exitcodes.EXIT_OK
     title: str | None = None  # of the ::error annotation; None when nothing failed
@@ -74,6 +87,7 @@ def run_deploy(opts: DeployOptions, env: Mapping[str, str] | None = None) -> int
         code = exitcodes.EXIT_UNEXPECTED
         title = "deploy stopped"
     _report(run, outcome, message, time.monotonic() - started, error_title=title)
+    run.final_message = message
     return code
 
 
@@ -83,7 +97,7 @@ def _report(
     """The ::error annotation (when ERROR_TITLE), notifications, the job summary and the last
     lines. Anything key- or token-like in MESSAGE is masked (::add-mask::) before anything is
     printed, and only the redacted text goes to the log, the webhooks and the summary."""
-    message = mask_secret_like(message, run.environ)
+    message = mask_secret_like(table_message(run, message), run.environ)
     if error_title is not None:
         ci_output.error(message, title=error_title, env=run.environ)
     failed = None if outcome is Outcome.SUCCESS else (run.phases.failed or "health")
@@ -97,18 +111,25 @@ def _report(
         message=message,
         run_url=ci_output.run_url(run.environ),
     )
-    if not run.opts.dry_run:
+    quiet = run.opts.dry_run or run.opts.plan  # nothing happened: nobody is told
+    if not quiet:
         for result in notify(event, env=run.environ):
             state = "sent" if result.ok else f"failed ({result.error or result.status})"
             _say(f"notification to {result.notifier}: {state}")
-    ci_output.write_step_summary(event, run.phases.durations, env=run.environ)
-    _say(event.headline if not run.opts.dry_run else f"dry run finished in {duration:.1f} s")
+    if not run.opts.plan:
+        ci_output.write_step_summary(event, run.phases.durations, env=run.environ)
+    what = "plan" if run.opts.plan else "dry run"
+    _say(event.headline if not quiet else f"{what} finished in {duration:.1f} s")
     if message and outcome is not Outcome.SUCCESS:
         print(f"ai-deploy: {message}", file=sys.stderr)
 
 
 def _phases(run: Run) -> tuple[int, str]:
     check_artifact_phase(run)
+    if is_fleet(run):
+        if run.opts.use_gcp and (run.opts.project or run.environ.get("GCP_PROJECT_ID")):
+            auth_phase(run)
+        return fleet_phase(run)
     iap = run.opts.ssh_transport == "iap"
     if run.opts.use_gcp:
         auth_phase(run)
@@ -151,7 +172,7 @@ def check_artifact_phase(run: Run) -> None:
             said = check_sidecar(run.opts.artifact, art.sha256, run.environ)
         except ArtifactError as exc:
             raise PhaseFailed("artifact", str(exc)) from exc
-        run.release = art.release_id
+        run.release, run.lock_hash = art.release_id, art.lock_hash
         _say(f"release {run.release} ({art.members} members, sha256 {art.sha256[:16]}...; {said})")
 
 

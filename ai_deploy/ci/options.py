@@ -51,6 +51,13 @@ class DeployOptions:
     host_keys: str = "accept-new"
     dry_run: bool = False
     data: list[str] = field(default_factory=list)
+    # a fleet (no --host, no GCP_INSTANCE): the hosts of the inventory, or these of them
+    hosts: list[str] = field(default_factory=list)
+    canary: str | None = None  # None: rollout_canary of group_data
+    batch_size: str | None = None  # None: rollout_batch_size
+    batch_wait_s: float | None = None  # None: rollout_wait_s
+    plan: bool = False  # print the plan, change nothing
+    json: bool = False  # the result as JSON on stdout (everything else on stderr)
 
     @classmethod
     def from_env(

@@ -38,9 +38,15 @@ class PyinfraRun:
 
 
 def run_pyinfra_streamed(
-    inventory: str, data: Sequence[str], env: Mapping[str, str], *, dry: bool = False
+    inventory: str,
+    data: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    dry: bool = False,
+    limit: Sequence[str] = (),
 ) -> PyinfraRun:
-    """Run deploy.py on INVENTORY with its output streamed live.
+    """Run deploy.py on INVENTORY (only the hosts named in LIMIT, when given) with its output
+    streamed live.
 
     An exception here (SIGINT, SIGTERM or SIGHUP raised as one) stops pyinfra first (SIGINT,
     then SIGTERM, then SIGKILL to its whole process group, with further signals held back
@@ -50,7 +56,7 @@ def run_pyinfra_streamed(
     with tempfile.TemporaryDirectory(prefix="ai-deploy-result-") as tmp:
         result_file = Path(tmp) / "outcomes.jsonl"
         proc = subprocess.Popen(
-            pyinfra_command(inventory, data, dry=dry),
+            pyinfra_command(inventory, data, dry=dry, limit=limit),
             cwd=project_dir(),
             env={**env, RESULT_FILE_ENV: str(result_file)},
             stdout=subprocess.PIPE,

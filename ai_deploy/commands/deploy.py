@@ -1,36 +1,95 @@
-"""`ai-deploy deploy`: the CI entry (ai_deploy.ci.flow) from the command line."""
+"""`ai-deploy deploy`: the CI entry (ai_deploy.ci.flow) from the command line: its flags, and
+the options they make."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from ai_deploy.ci.exitcodes import TABLE
 
 
-def deploy(
-    artifact: str,
-    *,
-    inventory: str | None,
-    host: str | None,
-    no_gcp: bool,
-    dry_run: bool,
-    data: list[str],
-    health_attempts: int | None,
-    health_interval: float | None,
-    target_tag: str | None,
-    network: str | None,
-) -> int:
+def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser], None]) -> None:
+    deploy = sub.add_parser(
+        "deploy",
+        help="the CI entry: GCP auth, firewall window, ephemeral SSH key, pyinfra, health, "
+        "notifications; a rollout over several hosts",
+        description="Deploy ARTIFACT to the GCP instance named by GCP_PROJECT_ID, GCP_ZONE and "
+        "GCP_INSTANCE (or to --host), with the settings of the inventory's group_data. With "
+        "neither, to every host of the inventory (or those of --hosts) as a rollout: every "
+        "host's lock taken first, the plan printed, a canary, then batches; any failure "
+        "switches back every host the rollout switched.",
+        epilog=TABLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    deploy.add_argument("--artifact", required=True, metavar="PATH", help="the release tar.gz")
+    add_inventory(deploy)
+    deploy.add_argument("--host", metavar="ADDRESS", help="deploy to this address (no lookup)")
+    deploy.add_argument(
+        "--no-gcp",
+        action="store_true",
+        help="a non-GCP target: no auth, firewall window or key (use --host and "
+        "AI_DEPLOY_SSH_PRIVATE_KEY, or the inventory's hosts)",
+    )
+    deploy.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print pyinfra's plan for each host (same user, key and settings); change nothing",
+    )
+    deploy.add_argument(
+        "--data", action="append", default=[], metavar="KEY=VALUE", help="passed to pyinfra"
+    )
+    deploy.add_argument("--health-attempts", type=int, help="outside health checks (default 12)")
+    deploy.add_argument("--health-interval", type=float, help="seconds between them (default 5)")
+    deploy.add_argument("--target-tag", help="instances the SSH rule targets (default ai-server)")
+    deploy.add_argument("--network", help="VPC network of the SSH rule (default default)")
+    fleet = deploy.add_argument_group("a rollout over several hosts")
+    fleet.add_argument(
+        "--hosts", metavar="NAME,...", help="only these hosts of the inventory (by name)"
+    )
+    fleet.add_argument(
+        "--canary", metavar="N|P%", help="hosts that go first, alone (default rollout_canary: 1)"
+    )
+    fleet.add_argument(
+        "--batch-size", metavar="N|P%", help="hosts per batch after it (default 25%%)"
+    )
+    fleet.add_argument(
+        "--batch-wait",
+        type=float,
+        metavar="SECONDS",
+        help="after each step, watch its hosts' health this long (default rollout_wait_s: 0)",
+    )
+    fleet.add_argument(
+        "--plan", action="store_true", help="print hosts, steps and releases; change nothing"
+    )
+    fleet.add_argument(
+        "--json", action="store_true", help="the result as JSON on stdout, the rest on stderr"
+    )
+    deploy.set_defaults(func=_cmd_deploy)
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
     from ai_deploy.ci.flow import run_deploy
     from ai_deploy.ci.options import DeployOptions
 
     opts = DeployOptions.from_env(
-        Path(artifact),
-        inventory=inventory,
-        host=host,
-        use_gcp=not no_gcp,
-        dry_run=dry_run,
-        data=data,
-        health_attempts=health_attempts,
-        health_interval_s=health_interval,
-        target_tag=target_tag,
-        network=network,
+        Path(args.artifact),
+        inventory=args.inventory,
+        host=args.host,
+        use_gcp=not args.no_gcp,
+        dry_run=args.dry_run,
+        data=args.data,
+        health_attempts=args.health_attempts,
+        health_interval_s=args.health_interval,
+        target_tag=args.target_tag,
+        network=args.network,
+        hosts=[h.strip() for h in (args.hosts or "").split(",") if h.strip()] or None,
+        canary=args.canary,
+        batch_size=args.batch_size,
+        batch_wait_s=args.batch_wait,
+        plan=args.plan or None,
+        json=args.json or None,
     )
     return run_deploy(opts)

@@ -58,6 +58,8 @@ class Spec:
     artifact_remote: str | None = None
     artifact_sha256: str | None = None
     lock_hash: str | None = None
+    # a rollout holds the lock (its info has this token): join it, never take or drop it
+    lock_token: str | None = None
 
     @classmethod
     def from_data(cls, data: Any, **run: Any) -> Spec:

@@ -34,6 +34,7 @@ NUMBERS = frozenset(
         "artifact_max_ratio",
         "bluegreen_drain_s",
         "gpu_reboot_timeout_s",
+        "rollout_wait_s",
     }
 )
 # What a setting whose default is None holds when set (a string unless named here).

@@ -153,9 +153,14 @@ def acquire_lock(
     *,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    token: str | None = None,
 ) -> str:
-    """Take the host's deploy lock; returns the token that renews and releases it."""
-    token = secrets.token_hex(8)
+    """Take the host's deploy lock (with TOKEN in its info when given); returns the token that
+    renews and releases it. Under a rollout (SPEC.lock_token) the lock is already held by it:
+    joined, or DeployFailed when it is not the rollout's any more."""
+    if spec.lock_token:
+        return join_lock(remote, spec, spec.lock_token)
+    token = token or secrets.token_hex(8)
     info = json.dumps(
         {
             "who": spec.who,
@@ -208,6 +213,40 @@ def acquire_lock(
         sleep(min(2.0, max(0.1, spec.lock_wait_s - waited)))
 
 
+def join_script(layout: Layout, token: str) -> str:
+    """Under the guard: renew the lease of the lock if its info holds TOKEN (JOINED), else say
+    who holds it (HELD, KEY, AGE, info)."""
+    lock = layout.lock
+    return guarded(
+        layout,
+        _state_functions(lock)
+        + f"if grep -qF -- {shlex.quote(token)} {lock}/info 2>/dev/null; then\n"
+        f"  touch {lock}/{LEASE_FILE} && echo JOINED && exit 0\nfi\n"
+        f'echo HELD; echo "KEY $(key)"; echo "AGE $(age)"; cat {lock}/info 2>/dev/null; echo\n',
+    )
+
+
+def join_lock(remote: Remote, spec: Spec, token: str) -> str:
+    """Work under the lock a rollout took on this host (its info holds TOKEN)."""
+    result = remote.run(join_script(spec.layout, token))
+    first = result.stdout[0] if result.ok and result.stdout else ""
+    if first == "JOINED":
+        return token
+    if first == "GUARD-BUSY":
+        raise DeployFailed(
+            "lock", f"the guard of {spec.layout.lock} stayed taken for {GUARD_WAIT_S} s"
+        )
+    if not result.ok:
+        raise DeployFailed("lock", f"could not read the deploy lock: {tail(result.stderr)}")
+    held = _parse_held(result.stdout) if first == "HELD" else None
+    holder = describe_lock(held.info) if held and held.info else "nobody"
+    raise DeployFailed(
+        "lock",
+        f"the rollout's lock on {spec.app_root} is not held any more (now: {holder}); "
+        "the rollout stops here",
+    )
+
+
 def read_held(remote: Remote, layout: Layout) -> Held | None:
     """The lock as it is now (None when there is none)."""
     lock = layout.lock
@@ -254,5 +293,7 @@ def holder_fragment(deployer: str, pid: int) -> str:
 
 
 def release_lock(remote: Remote, spec: Spec, token: str) -> None:
-    """Drop the lock if this deploy still holds it."""
+    """Drop the lock if this deploy still holds it (a rollout's lock stays: it drops it)."""
+    if spec.lock_token and token == spec.lock_token:
+        return
     remote.run(release_script(spec.layout, token=token))

@@ -1,0 +1,105 @@
+"""`ai-deploy deploy` over a fleet: the hosts of the inventory (or those picked with --hosts)
+when no single target is named (no --host, no GCP_INSTANCE). The rollout (ai_deploy.rollout)
+takes every lock, prints the plan, goes canary first then batch by batch, and switches every
+host it switched back on any failure; `--plan` prints the plan and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from ai_deploy.ci import exitcodes
+from ai_deploy.ci.context import Run
+from ai_deploy.ci.secrets import mask_secret_like
+from ai_deploy.rollout.fleetlock import FleetLockError
+from ai_deploy.rollout.plan import PlanError
+from ai_deploy.rollout.run import Health, Outcome, Rollout, plan_only, run_rollout
+
+
+def is_fleet(run: Run) -> bool:
+    """No single target named: the rollout goes over the inventory's hosts."""
+    opts = run.opts
+    return not opts.host and not opts.instance and opts.ssh_transport != "iap"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def fleet_env(run: Run) -> dict[str, str]:
+    """The environment of the pyinfra runs: the inventory names the hosts and how to reach
+    them; a key or known_hosts file given to `ai-deploy` still goes through."""
+    env = dict(run.environ)
+    if run.key is not None:
+        env["AI_DEPLOY_SSH_KEY"] = str(run.key)
+    return env
+
+
+def fleet_phase(run: Run) -> tuple[int, str]:
+    opts = run.opts
+    health = Health(
+        opts.health_attempts, opts.health_interval_s, opts.health_timeout_s, opts.health_url
+    )
+    rollout = Rollout(
+        inventory=run.inventory,
+        artifact=opts.artifact,
+        release=run.release,
+        lock_hash=run.lock_hash,
+        data=list(opts.data),
+        env=fleet_env(run),
+        health=health,
+        chosen=list(opts.hosts),
+        canary=opts.canary,
+        batch_size=opts.batch_size,
+        wait_s=opts.batch_wait_s,
+        say=_say,
+    )
+    title = "Plan the rollout (nothing changes)" if opts.plan else "Roll out"
+    with run.phases.phase("deploy", title):
+        try:
+            out = plan_only(rollout) if opts.plan else run_rollout(rollout)
+        except PlanError as exc:
+            run.phases.fail("deploy")
+            return exitcodes.EXIT_CONFIG, str(exc)
+        except FleetLockError as exc:
+            run.phases.fail("deploy")
+            code = {
+                "refused": exitcodes.EXIT_DEPLOY,
+                "unreachable": exitcodes.EXIT_SSH,
+                "unknown": exitcodes.EXIT_CONFIG,
+            }
+            why = "nothing changed on any host" if exc.kind != "error" else "nothing changed"
+            return code.get(exc.kind, exitcodes.EXIT_UNEXPECTED), f"{exc}; {why}"
+        run.fleet = out
+        run.hosts[:] = [r.host for r in out.results]
+        if out.failed_phase:
+            run.phases.fail(out.failed_phase)
+    if opts.plan:
+        return exitcodes.EXIT_OK, "plan only: nothing changed"
+    return out.code, out.message
+
+
+def table_message(run: Run, message: str) -> str:
+    """MESSAGE with the per-host table under it (for notifications and the job summary)."""
+    from ai_deploy.rollout.report import render_table
+
+    out: Outcome | None = run.fleet
+    if out is None or run.opts.plan:
+        return message
+    return "\n".join([message, "", *render_table(out.results)]).strip()
+
+
+def print_json(run: Run, code: int, message: str, stream: Any = None) -> None:
+    """The rollout as data (--json): the plan and each host's result, on the real stdout."""
+    out: Outcome | None = run.fleet
+    doc = {
+        "release": run.release,
+        "exit_code": code,
+        "message": mask_secret_like(message, run.environ),
+        "plan": out.plan if out else [],
+        "hosts": [r.to_dict() for r in out.results] if out else [],
+    }
+    stream = stream or sys.stdout
+    stream.write(json.dumps(doc, indent=2) + "\n")
+    stream.flush()

@@ -1,0 +1,145 @@
+"""The process that holds a rollout's locks: `python -m ai_deploy.rollout.holder`, started by
+the rollout (ai_deploy.rollout.fleetlock) and talking to it in lines on stdout.
+
+It connects to the chosen hosts of the inventory, takes every host's deploy lock in a fixed
+order (by host name, so two rollouts over overlapping fleets cannot each hold a part), with the
+rollout's token in the lock's info, and reads each host's state. A host already locked stops
+it before anything changes: the locks it took are dropped and the holder is named. While the
+rollout runs, it renews every lease; when its stdin closes (the rollout ended, or died), it
+drops the locks. With `facts` it takes nothing: it reads and prints the state (`--plan`).
+
+stdout protocol: `SETTINGS <json>` (the rollout's settings), `FACTS <json>` per host, then
+`HELD` (or `DONE` for facts); `UNKNOWN`, `UNREACHABLE` or `REFUSED <host>\\t<why>` end it
+with exit 2, 4 or 3; `RELEASED` at the end."""
+
+from __future__ import annotations
+
+import json
+import select
+import sys
+import time
+from typing import Any
+
+from ai_deploy.host.facts import read_tree
+from ai_deploy.host.outcome import DeployFailed
+from ai_deploy.host.release.lease import renew_script
+from ai_deploy.host.release.lock import acquire_lock, release_script
+from ai_deploy.host.settings import Spec
+from ai_deploy.inventory import RemoteError, connected_partly
+from ai_deploy.rollout.plan import HostFacts
+
+SETTINGS = ("rollout_canary", "rollout_batch_size", "rollout_wait_s")
+
+
+def _get(data: Any, name: str) -> object:
+    value = data.get(name) if isinstance(data, dict) else getattr(data, name, None)
+    return value if isinstance(value, (int, float, str)) or value is None else str(value)
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
+    tree = read_tree(remote, spec.layout)
+    return HostFacts(
+        host=remote.name,
+        address=address,
+        port=spec.port,
+        health_path=spec.health_path,
+        strategy=spec.strategy,
+        current=tree.current,
+        previous=tree.previous,
+        releases=list(tree.releases),
+        venvs=list(tree.venvs),
+        lock=tree.lock,
+    )
+
+
+def _release_all(taken: list[tuple[Any, Spec]], token: str) -> None:
+    for remote, spec in reversed(taken):
+        remote.run(release_script(spec.layout, token=token))
+
+
+def _wait_for_eof(every_s: float, renew: Any) -> None:
+    """Until stdin closes, call RENEW every EVERY_S seconds."""
+    next_at = time.monotonic() + every_s
+    while True:
+        ready, _, _ = select.select([sys.stdin], [], [], max(0.0, next_at - time.monotonic()))
+        if ready and not sys.stdin.readline():
+            return
+        if time.monotonic() >= next_at:
+            renew()
+            next_at = time.monotonic() + every_s
+
+
+def main(argv: list[str]) -> int:
+    inventory, mode, token, release, chosen_text, *data_items = argv
+    chosen = [n for n in chosen_text.split(",") if n]
+    data: dict[str, Any] = {}
+    for item in data_items:
+        key, _, value = item.partition("=")
+        data[key] = value
+    with connected_partly(inventory, data) as reached:
+        by_name = {h.name: h for h in reached.hosts}
+        names = sorted(chosen or reached.names)
+        for name in names:
+            if name not in reached.names:
+                known = ", ".join(reached.names) or "none"
+                _out(f"UNKNOWN {name}\tnot a host of the inventory (its hosts: {known})")
+                return 2
+            if name in reached.unreachable:
+                _out(f"UNREACHABLE {name}\t{reached.unreachable[name]}")
+                return 4
+        taken: list[tuple[Any, Spec]] = []
+        specs = {}
+        for name in names:
+            remote = by_name[name]
+            spec = Spec.from_data(remote.data, action="rollout", release_id=release)
+            specs[name] = spec
+            if mode != "hold":
+                continue
+            try:
+                acquire_lock(remote, spec, token=token)
+            except DeployFailed as exc:
+                _release_all(taken, token)
+                _out(f"REFUSED {name}\t{exc}")
+                return 3
+            taken.append((remote, spec))
+        first = by_name[names[0]].data if names else {}
+        _out("SETTINGS " + json.dumps({k: _get(first, k) for k in SETTINGS}))
+        for name in names:
+            _out("FACTS " + _facts(by_name[name], specs[name], reached.addresses[name]).to_json())
+        if mode != "hold":
+            _out("DONE")
+            return 0
+        _out("HELD")
+        lease = min(spec.lock_lease_s for _, spec in taken)
+
+        def renew() -> None:
+            for remote, spec in taken:
+                if not remote.run(renew_script(spec, token)).ok:
+                    print(
+                        f"ai-deploy: the rollout's lock on {remote.name} is not ours any more",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+        try:
+            _wait_for_eof(max(1.0, lease / 4), renew)
+        finally:
+            _release_all(taken, token)
+        _out("RELEASED")
+        return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except RemoteError as exc:  # the inventory could not be loaded: its own message
+        _out(f"UNKNOWN -\t{exc}")
+        sys.exit(2)
+    except Exception as exc:  # said on stdout, where the rollout reads
+        _out(f"ERROR {json.dumps(f'{type(exc).__name__}: {exc}')}")
+        sys.exit(1)

@@ -1,0 +1,134 @@
+"""The plan of a rollout, pure: how many hosts the canary and each batch take (a number or a
+percentage of the fleet), the batches in order, and each host's current → new release with
+what it must build. Nothing here connects to a host."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+_COUNT = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
+
+
+class PlanError(ValueError):
+    """A rollout setting that cannot be used; the message names it and the fix."""
+
+
+def parse_count(value: object, name: str, fleet: int, *, minimum: int) -> int:
+    """VALUE (an int, "N" or "N%") as a number of hosts of a FLEET, at least MINIMUM and at most
+    the fleet; a percentage rounds up, so 10% of 4 hosts is 1."""
+    text = str(value)
+    match = _COUNT.match(text)
+    if not match:
+        raise PlanError(f"{name}={text!r}: use a number of hosts (2) or a percentage (25%)")
+    number, percent = int(match.group(1)), bool(match.group(2))
+    if percent:
+        if not 0 <= number <= 100:
+            raise PlanError(f"{name}={text!r}: a percentage is between 0% and 100%")
+        number = math.ceil(fleet * number / 100)
+    return max(minimum, min(number, fleet))
+
+
+def make_batches(hosts: list[str], canary: object, batch_size: object) -> list[list[str]]:
+    """HOSTS in order: the canary (0 hosts: none) first, then batches of BATCH_SIZE."""
+    if not hosts:
+        return []
+    first = parse_count(canary, "rollout_canary", len(hosts), minimum=0)
+    size = parse_count(batch_size, "rollout_batch_size", len(hosts), minimum=1)
+    batches = [hosts[:first]] if first else []
+    rest = hosts[first:]
+    batches += [rest[i : i + size] for i in range(0, len(rest), size)]
+    return batches
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the rollout read on one host before it changed anything."""
+
+    host: str
+    address: str  # where the outside health check goes
+    port: int
+    health_path: str
+    strategy: str
+    current: str | None = None
+    previous: str | None = None
+    releases: list[str] = field(default_factory=list)
+    venvs: list[str] = field(default_factory=list)
+    lock: dict[str, object] | None = None  # who holds the lock (read for the plan only)
+
+    @classmethod
+    def from_json(cls, text: str) -> HostFacts:
+        return cls(**json.loads(text))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    batch: int  # 0: the canary (when there is one)
+    before: str | None
+    after: str
+    builds_venv: bool
+    strategy: str
+
+    @property
+    def changes(self) -> bool:
+        return self.before != self.after
+
+
+def plan_hosts(
+    facts: dict[str, HostFacts], batches: list[list[str]], release: str, lock_hash: str
+) -> list[HostPlan]:
+    """Each host's line of the plan, batch by batch."""
+    plans = []
+    for number, batch in enumerate(batches):
+        for name in batch:
+            f = facts[name]
+            builds = release not in f.releases and bool(lock_hash) and lock_hash not in f.venvs
+            plans.append(HostPlan(name, number, f.current, release, builds, f.strategy))
+    return plans
+
+
+def batch_label(number: int, has_canary: bool) -> str:
+    if has_canary:
+        return "canary" if number == 0 else f"batch {number}"
+    return f"batch {number + 1}"
+
+
+def render_plan(plans: list[HostPlan], has_canary: bool, wait_s: float) -> list[str]:
+    """The plan as lines: one per host, grouped by batch in the order they run."""
+    if not plans:
+        return ["plan: no host"]
+    batches = max(p.batch for p in plans) + 1
+    width = max(len(p.host) for p in plans)
+    lines = [
+        f"plan: {len(plans)} host(s) in {batches} step(s)"
+        + (f", {wait_s:g} s watched after each" if wait_s and batches > 1 else "")
+    ]
+    for p in plans:
+        before = p.before or "(none)"
+        what = "no change" if not p.changes else ("venv built" if p.builds_venv else "venv reused")
+        lines.append(
+            f"  {batch_label(p.batch, has_canary):<8} {p.host:<{width}}  {before} -> {p.after}"
+            f"  ({what}, {p.strategy})"
+        )
+    return lines
+
+
+def plan_json(plans: list[HostPlan], has_canary: bool) -> list[dict[str, object]]:
+    return [
+        {
+            "host": p.host,
+            "step": batch_label(p.batch, has_canary),
+            "before": p.before,
+            "after": p.after,
+            "changes": p.changes,
+            "builds_venv": p.builds_venv,
+            "strategy": p.strategy,
+        }
+        for p in plans
+    ]

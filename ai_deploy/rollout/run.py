@@ -1,0 +1,233 @@
+"""One rollout, step by step: every lock held (ai_deploy.rollout.fleetlock), the plan printed,
+then the canary and each batch put live by one pyinfra run limited to its hosts, each host's
+health checked from outside, the switched hosts watched for rollout_wait_s between steps.
+Any failure stops it and switches every host it switched back to the release that host served
+before, through the same release gate, with the locks still held."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ai_deploy.ci import exitcodes
+from ai_deploy.ci.health import check_health
+from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
+from ai_deploy.host import outcome as host_outcome
+from ai_deploy.rollout import report
+from ai_deploy.rollout.fleetlock import Fleet, holding
+from ai_deploy.rollout.plan import HostFacts, batch_label, make_batches, plan_hosts, render_plan
+from ai_deploy.rollout.report import HostResult
+
+
+@dataclass(frozen=True)
+class Health:
+    attempts: int
+    interval_s: float
+    timeout_s: float
+    url: str | None = None  # one URL for every host (a load balancer's): None, each host's own
+
+    def url_of(self, f: HostFacts) -> str:
+        return self.url or f"http://{f.address}:{f.port}{f.health_path}"
+
+
+@dataclass
+class Rollout:
+    """What one rollout needs. CANARY, BATCH_SIZE and WAIT_S: None takes group_data's."""
+
+    inventory: str
+    artifact: Path
+    release: str
+    lock_hash: str
+    data: Sequence[str]
+    env: Mapping[str, str]
+    health: Health
+    chosen: Sequence[str] = ()
+    canary: str | None = None
+    batch_size: str | None = None
+    wait_s: float | None = None
+    say: Callable[[str], None] = print
+    token: str = field(default_factory=lambda: "rollout-" + secrets.token_hex(8))
+
+
+@dataclass
+class Outcome:
+    code: int
+    message: str
+    plan: list[dict[str, object]]
+    results: list[HostResult]
+    failed_phase: str | None = None
+
+
+def _steps(r: Rollout, fleet: Fleet) -> tuple[list[list[str]], bool, float]:
+    s = fleet.settings
+    canary = r.canary if r.canary is not None else s.get("rollout_canary", "1")
+    size = r.batch_size if r.batch_size is not None else s.get("rollout_batch_size", "25%")
+    wait = r.wait_s if r.wait_s is not None else float(str(s.get("rollout_wait_s") or 0))
+    batches = make_batches(list(fleet.facts), canary, size)
+    has_canary = str(canary).strip() not in ("0", "0%")
+    return batches, has_canary, wait
+
+
+def plan_only(r: Rollout) -> Outcome:
+    """The plan, from each host's state; no lock taken, nothing changed."""
+    with holding(r.inventory, r.token, r.release, r.chosen, r.data, r.env, take_locks=False) as f:
+        batches, has_canary, wait = _steps(r, f)
+    return _planned(r, f, batches, has_canary, wait)
+
+
+def _planned(r: Rollout, f: Fleet, batches: list[list[str]], canary: bool, wait: float) -> Outcome:
+    from ai_deploy.rollout.plan import plan_json
+
+    plans = plan_hosts(f.facts, batches, r.release, r.lock_hash)
+    for line in render_plan(plans, canary, wait):
+        r.say(line)
+    for name, facts in f.facts.items():
+        if facts.lock and facts.lock.get("token") != r.token:  # another deploy's, now
+            r.say(f"  {name} is locked now: {facts.lock.get('who')} ({facts.lock.get('action')})")
+    results = [HostResult(p.host, batch_label(p.batch, canary), p.before, p.before) for p in plans]
+    return Outcome(exitcodes.EXIT_OK, "", plan_json(plans, canary), results)
+
+
+def run_rollout(r: Rollout) -> Outcome:
+    with holding(r.inventory, r.token, r.release, r.chosen, r.data, r.env) as fleet:
+        batches, has_canary, wait = _steps(r, fleet)
+        out = _planned(r, fleet, batches, has_canary, wait)
+        _Steps(r, fleet.facts, out, wait).run(batches, has_canary)
+    for line in report.render_table(out.results):
+        r.say(line)
+    return out
+
+
+_HOST_OUTCOME = {
+    host_outcome.SWITCH_BACK_FAILED: report.STUCK,
+    host_outcome.SWITCHED_BACK: report.SWITCHED_BACK,
+}
+
+
+class _Steps:
+    def __init__(self, r: Rollout, facts: dict[str, HostFacts], out: Outcome, wait: float):
+        self.r, self.facts, self.out, self.wait = r, facts, out, wait
+        self.by_host = {x.host: x for x in out.results}
+        self.switched: list[str] = []  # hosts this rollout put on the new release, in order
+
+    def run(self, batches: list[list[str]], has_canary: bool) -> None:
+        for number, batch in enumerate(batches):
+            label = batch_label(number, has_canary)
+            self.r.say(f"== {label}: {', '.join(batch)}")
+            failure = self._step(batch) or self._outside_health(batch)
+            if not failure and self.wait and number < len(batches) - 1:
+                failure = self._watch()
+            if failure:
+                self.r.say(f"rollout stopped in {label}: {failure}")
+                self.out.failed_phase = (
+                    "deploy" if self.out.code == exitcodes.EXIT_DEPLOY else "health"
+                )
+                self._switch_back(failure)
+                return
+        self.out.message = f"release {self.r.release} serves on {len(self.facts)} host(s)"
+
+    def _step(self, batch: list[str]) -> str:
+        data = [f"artifact={self.r.artifact.resolve()}", f"rollout_lock_token={self.r.token}"]
+        result = run_pyinfra_streamed(
+            self.r.inventory, [*data, *self.r.data], self.r.env, limit=batch
+        )
+        failures = []
+        for name in batch:
+            res, o = self.by_host[name], result.outcomes.get(name)
+            if o is None:
+                res.outcome, res.detail = report.FAILED, "reported nothing"
+                failures.append(f"{name}: no outcome (pyinfra exit {result.returncode})")
+                continue
+            res.seconds = o.seconds
+            if o.status == host_outcome.SERVED:
+                res.after, res.outcome = self.r.release, report.UPDATED
+                if o.previous != self.r.release:
+                    self.switched.append(name)
+            elif o.status == host_outcome.ALREADY_SERVING:
+                res.after, res.outcome = self.r.release, report.UNCHANGED
+            else:
+                res.after = o.serving or (
+                    None if o.status == host_outcome.SWITCH_BACK_FAILED else res.before
+                )
+                res.outcome = (
+                    report.STUCK
+                    if o.status == host_outcome.SWITCH_BACK_FAILED
+                    else (
+                        report.SWITCHED_BACK
+                        if o.status == host_outcome.SWITCHED_BACK
+                        else report.FAILED
+                    )
+                )
+                res.detail = o.phase or ""
+                failures.append(f"{name}: {o.status}" + (f" in {o.phase}" if o.phase else ""))
+        if failures:
+            self.out.code = exitcodes.exit_for_outcomes(result.outcomes.values(), batch)
+        return "; ".join(failures)
+
+    def _outside_health(self, hosts: list[str]) -> str:
+        for name in hosts:
+            url = self.r.health.url_of(self.facts[name])
+            h = self.r.health
+            ok, why = check_health(url, h.attempts, h.interval_s, h.timeout_s, self.r.say)
+            self.r.say(f"{name}: {why}")
+            if not ok:
+                self.out.code = exitcodes.EXIT_SWITCHED_BACK
+                return f"{name}: {why}"
+        return ""
+
+    def _watch(self) -> str:
+        """The switched hosts' health, every interval, for the bake time."""
+        self.r.say(f"watching {len(self.switched)} host(s) for {self.wait:g} s")
+        end = time.monotonic() + self.wait
+        while True:
+            for name in self.switched:
+                url = self.r.health.url_of(self.facts[name])
+                ok, why = check_health(url, 1, 0, self.r.health.timeout_s, lambda _: None)
+                if not ok:
+                    self.out.code = exitcodes.EXIT_SWITCHED_BACK
+                    return f"{name} while watched: {why}"
+            if time.monotonic() >= end:
+                return ""
+            time.sleep(min(self.r.health.interval_s, max(0.0, end - time.monotonic())))
+
+    def _switch_back(self, failure: str) -> None:
+        """Every switched host back to the release it served before, grouped by that release."""
+        groups: dict[str, list[str]] = {}
+        for name in self.switched:
+            before = self.facts[name].current
+            if before is None:
+                res = self.by_host[name]
+                res.outcome, res.detail = report.UPDATED, "had no release before: left on it"
+                continue
+            groups.setdefault(before, []).append(name)
+        back_ok = True
+        for before, names in groups.items():
+            self.r.say(f"switching back {', '.join(names)} to {before}")
+            data = [f"rollback={before}", f"rollout_lock_token={self.r.token}"]
+            result = run_pyinfra_streamed(
+                self.r.inventory, [*data, *self.r.data], self.r.env, limit=names
+            )
+            for name in names:
+                res, o = self.by_host[name], result.outcomes.get(name)
+                healthy = o is not None and o.ok
+                if healthy:
+                    h = self.r.health
+                    url = h.url_of(self.facts[name])
+                    healthy, _ = check_health(
+                        url, h.attempts, h.interval_s, h.timeout_s, self.r.say
+                    )
+                if healthy:
+                    res.after, res.outcome = before, report.SWITCHED_BACK
+                else:
+                    res.after, res.outcome, back_ok = None, report.STUCK, False
+        if not back_ok:
+            self.out.code, self.out.failed_phase = exitcodes.EXIT_SWITCH_BACK_FAILED, "rollback"
+        elif groups and self.out.code != exitcodes.EXIT_SWITCH_BACK_FAILED:
+            # Hosts went back: the fleet serves the previous release again (15), whatever
+            # stopped the rollout; with nothing to switch back, the failing step's code stays.
+            self.out.code = exitcodes.EXIT_SWITCHED_BACK
+        where = ", ".join(f"{x.host}: {x.after or 'unknown'}" for x in self.out.results)
+        self.out.message = f"{failure}; now serving: {where}"
