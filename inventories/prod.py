@@ -3,6 +3,11 @@
 Where the hosts are, in order:
 - AI_DEPLOY_HOSTS: comma-separated addresses (a plain address, or any non-GCP target);
   `ai-deploy deploy` sets it to the instance's external address.
+- else GCP_INSTANCE_FILTER (a Compute list filter, e.g. `labels.role=ai-server`) or
+  AI_DEPLOY_INSTANCES_LABEL=KEY=VALUE: the RUNNING instances of GCP_PROJECT_ID that match, in
+  every zone, each host named by its instance and reached (ssh_hostname) at its external
+  address, or its internal one with AI_DEPLOY_ADDRESS=internal; matching instances that are
+  not running are named on stderr and left out;
 - else the `hosts` of the environment in ai-deploy.toml (AI_DEPLOY_ENVIRONMENT, set by
   `ai-deploy -e ENV`; production when the file has that table and none is named);
 - else GCP_PROJECT_ID, GCP_ZONE, GCP_INSTANCE: the instance's external address, read from the
@@ -22,28 +27,54 @@ group_data/all.py and prod.py are given as the `all` and `prod` groups' data.
 """
 
 import os
+import sys
 
 from ai_deploy.settings.pyinfra_hooks import inventory_settings
 
 _settings = inventory_settings(__file__)
 
 
-def _addresses() -> list[str]:
+def _by_filter() -> dict[str, str]:
+    """Instance name -> address of the RUNNING instances the filter variables match."""
+    from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.auth import load_credentials
+    from ai_deploy.gcp.instances import deploy_targets, environment_filter
+
+    try:
+        session = load_credentials()
+        found, refused = deploy_targets(
+            session.credentials,
+            session.project,
+            environment_filter(os.environ) or "",
+            mode=os.environ.get("AI_DEPLOY_ADDRESS", "").strip() or "external",
+        )
+    except GcpError as exc:
+        raise SystemExit(f"inventories/prod.py: {exc}") from None
+    for reason in refused:
+        print(f"inventories/prod.py: {reason}", file=sys.stderr)
+    return found
+
+
+def _hosts() -> list[tuple[str, dict[str, object]]]:
+    """(host name, its own data) of each host, from the first place above that names any."""
     listed = [a.strip() for a in os.environ.get("AI_DEPLOY_HOSTS", "").split(",") if a.strip()]
     if listed:
-        return listed
+        return [(address, {}) for address in listed]
+    if os.environ.get("GCP_INSTANCE_FILTER") or os.environ.get("AI_DEPLOY_INSTANCES_LABEL"):
+        return [(name, {"ssh_hostname": address}) for name, address in _by_filter().items()]
     if _settings.hosts:  # the environment's hosts in ai-deploy.toml
-        return list(_settings.hosts)
+        return [(address, {}) for address in _settings.hosts]
     zone, instance = os.environ.get("GCP_ZONE"), os.environ.get("GCP_INSTANCE")
     if zone and instance:
         from ai_deploy.gcp.auth import load_credentials
         from ai_deploy.gcp.compute import get_instance_nat_ip
 
         session = load_credentials()
-        return [get_instance_nat_ip(session.credentials, session.project, zone, instance)]
+        return [(get_instance_nat_ip(session.credentials, session.project, zone, instance), {})]
     raise SystemExit(
-        "inventories/prod.py: set AI_DEPLOY_HOSTS to the VM's address, "
-        "or GCP_PROJECT_ID, GCP_ZONE and GCP_INSTANCE to look it up"
+        "inventories/prod.py: set AI_DEPLOY_HOSTS to the VM's address, GCP_INSTANCE_FILTER or "
+        "AI_DEPLOY_INSTANCES_LABEL to find the VMs, or GCP_PROJECT_ID, GCP_ZONE and "
+        "GCP_INSTANCE to look one up"
     )
 
 
@@ -76,7 +107,7 @@ def _endpoints() -> dict[str, dict[str, object]]:
 
 
 _where = _endpoints()
-prod = [(address, {**_data, **_where.get(address, {})}) for address in _addresses()]
+prod = [(name, {**_data, **own, **_where.get(name, {})}) for name, own in _hosts()]
 if _settings.group_data:  # pyinfra will not find the project's group_data/ from here
     all = ([address for address, _ in prod], _settings.group_data.get("all", {}))
     prod = (prod, _settings.group_data.get("prod", {}))

@@ -2,9 +2,9 @@
 
 One `http.server.ThreadingHTTPServer` on 127.0.0.1 serves, under distinct path prefixes:
 
-- ``/compute/v1/...``: Compute Engine REST (firewalls insert/get/delete/list, instances get and
-  setMetadata, global and zone operations get/wait), with the real error body shape
-  ``{"error": {"code", "message", "errors": [{"reason", ...}], "status"}}``;
+- ``/compute/v1/...``: Compute Engine REST (firewalls insert/get/delete/list, instances get,
+  list, aggregatedList and setMetadata, global and zone operations get/wait), with the real
+  error body shape ``{"error": {"code", "message", "errors": [{"reason", ...}], "status"}}``;
 - ``/github/oidc``: the GitHub Actions OIDC token URL (checks the bearer request token);
 - ``/sts/v1/token``: the Security Token Service token exchange;
 - ``/iam/v1/projects/-/serviceAccounts/SA:generateAccessToken``: IAM Credentials;
@@ -20,8 +20,8 @@ a client that does not wait for its operation sees the old state.
 
 Modules: server (HTTP server, routes, request log, faults; `FakeGcp`, `running_fake`), state
 (`FakeState` and the base the API parts share), wire (constants, request record, error body),
-operations, compute, sts (GitHub OIDC + STS), iam, oauth (token endpoint, bearer check),
-oslogin.
+operations, compute, instance_lists (instances.list and aggregatedList), sts (GitHub OIDC +
+STS), iam, oauth (token endpoint, bearer check), oslogin.
 """
 
 from tests.fakes.gcp.oauth import self_signed_jwt_claims

@@ -190,8 +190,10 @@ class ComputeApi(OperationsApi):
 
     def _instance(self, project: str, zone: str, name: str) -> FakeInstance:
         self._check_project(project)
-        inst = self.state.instance
-        if zone != inst.zone or name != inst.name:
+        inst = next(
+            (i for i in self.state.all_instances() if (i.zone, i.name) == (zone, name)), None
+        )
+        if inst is None:
             raise ApiError(
                 404,
                 "notFound",
@@ -202,44 +204,7 @@ class ComputeApi(OperationsApi):
     def _instances_get(
         self, request: RecordedRequest, project: str, zone: str, name: str
     ) -> tuple[int, dict[str, Any]]:
-        inst = self._instance(project, zone, name)
-        zone_link = f"{GOOGLE_LINK_BASE}projects/{project}/zones/{zone}"
-        interface: dict[str, Any] = {
-            "kind": "compute#networkInterface",
-            "name": "nic0",
-            "network": f"{GOOGLE_LINK_BASE}projects/{project}/global/networks/{inst.network}",
-            "networkIP": inst.internal_ip,
-            "stackType": "IPV4_ONLY",
-        }
-        if inst.nat_ip is not None:
-            interface["accessConfigs"] = [
-                {
-                    "kind": "compute#accessConfig",
-                    "type": "ONE_TO_ONE_NAT",
-                    "name": "External NAT",
-                    "natIP": inst.nat_ip,
-                    "networkTier": "PREMIUM",
-                }
-            ]
-        metadata: dict[str, Any] = {"kind": "compute#metadata", "fingerprint": inst.fingerprint}
-        if inst.metadata:
-            metadata["items"] = [{"key": k, "value": v} for k, v in inst.metadata.items()]
-        tags: dict[str, Any] = {"fingerprint": "42WmSpB8rSM="}
-        if inst.tags:
-            tags["items"] = list(inst.tags)
-        return 200, {
-            "kind": "compute#instance",
-            "id": "4567890123456789012",
-            "creationTimestamp": "2024-03-01T09:00:00.000-08:00",
-            "name": inst.name,
-            "tags": tags,
-            "machineType": f"{zone_link}/machineTypes/g2-standard-4",
-            "status": inst.status,
-            "zone": f"{GOOGLE_LINK_BASE}projects/{project}/zones/{zone}",
-            "networkInterfaces": [interface],
-            "metadata": metadata,
-            "selfLink": f"{GOOGLE_LINK_BASE}projects/{project}/zones/{zone}/instances/{inst.name}",
-        }
+        return 200, instance_resource(project, self._instance(project, zone, name))
 
     def _instances_set_metadata(
         self, request: RecordedRequest, project: str, zone: str, name: str
@@ -267,6 +232,51 @@ class ComputeApi(OperationsApi):
             effect=effect,
             zone=zone,
         )
+
+
+def instance_resource(project: str, inst: FakeInstance) -> dict[str, Any]:
+    """INST as instances.get (and the lists) return it."""
+    zone_link = f"{GOOGLE_LINK_BASE}projects/{project}/zones/{inst.zone}"
+    interface: dict[str, Any] = {
+        "kind": "compute#networkInterface",
+        "name": "nic0",
+        "network": f"{GOOGLE_LINK_BASE}projects/{project}/global/networks/{inst.network}",
+        "networkIP": inst.internal_ip,
+        "stackType": "IPV4_ONLY",
+    }
+    if inst.nat_ip is not None:
+        interface["accessConfigs"] = [
+            {
+                "kind": "compute#accessConfig",
+                "type": "ONE_TO_ONE_NAT",
+                "name": "External NAT",
+                "natIP": inst.nat_ip,
+                "networkTier": "PREMIUM",
+            }
+        ]
+    metadata: dict[str, Any] = {"kind": "compute#metadata", "fingerprint": inst.fingerprint}
+    if inst.metadata:
+        metadata["items"] = [{"key": k, "value": v} for k, v in inst.metadata.items()]
+    tags: dict[str, Any] = {"fingerprint": "42WmSpB8rSM="}
+    if inst.tags:
+        tags["items"] = list(inst.tags)
+    resource: dict[str, Any] = {
+        "kind": "compute#instance",
+        "id": str(4567890123456789012 + sum(map(ord, inst.zone + inst.name))),
+        "creationTimestamp": "2024-03-01T09:00:00.000-08:00",
+        "name": inst.name,
+        "tags": tags,
+        "machineType": f"{zone_link}/machineTypes/g2-standard-4",
+        "status": inst.status,
+        "zone": zone_link,
+        "networkInterfaces": [interface],
+        "metadata": metadata,
+        "labelFingerprint": "42WmSpB8rSM=",
+        "selfLink": f"{zone_link}/instances/{inst.name}",
+    }
+    if inst.labels:
+        resource["labels"] = dict(inst.labels)
+    return resource
 
 
 def _filter_matches(expression: str, resource: dict[str, Any]) -> bool:

@@ -2,7 +2,7 @@
 sends each path to its API part, the request log and fault injection.
 
 `FakeGcp` is the server plus its state; the API parts it is made of live next to this module
-(compute, operations, sts, iam, oauth, oslogin) and share `FakeCore` (state.py).
+(compute, instance_lists, operations, sts, iam, oauth, oslogin) and share `FakeCore` (state.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 from tests.fakes.gcp.compute import ComputeApi
 from tests.fakes.gcp.guest import GuestAttributesApi
 from tests.fakes.gcp.iam import IamApi
+from tests.fakes.gcp.instance_lists import InstanceListsApi
 from tests.fakes.gcp.oauth import OAuthApi
 from tests.fakes.gcp.operations import OperationPlan
 from tests.fakes.gcp.oslogin import OsLoginApi
@@ -52,7 +53,16 @@ class Fault:
         return method == self.method.upper() and bool(self.pattern.search(path))
 
 
-class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthApi, OsLoginApi):
+class FakeGcp(
+    ComputeApi,
+    InstanceListsApi,
+    GuestAttributesApi,
+    ProjectApi,
+    StsApi,
+    IamApi,
+    OAuthApi,
+    OsLoginApi,
+):
     """The server plus its state, request log and fault injection."""
 
     def __init__(self, state: FakeState | None = None) -> None:
@@ -194,6 +204,8 @@ class FakeGcp(ComputeApi, GuestAttributesApi, ProjectApi, StsApi, IamApi, OAuthA
             ("GET", re.compile(z + r"/operations/(?P<op>[^/]+)"), self._operation_poll),
             ("POST", re.compile(z + r"/operations/(?P<op>[^/]+)/wait"), self._operation_wait),
             ("GET", re.compile(z + r"/instances/(?P<name>[^/]+)"), self._instances_get),
+            ("GET", re.compile(z + r"/instances"), self._instances_list),
+            ("GET", re.compile(p + r"/aggregated/instances"), self._instances_aggregated_list),
             (
                 "POST",
                 re.compile(z + r"/instances/(?P<name>[^/]+)/setMetadata"),

@@ -36,6 +36,7 @@ class FakeInstance:
     internal_ip: str = "10.178.0.2"
     network: str = "default"
     tags: list[str] = field(default_factory=lambda: ["ai-server"])
+    labels: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     fingerprint: str = field(
         default_factory=lambda: base64.b64encode(secrets.token_bytes(8)).decode()
@@ -62,6 +63,13 @@ class FakeState:
     github_runs: dict[str, str] = field(default_factory=dict)
     firewalls: dict[str, dict[str, Any]] = field(default_factory=dict)
     instance: FakeInstance = field(default_factory=FakeInstance)
+    # More VMs (instance_lists.py): listed, and found by instances.get too.
+    other_instances: list[FakeInstance] = field(default_factory=list)
+    # The project's zones besides those of its instances; aggregatedList names each.
+    zones: list[str] = field(default_factory=lambda: ["asia-northeast3-b", "us-central1-a"])
+    unreachable_zones: set[str] = field(default_factory=set)
+    # aggregatedList pages (0-based) answered with no instance and a token for the rest.
+    blank_aggregated_pages: set[int] = field(default_factory=set)
     operations: dict[str, FakeOperation] = field(default_factory=dict)
     # access token -> scopes and who it belongs to
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -70,6 +78,9 @@ class FakeState:
     oidc_tokens: set[str] = field(default_factory=set)
     refresh_tokens: set[str] = field(default_factory=set)
     firewall_page_size: int = 500
+
+    def all_instances(self) -> list[FakeInstance]:
+        return [self.instance, *self.other_instances]
 
     @property
     def audience(self) -> str:
