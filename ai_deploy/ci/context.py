@@ -32,6 +32,11 @@ class Run:
     health_address: str = ""  # where the outside health check goes, when not `address` (IAP)
     lock_hash: str = ""  # of the artifact's uv.lock
     fleet: Any = None  # ai_deploy.rollout.run.Outcome of a rollout over several hosts
+    # a fleet found by label: (instance, zone, address) each, their pinned keys by instance,
+    # and the host key policy for all of them ("yes" when every instance published its keys)
+    targets: list[tuple[str, str, str]] = field(default_factory=list)
+    pinned_of: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    strict_host_keys: str = "accept-new"
     final_message: str = ""  # what the run said last (its --json result's message)
 
     def pyinfra_env(self) -> dict[str, str]:

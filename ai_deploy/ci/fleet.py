@@ -18,19 +18,35 @@ from ai_deploy.rollout.run import Health, Outcome, Rollout, plan_only, run_rollo
 
 
 def is_fleet(run: Run) -> bool:
-    """No single target named: the rollout goes over the inventory's hosts."""
+    """No single target named: the rollout goes over the inventory's hosts, or the instances
+    a label or filter finds (ai_deploy.ci.fleet_access)."""
     opts = run.opts
-    return not opts.host and not opts.instance and opts.ssh_transport != "iap"
+    return not opts.host and not opts.instance
 
 
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def fleet_ssh_env(run: Run) -> dict[str, str]:
+    """What the inventory needs to reach the listed instances by name."""
+    if not run.targets:
+        return {}
+    env = {
+        "AI_DEPLOY_HOSTS": ",".join(name for name, _, _ in run.targets),
+        "AI_DEPLOY_SSH_ENDPOINTS": ",".join(f"{n}={a}:22" for n, _, a in run.targets),
+        "AI_DEPLOY_SSH_USER": run.user,
+        "AI_DEPLOY_SSH_STRICT_HOST_KEYS": run.strict_host_keys,
+    }
+    if run.known_hosts is not None:
+        env["AI_DEPLOY_SSH_KNOWN_HOSTS"] = str(run.known_hosts)
+    return env
+
+
 def fleet_env(run: Run) -> dict[str, str]:
     """The environment of the pyinfra runs: the inventory names the hosts and how to reach
     them; a key or known_hosts file given to `ai-deploy` still goes through."""
-    env = dict(run.environ)
+    env = {**run.environ, **fleet_ssh_env(run)}
     if run.key is not None:
         env["AI_DEPLOY_SSH_KEY"] = str(run.key)
     return env

@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
-from datetime import timedelta
 from pathlib import Path
 
 from ai_deploy.artifact.build import ArtifactError
@@ -25,17 +24,24 @@ from ai_deploy.artifact.check import check_artifact
 from ai_deploy.artifact.checksum import check_sidecar
 from ai_deploy.ci import exitcodes
 from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.access import _iap_target, access_phase, host_keys_phase, iap_phase
+from ai_deploy.ci.access import access_phase, host_keys_phase, iap_phase
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.dryrun import dry_run
-from ai_deploy.ci.fleet import fleet_phase, is_fleet, print_json, table_message
+from ai_deploy.ci.fleet import is_fleet, print_json, table_message
+from ai_deploy.ci.fleet_access import run_fleet
+from ai_deploy.ci.gcp_phases import (  # re-exported: ai_deploy.ci.reach runs them too
+    auth_phase,
+    firewall_phase,
+    instance_phase,
+    runner_ip_phase,
+    ssh_phase,
+)
 from ai_deploy.ci.health import check_health
 from ai_deploy.ci.notify import DeployEvent, Outcome, notify
 from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, PhaseFailed
 from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.ci.secrets import mask_secret_like, mask_secrets
 from ai_deploy.ci.settings_probe import check_settings, read_settings
-from ai_deploy.ci.ssh import provided_key, wait_for_ssh
 from ai_deploy.gcp import Terminated, raise_on_termination
 from ai_deploy.inventory import RemoteError, resolve_inventory
 
@@ -127,9 +133,7 @@ def _report(
 def _phases(run: Run) -> tuple[int, str]:
     check_artifact_phase(run)
     if is_fleet(run):
-        if run.opts.use_gcp and (run.opts.project or run.environ.get("GCP_PROJECT_ID")):
-            auth_phase(run)
-        return fleet_phase(run)
+        return run_fleet(run)
     iap = run.opts.ssh_transport == "iap"
     if run.opts.use_gcp:
         auth_phase(run)
@@ -174,133 +178,6 @@ def check_artifact_phase(run: Run) -> None:
             raise PhaseFailed("artifact", str(exc)) from exc
         run.release, run.lock_hash = art.release_id, art.lock_hash
         _say(f"release {run.release} ({art.members} members, sha256 {art.sha256[:16]}...; {said})")
-
-
-def auth_phase(run: Run) -> None:
-    from ai_deploy.gcp import GcpError
-    from ai_deploy.gcp.auth import load_credentials
-
-    with run.phases.phase("auth", "Authenticate to GCP"):
-        try:
-            run.session = load_credentials(run.opts.project, environ=run.environ)
-        except GcpError as exc:
-            raise PhaseFailed("auth", str(exc)) from exc
-        _say(f"authenticated for project {run.session.project} ({run.session.source})")
-
-
-def runner_ip_phase(run: Run) -> None:
-    from ai_deploy.ci.myip import MyIpSettings, RunnerIpError, find_runner_address
-
-    with run.phases.phase("runner-ip", "Find this runner's address"):
-        try:
-            found = find_runner_address(MyIpSettings.from_env(run.environ))
-        except RunnerIpError as exc:
-            raise PhaseFailed("runner-ip", str(exc)) from exc
-        run.runner_ip = found.address
-        _say(f"runner address: {found.address} (from {', '.join(found.sources)})")
-        for note in found.notes:
-            ci_output.warning(note, title="runner address", env=run.environ)
-
-
-def instance_phase(run: Run) -> None:
-    from ai_deploy.gcp.compute import get_instance_nat_ip
-
-    opts = run.opts
-    with run.phases.phase("instance", "Find the instance's address"):
-        if opts.ssh_transport == "iap":
-            _iap_target(run)
-        elif opts.host:
-            run.address = opts.host
-        elif run.session is None or not (opts.zone and opts.instance):
-            raise PhaseFailed("config", "set GCP_ZONE and GCP_INSTANCE, or pass --host ADDRESS")
-        else:
-            try:
-                run.address = get_instance_nat_ip(
-                    run.session.credentials, run.session.project, opts.zone, opts.instance
-                )
-            except Exception as exc:
-                raise PhaseFailed(
-                    "instance", f"could not read instance {opts.instance}: {exc}"
-                ) from exc
-        run.hosts.append(run.address)
-        _say(f"target: {run.address}")
-
-
-def firewall_phase(run: Run, stack: ExitStack) -> None:
-    from ai_deploy.gcp import GcpError
-    from ai_deploy.gcp.firewall import firewall_window
-
-    opts = run.opts
-    with run.phases.phase("firewall", "Open the SSH firewall window"):
-        try:
-            window = stack.enter_context(
-                firewall_window(
-                    run.session.credentials,
-                    run.session.project,
-                    source_ip=run.runner_ip,
-                    target_tag=opts.target_tag,
-                    network=opts.network,
-                    prefix=opts.rule_prefix,
-                    stale_after=timedelta(minutes=opts.stale_rule_minutes),
-                    environ=run.environ,
-                )
-            )
-        except GcpError as exc:
-            raise PhaseFailed("firewall", str(exc)) from exc
-        _say(f"firewall rule {window.name}: tcp:22 from {window.source_range}")
-
-
-def ssh_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
-    from ai_deploy.gcp import GcpError
-    from ai_deploy.gcp.oslogin import ssh_settings_for
-    from ai_deploy.gcp.sshkeys import SSH_MODE_ENV, SshSettings, ephemeral_ssh_key
-
-    opts = run.opts
-    with run.phases.phase("ssh", "Authorize an SSH key"):
-        try:
-            settings = SshSettings.from_env(run.environ)
-        except GcpError as exc:  # a login name or key setting that cannot work
-            raise PhaseFailed("config", str(exc)) from exc
-        key_is_new = run.session is not None and bool(opts.instance and opts.zone)
-        if key_is_new:
-            try:
-                # OS Login on (instance or project) makes the guest ignore ssh-keys metadata.
-                settings, note = ssh_settings_for(
-                    run.session.credentials,
-                    run.session.project,
-                    opts.zone,
-                    opts.instance,
-                    settings,
-                    mode_chosen=bool(run.environ.get(SSH_MODE_ENV, "").strip()),
-                )
-                if note:
-                    _say(note)
-                access = stack.enter_context(
-                    ephemeral_ssh_key(
-                        run.session.credentials,
-                        run.session.project,
-                        zone=opts.zone,
-                        instance=opts.instance,
-                        settings=settings,
-                        principal=run.session.principal,
-                    )
-                )
-            except GcpError as exc:
-                raise PhaseFailed("ssh", str(exc)) from exc
-            run.user, run.key = access.user, access.private_key_path
-        else:
-            run.key = provided_key(run.environ, tmp)
-            run.user = settings.user
-        assert run.known_hosts is not None
-        wait_for_ssh(
-            run.address,
-            run.user,
-            run.key,
-            run.known_hosts,
-            opts.ssh_wait_s,
-            key_is_new=key_is_new,
-            access=run.access,
-        )
 
 
 def deploy_phase(run: Run) -> tuple[int, str]:

@@ -100,7 +100,9 @@ class _Grant:
         settings: SshSettings,
         principal: str | None,
         timeout: float,
+        key_pair: tuple[Path, str] | None = None,
     ) -> None:
+        self.key_pair = key_pair  # (private key file, public line) shared by several grants
         self.credentials = credentials
         self.project = project
         self.zone = zone
@@ -124,7 +126,12 @@ class _Grant:
             assert s.provided_key is not None
             private, public = write_provided_key(self.directory, s.provided_key)
             return SshAccess("provided", s.user, private, public, None)
-        private, public = generate_key_pair(self.directory, comment=f"ai-deploy@{self.instance}")
+        if self.key_pair is not None:
+            private, public = self.key_pair
+        else:
+            private, public = generate_key_pair(
+                self.directory, comment=f"ai-deploy@{self.instance}"
+            )
         self.blob = public.split()[1]
         expires_at = datetime.now(timezone.utc).replace(microsecond=0) + s.ttl
         if s.mode == "oslogin":
@@ -276,11 +283,14 @@ def ephemeral_ssh_key(
     settings: SshSettings | None = None,
     principal: str | None = None,
     timeout: float = compute.DEFAULT_OPERATION_TIMEOUT,
+    key_pair: tuple[Path, str] | None = None,
 ) -> Iterator[SshAccess]:
     """SSH access to INSTANCE for the duration of the block (see the module docstring).
 
     + settings: mode, login user, key lifetime, provided key (default: `SshSettings()`,
       i.e. metadata mode as user ai-deploy, one hour)
+    + key_pair: (private key file, public key line) to authorize instead of a fresh pair (one
+      key for every instance of a rollout); the caller owns and removes its file
     + principal: the service account the credentials act as (GcpSession.principal); the
       OS Login user unless settings.oslogin_user says otherwise
 
@@ -295,7 +305,7 @@ def ephemeral_ssh_key(
     """
     settings = settings or SshSettings()
     settings.validate()
-    grant = _Grant(credentials, project, zone, instance, settings, principal, timeout)
+    grant = _Grant(credentials, project, zone, instance, settings, principal, timeout, key_pair)
     with raise_on_termination():
         try:
             access = grant.open()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.oauth2.credentials import Credentials as TokenCredentials
 
-from ai_deploy.ci import flow
+from ai_deploy.ci import gcp_phases as flow
 from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.options import DeployOptions, PhaseFailed

@@ -1,0 +1,194 @@
+"""Access to a fleet of GCP instances found by label or filter (GCP_INSTANCE_FILTER, or
+AI_DEPLOY_INSTANCES_LABEL=KEY=VALUE): the RUNNING matches listed through the Compute API, each
+instance's published host keys pinned, one firewall window for the target tag (every instance
+must carry it), and one key for the run authorized on every instance (its ssh-keys metadata,
+or once through OS Login), all removed on every way out with the rest of the run's stack.
+The hosts keep their instance names everywhere; SSH and the health check go to the address
+AI_DEPLOY_ADDRESS chooses (external, or internal from inside the VPC)."""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from ai_deploy.ci.context import Run
+from ai_deploy.ci.fleet import fleet_phase
+from ai_deploy.ci.gcp_phases import auth_phase, firewall_phase, runner_ip_phase
+from ai_deploy.ci.options import PhaseFailed
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def instance_filter_of(run: Run) -> str | None:
+    """The fleet's filter when the run lists instances (GCP mode, no single instance)."""
+    from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.instances import environment_filter
+
+    if not run.opts.use_gcp:
+        return None
+    try:
+        return environment_filter(run.environ)
+    except GcpError as exc:
+        raise PhaseFailed("config", str(exc)) from exc
+
+
+def fleet_instances_phase(run: Run, filter: str) -> None:
+    from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.instances import list_instances, not_running_reason, pick_address
+
+    mode = run.environ.get("AI_DEPLOY_ADDRESS", "").strip() or "external"
+    with run.phases.phase("instance", "List the instances"):
+        try:
+            listed = list_instances(run.session.credentials, run.session.project, filter)
+        except GcpError as exc:
+            raise PhaseFailed("instance", str(exc)) from exc
+        except Exception as exc:  # an API refusal: its own message names the permission
+            raise PhaseFailed("instance", f"could not list instances ({filter}): {exc}") from exc
+        for inst in listed:
+            if inst.status != "RUNNING":
+                _say(not_running_reason(inst))
+        running = [i for i in listed if i.status == "RUNNING"]
+        if not running:
+            raise PhaseFailed(
+                "instance",
+                f"no RUNNING instance of project {run.session.project} matches {filter!r}",
+            )
+        names = [i.name for i in running]
+        if len(set(names)) != len(names):
+            raise PhaseFailed(
+                "config", f"instances of {filter!r} share names across zones: narrow the filter"
+            )
+        untagged = [i.name for i in running if run.opts.target_tag not in i.tags]
+        if untagged and run.opts.ssh_transport == "direct":
+            raise PhaseFailed(
+                "config",
+                f"instance(s) {', '.join(untagged)} lack the network tag {run.opts.target_tag} "
+                "the SSH window targets: add it, or set AI_DEPLOY_TARGET_TAG",
+            )
+        try:
+            run.targets = [(i.name, i.zone, pick_address(i, mode)) for i in running]
+        except GcpError as exc:
+            raise PhaseFailed("instance", str(exc)) from exc
+        run.hosts[:] = names
+        for name, zone, address in run.targets:
+            _say(f"instance {name} ({zone}): {address}")
+
+
+def fleet_host_keys_phase(run: Run, tmp: Path) -> None:
+    """Every instance's published host keys pinned in one known_hosts file, by address."""
+    from ai_deploy.gcp.hostkeys import published_host_keys
+
+    lines: list[str] = []
+    missing: list[str] = []
+    with run.phases.phase("host-keys", "Pin the instances' SSH host keys"):
+        for name, zone, address in run.targets:
+            try:
+                found = published_host_keys(
+                    run.session.credentials, run.session.project, zone, name
+                )
+            except Exception as exc:
+                _say(f"could not read the host keys of {name} ({exc})")
+                found = None
+            if not found:
+                missing.append(name)
+                continue
+            lines += [key.known_hosts_line(address) for key in found]
+            run.pinned_of[name] = tuple(found)
+            _say(f"pinned {len(found)} host key(s) of {name}")
+        if missing and run.opts.host_keys == "require":
+            raise PhaseFailed(
+                "ssh",
+                f"instance(s) {', '.join(missing)} publish no host keys; stopping, since "
+                'AI_DEPLOY_HOST_KEYS is "require"',
+            )
+        if missing:
+            _say(
+                f"{', '.join(missing)}: no published host keys; accepted on first use "
+                '(AI_DEPLOY_HOST_KEYS is "accept-new")'
+            )
+    run.known_hosts = tmp / "known_hosts"
+    run.known_hosts.write_text("".join(line + "\n" for line in lines))
+    run.strict_host_keys = "accept-new" if missing else "yes"
+
+
+def fleet_keys_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
+    """One key for the run, authorized on every instance; SSH checked on each."""
+    from ai_deploy.ci.ssh import SshAccess, wait_for_ssh
+    from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.keypair import generate_key_pair
+    from ai_deploy.gcp.oslogin import ssh_settings_for
+    from ai_deploy.gcp.sshkeys import SSH_MODE_ENV, SshSettings, ephemeral_ssh_key
+
+    with run.phases.phase("ssh", "Authorize an SSH key on every instance"):
+        try:
+            settings = SshSettings.from_env(run.environ)
+            name, zone, _ = run.targets[0]
+            settings, note = ssh_settings_for(
+                run.session.credentials,
+                run.session.project,
+                zone,
+                name,
+                settings,
+                mode_chosen=bool(run.environ.get(SSH_MODE_ENV, "").strip()),
+            )
+            if note:
+                _say(note)
+            keydir = tmp / "fleet-key"
+            keydir.mkdir(mode=0o700)
+            pair = generate_key_pair(keydir, comment="ai-deploy@rollout")
+            grants = run.targets[:1] if settings.mode in ("oslogin", "provided") else run.targets
+            for name, zone, _ in grants:
+                access = stack.enter_context(
+                    ephemeral_ssh_key(
+                        run.session.credentials,
+                        run.session.project,
+                        zone=zone,
+                        instance=name,
+                        settings=settings,
+                        principal=run.session.principal,
+                        key_pair=pair,
+                    )
+                )
+        except GcpError as exc:
+            raise PhaseFailed("ssh", str(exc)) from exc
+        run.user, run.key = access.user, access.private_key_path
+        assert run.known_hosts is not None
+        for name, _, address in run.targets:
+            pinned = run.pinned_of.get(name, ())
+            wait_for_ssh(
+                address,
+                run.user,
+                run.key,
+                run.known_hosts,
+                run.opts.ssh_wait_s,
+                key_is_new=settings.mode != "provided",
+                access=SshAccess(run.known_hosts, address, pinned=pinned),
+            )
+            _say(f"SSH to {name} works")
+
+
+def run_fleet(run: Run) -> tuple[int, str]:
+    """A rollout: over the instances a label or filter finds (each reached through the run's
+    window and key), else over the inventory's hosts as it reaches them."""
+    found_by = instance_filter_of(run)
+    if run.opts.use_gcp and (found_by or run.opts.project or run.environ.get("GCP_PROJECT_ID")):
+        auth_phase(run)
+    if found_by is None:
+        return fleet_phase(run)
+    if run.opts.ssh_transport == "iap":
+        raise PhaseFailed(
+            "config",
+            "a fleet through IAP is not supported yet: use AI_DEPLOY_SSH_TRANSPORT=direct, "
+            "or deploy one instance at a time with GCP_INSTANCE",
+        )
+    runner_ip_phase(run)
+    fleet_instances_phase(run, found_by)
+    # --plan reads each host's state too: through the same window and key
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="ai-deploy-ssh-") as tmp:
+        fleet_host_keys_phase(run, Path(tmp))
+        firewall_phase(run, stack)
+        fleet_keys_phase(run, stack, Path(tmp))
+        return fleet_phase(run)
