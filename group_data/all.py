@@ -82,6 +82,15 @@ artifact_max_ratio = 100  # expanded size / compressed size (a zip bomb is far a
 # for its venv when its uv.lock is new (torch and CUDA wheels are several GiB)
 venv_space_bytes = 8 * 1024**3
 
+# Model files: an artifact's models.toml names them (url, sha256, size); the host fetches each
+# once into app_root/models/blobs/<sha256> (resumed, verified before it is used, group-readable
+# only) and the release sees models/<name>/ (see README)
+models_allow_http = False  # http:// URLs too (a trusted network only): https:// and gs:// else
+models_fetch_timeout_s = 6 * 3600  # all of a release's downloads
+models_space_reserve_bytes = 1024**3  # free space that must remain after the downloads
+models_gcs_url = "https://storage.googleapis.com"  # gs://: the JSON API's media download
+models_metadata_host = "metadata.google.internal"  # gs://: the VM's token (its service account)
+
 # The NVIDIA driver (tasks/gpu.py): nothing happens on hosts without an NVIDIA GPU
 gpu_driver = "auto"  # "skip": never look at the GPU
 gpu_driver_method = "cuda-installer"  # or "ubuntu-drivers", "packages", "command"

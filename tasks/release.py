@@ -18,15 +18,17 @@ from ai_deploy.host.facts import AppTreeFact
 from ai_deploy.host.ops import release_in_service
 from ai_deploy.host.settings import Spec
 
-_checked: dict[tuple[str, str, ArtifactLimits], CheckedArtifact] = {}
+_checked: dict[tuple[str, str, ArtifactLimits, bool], CheckedArtifact] = {}
 
 
-def _artifact(path: str, app_module: str, limits: ArtifactLimits) -> CheckedArtifact:
+def _artifact(path: str, app_module: str, limits: ArtifactLimits, http: bool) -> CheckedArtifact:
     """Check the artifact once per run (the same file for every host with the same limits)."""
-    key = (path, app_module, limits)
+    key = (path, app_module, limits, http)
     if key not in _checked:
         try:
-            _checked[key] = check_artifact(Path(path).expanduser(), app_module, limits)
+            _checked[key] = check_artifact(
+                Path(path).expanduser(), app_module, limits, models_allow_http=http
+            )
         except ArtifactError as exc:
             raise OperationError(f"bad artifact: {exc}") from exc
     return _checked[key]
@@ -48,8 +50,13 @@ def release_serving(restart: bool = False) -> None:
     if d.artifact and d.rollback:
         raise OperationError("give either artifact or rollback, not both")
     if d.artifact:
-        art = _artifact(str(d.artifact), d.app_module, ArtifactLimits.from_data(d))
-        extra: dict[str, object] = {"lock_hash": art.lock_hash, "artifact_sha256": art.sha256}
+        http = Spec.from_data(d).models_allow_http
+        art = _artifact(str(d.artifact), d.app_module, ArtifactLimits.from_data(d), http)
+        extra: dict[str, object] = {
+            "lock_hash": art.lock_hash,
+            "artifact_sha256": art.sha256,
+            "models": art.models,
+        }
         on_host = tree.release_sha256.get(art.release_id)
         if on_host and on_host != art.sha256:
             raise OperationError(

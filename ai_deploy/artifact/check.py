@@ -45,6 +45,7 @@ class CheckedArtifact:
     lock_hash: str  # sha256 of its uv.lock: names the venv it runs in
     members: int
     expanded_bytes: int = 0
+    models: tuple[Any, ...] = ()  # ai_deploy.models.manifest.Model, from its models.toml
 
 
 @dataclass(frozen=True)
@@ -240,10 +241,14 @@ def _require_regular(tree: _Tree, name: str, missing: str, where: str) -> None:
 
 
 def check_artifact(
-    path: Path, app_module: str = "main:app", limits: ArtifactLimits | None = None
+    path: Path,
+    app_module: str = "main:app",
+    limits: ArtifactLimits | None = None,
+    *,
+    models_allow_http: bool = False,
 ) -> CheckedArtifact:
     """Read the whole artifact and return its facts, or raise ArtifactError naming the problem.
-    LIMITS default to group_data's."""
+    LIMITS default to group_data's; its models.toml (when it has one) is checked too."""
     where = str(path)
     limits = limits or ArtifactLimits.defaults()
     if not path.is_file():
@@ -262,6 +267,7 @@ def check_artifact(
     compressed = path.stat().st_size
     tree = _Tree(where)
     lock_hash = ""
+    manifest: bytes | None = None
     count = total = 0
     try:
         with tarfile.open(path, "r:gz") as tar:
@@ -285,6 +291,10 @@ def check_artifact(
                         hasher.update(chunk)
                     if parts == ("uv.lock",):
                         lock_hash = hasher.hexdigest()
+                    if parts == ("models.toml",) and member.size <= MANIFEST_MAX_BYTES:
+                        again = tar.extractfile(member)
+                        assert again is not None
+                        manifest = again.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ArtifactError(f"{where} is not a readable tar.gz: {exc}") from exc
     tree.recheck_links()
@@ -299,6 +309,39 @@ def check_artifact(
         "is the artifact built from the right directory?",
         where,
     )
+    models = _models(tree, manifest, models_allow_http, where)
     return CheckedArtifact(
-        path, release_id_from_artifact(path), digest, lock_hash, count, expanded_bytes=total
+        path,
+        release_id_from_artifact(path),
+        digest,
+        lock_hash,
+        count,
+        expanded_bytes=total,
+        models=tuple(models),
     )
+
+
+MANIFEST_MAX_BYTES = 1 << 20
+
+
+def _models(tree: _Tree, manifest: bytes | None, allow_http: bool, where: str) -> list[Any]:
+    """The artifact's models.toml checked (ai_deploy.models.manifest); none: no models."""
+    from ai_deploy.models.manifest import ManifestError, parse_manifest
+
+    if manifest is None:
+        if tree.kinds.get(("models.toml",)) is not None:
+            raise ArtifactError(
+                f"{where}: models.toml is not a regular file of at most {MANIFEST_MAX_BYTES} bytes"
+            )
+        return []
+    if tree.kinds.get(("models",)) is not None:
+        raise ArtifactError(
+            f"{where}: has both models.toml and a top-level models/ entry; the deploy links the "
+            "manifest's models at models/<name>: move the files elsewhere or into the manifest"
+        )
+    try:
+        return parse_manifest(manifest.decode("utf-8"), allow_http=allow_http)
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{where}: models.toml is not UTF-8 ({exc})") from exc
+    except ManifestError as exc:
+        raise ArtifactError(f"{where}: {exc}") from exc

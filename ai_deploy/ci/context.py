@@ -31,6 +31,7 @@ class Run:
     pinned: tuple[Any, ...] = ()  # ai_deploy.gcp.hostkeys.HostKey, read from guest attributes
     health_address: str = ""  # where the outside health check goes, when not `address` (IAP)
     lock_hash: str = ""  # of the artifact's uv.lock
+    model_sizes: dict[str, int] = field(default_factory=dict)  # its model files: sha256 -> size
     fleet: Any = None  # ai_deploy.rollout.run.Outcome of a rollout over several hosts
     # a fleet found by label: (instance, zone, address) each, their pinned keys by instance,
     # and the host key policy for all of them ("yes" when every instance published its keys)

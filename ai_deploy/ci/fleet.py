@@ -70,6 +70,7 @@ def fleet_phase(run: Run) -> tuple[int, str]:
         batch_size=opts.batch_size,
         wait_s=opts.batch_wait_s,
         say=_say,
+        model_sizes=dict(run.model_sizes),
     )
     title = "Plan the rollout (nothing changes)" if opts.plan else "Roll out"
     with run.phases.phase("deploy", title):

@@ -169,7 +169,12 @@ def check_artifact_phase(run: Run) -> None:
         run.settings = read_settings(run.inventory, run.opts.data, run.environ, probe)
         mask_secrets(run.settings.env_file, run.environ)
         try:
-            art = check_artifact(run.opts.artifact, run.settings.app_module, run.settings.limits)
+            art = check_artifact(
+                run.opts.artifact,
+                run.settings.app_module,
+                run.settings.limits,
+                models_allow_http=run.settings.models_allow_http,
+            )
         except ArtifactError as exc:
             raise PhaseFailed("artifact", str(exc)) from exc
         try:
@@ -177,6 +182,7 @@ def check_artifact_phase(run: Run) -> None:
         except ArtifactError as exc:
             raise PhaseFailed("artifact", str(exc)) from exc
         run.release, run.lock_hash = art.release_id, art.lock_hash
+        run.model_sizes = {f.sha256: f.size for m in art.models for f in m.files}
         _say(f"release {run.release} ({art.members} members, sha256 {art.sha256[:16]}...; {said})")
 
 

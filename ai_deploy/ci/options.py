@@ -112,3 +112,4 @@ class HostSettings:
     ssh_user: str | None
     env_file: str | None = None
     limits: ArtifactLimits | None = None  # None: group_data's defaults
+    models_allow_http: bool = False  # models.toml may name http:// URLs

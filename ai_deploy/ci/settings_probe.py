@@ -29,6 +29,7 @@ KEYS = (
     "artifact_max_bytes",
     "artifact_max_members",
     "artifact_max_ratio",
+    "models_allow_http",
 )
 
 
@@ -76,6 +77,7 @@ def read_settings(
         ssh_user=s.get("ssh_user"),
         env_file=s.get("env_file"),
         limits=ArtifactLimits.from_data(s),
+        models_allow_http=str(s.get("models_allow_http")).lower() in ("true", "yes", "1", "on"),
     )
 
 

@@ -49,6 +49,13 @@ class Spec:
     # what happens when it does not fit ("restart": the live colour stops first; "refuse")
     gpu_memory_needed_mib: int | None = None
     gpu_memory_when_short: str = "restart"
+    # model files (ai_deploy.host.release.models)
+    app_group: str = "ai-server"
+    models_allow_http: bool = False
+    models_fetch_timeout_s: float = 6 * 3600
+    models_reserve_bytes: int = 1024**3
+    models_gcs_url: str = "https://storage.googleapis.com"
+    models_metadata_host: str = "metadata.google.internal"
     # this run
     action: str = "deploy"  # deploy | rollback | restart
     release_id: str = ""
@@ -58,6 +65,7 @@ class Spec:
     artifact_remote: str | None = None
     artifact_sha256: str | None = None
     lock_hash: str | None = None
+    models: tuple[Any, ...] = ()  # ai_deploy.models.manifest.Model of the release's manifest
     # a rollout holds the lock (its info has this token): join it, never take or drop it
     lock_token: str | None = None
 
@@ -93,6 +101,12 @@ class Spec:
             nginx_upstream=str(get("bluegreen_upstream")),
             gpu_memory_needed_mib=_optional_int(get("gpu_memory_needed_mib")),
             gpu_memory_when_short=str(get("gpu_memory_when_short") or "restart"),
+            app_group=str(get("app_group")),
+            models_allow_http=_flag(get("models_allow_http")),
+            models_fetch_timeout_s=float(get("models_fetch_timeout_s")),
+            models_reserve_bytes=int(get("models_space_reserve_bytes")),
+            models_gcs_url=str(get("models_gcs_url")),
+            models_metadata_host=str(get("models_metadata_host")),
             **run,
         )
 
@@ -106,6 +120,13 @@ class Spec:
     @property
     def service(self) -> str:
         return self.layout.service
+
+
+def _flag(value: Any) -> bool:
+    """A setting given as True/False, or as text from --data ("true", "yes", "1")."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "yes", "1", "on")
+    return bool(value)
 
 
 def _optional_int(value: Any) -> int | None:

@@ -43,6 +43,8 @@ def _out(line: str) -> None:
 
 def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
     tree = read_tree(remote, spec.layout)
+    listed = remote.run(f"ls -1 {spec.layout.root}/models/blobs 2>/dev/null || true").stdout
+    verified = [n.strip()[: -len(".verified")] for n in listed if n.strip().endswith(".verified")]
     return HostFacts(
         host=remote.name,
         address=address,
@@ -54,6 +56,7 @@ def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
         releases=list(tree.releases),
         venvs=list(tree.venvs),
         lock=tree.lock,
+        model_blobs=verified,
     )
 
 

@@ -57,6 +57,7 @@ class HostFacts:
     releases: list[str] = field(default_factory=list)
     venvs: list[str] = field(default_factory=list)
     lock: dict[str, object] | None = None  # who holds the lock (read for the plan only)
+    model_blobs: list[str] = field(default_factory=list)  # sha256 of verified model files
 
     @classmethod
     def from_json(cls, text: str) -> HostFacts:
@@ -74,6 +75,8 @@ class HostPlan:
     after: str
     builds_venv: bool
     strategy: str
+    fetch_files: int = 0  # model files the host must download
+    fetch_bytes: int = 0
 
     @property
     def changes(self) -> bool:
@@ -81,16 +84,42 @@ class HostPlan:
 
 
 def plan_hosts(
-    facts: dict[str, HostFacts], batches: list[list[str]], release: str, lock_hash: str
+    facts: dict[str, HostFacts],
+    batches: list[list[str]],
+    release: str,
+    lock_hash: str,
+    model_sizes: dict[str, int] | None = None,
 ) -> list[HostPlan]:
-    """Each host's line of the plan, batch by batch."""
+    """Each host's line of the plan, batch by batch. MODEL_SIZES: the release's model files
+    (sha256 -> bytes); those a host has not verified yet are to be fetched there."""
     plans = []
     for number, batch in enumerate(batches):
         for name in batch:
             f = facts[name]
             builds = release not in f.releases and bool(lock_hash) and lock_hash not in f.venvs
-            plans.append(HostPlan(name, number, f.current, release, builds, f.strategy))
+            missing = {s: n for s, n in (model_sizes or {}).items() if s not in f.model_blobs}
+            if f.current == release:
+                missing = {}
+            plans.append(
+                HostPlan(
+                    name,
+                    number,
+                    f.current,
+                    release,
+                    builds,
+                    f.strategy,
+                    len(missing),
+                    sum(missing.values()),
+                )
+            )
     return plans
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def batch_label(number: int, has_canary: bool) -> str:
@@ -112,6 +141,8 @@ def render_plan(plans: list[HostPlan], has_canary: bool, wait_s: float) -> list[
     for p in plans:
         before = p.before or "(none)"
         what = "no change" if not p.changes else ("venv built" if p.builds_venv else "venv reused")
+        if p.fetch_files:
+            what += f", {p.fetch_files} model file(s) to fetch: {_size(p.fetch_bytes)}"
         lines.append(
             f"  {batch_label(p.batch, has_canary):<8} {p.host:<{width}}  {before} -> {p.after}"
             f"  ({what}, {p.strategy})"
@@ -129,6 +160,8 @@ def plan_json(plans: list[HostPlan], has_canary: bool) -> list[dict[str, object]
             "changes": p.changes,
             "builds_venv": p.builds_venv,
             "strategy": p.strategy,
+            "fetch_files": p.fetch_files,
+            "fetch_bytes": p.fetch_bytes,
         }
         for p in plans
     ]

@@ -49,6 +49,7 @@ class Rollout:
     batch_size: str | None = None
     wait_s: float | None = None
     say: Callable[[str], None] = print
+    model_sizes: dict[str, int] = field(default_factory=dict)  # the release's model files
     token: str = field(default_factory=lambda: "rollout-" + secrets.token_hex(8))
 
 
@@ -81,7 +82,7 @@ def plan_only(r: Rollout) -> Outcome:
 def _planned(r: Rollout, f: Fleet, batches: list[list[str]], canary: bool, wait: float) -> Outcome:
     from ai_deploy.rollout.plan import plan_json
 
-    plans = plan_hosts(f.facts, batches, r.release, r.lock_hash)
+    plans = plan_hosts(f.facts, batches, r.release, r.lock_hash, r.model_sizes)
     for line in render_plan(plans, canary, wait):
         r.say(line)
     for name, facts in f.facts.items():

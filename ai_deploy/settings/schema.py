@@ -35,6 +35,7 @@ NUMBERS = frozenset(
         "bluegreen_drain_s",
         "gpu_reboot_timeout_s",
         "rollout_wait_s",
+        "models_fetch_timeout_s",
     }
 )
 # What a setting whose default is None holds when set (a string unless named here).

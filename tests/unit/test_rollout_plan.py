@@ -75,7 +75,25 @@ def test_plan_lines_say_before_after_venv_and_strategy() -> None:
     data = plan_json(plans, True)
     assert [d["step"] for d in data] == ["canary", "batch 1", "batch 1", "batch 2"]
     assert data[2] == {"host": "h3", "step": "batch 1", "before": "r2", "after": "r2",
-                       "changes": False, "builds_venv": False, "strategy": "socket"}  # fmt: skip
+                       "changes": False, "builds_venv": False, "strategy": "socket",
+                       "fetch_files": 0, "fetch_bytes": 0}  # fmt: skip
+
+
+def test_plan_says_which_model_files_each_host_must_fetch() -> None:
+    have = HostFacts("h1", "a", 8000, "/h", "socket", "r1", None, ["r1"], ["aaa"],
+                     model_blobs=["s1"])  # fmt: skip
+    fresh = HostFacts("h2", "b", 8000, "/h", "socket", "r1", None, ["r1"], ["aaa"])
+    serving = HostFacts("h3", "c", 8000, "/h", "socket", "r2", None, ["r2"], ["aaa"])
+    sizes = {"s1": 3 * 2**30, "s2": 512 * 2**20}
+    f = {"h1": have, "h2": fresh, "h3": serving}
+    plans = plan_hosts(f, [["h1", "h2", "h3"]], "r2", "aaa", sizes)
+    assert [(p.fetch_files, p.fetch_bytes) for p in plans] == [
+        (1, 512 * 2**20), (2, 3 * 2**30 + 512 * 2**20), (0, 0),
+    ]  # fmt: skip
+    lines = render_plan(plans, False, 0)
+    assert "(venv reused, 1 model file(s) to fetch: 512.0 MiB, socket)" in lines[1]
+    assert "2 model file(s) to fetch: 3.5 GiB" in lines[2]
+    assert "(no change, socket)" in lines[3]
 
 
 def test_table_lines_up_and_shows_every_host() -> None:

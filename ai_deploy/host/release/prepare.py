@@ -1,6 +1,7 @@
 """releases/<id> made ready: the uploaded artifact checked and extracted into a fresh directory
 (ai_deploy.host.release.extract: limits, free space, nothing outside the release, modes set)
-that is renamed into place, linked to its venv (ai_deploy.host.release.venv). A refusal
+that is renamed into place, with its model files fetched and linked
+(ai_deploy.host.release.models) and linked to its venv (ai_deploy.host.release.venv). A refusal
 leaves neither the temporary directory nor the upload, and is journalled."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import NoReturn
 
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.release.extract import extract_artifact
+from ai_deploy.host.release.models import ensure_models
 from ai_deploy.host.release.venv import ensure_venv
 from ai_deploy.host.remote import Remote, tail
 from ai_deploy.host.settings import Spec
@@ -46,6 +48,12 @@ def prepare_release(remote: Remote, spec: Spec, token: str, have_release: bool) 
         lock_hash = lock_hash or done.lock_hash
     workdir = release if have_release else tmp
     lock_hash = lock_hash or _lock_hash(remote, spec, workdir)
+    try:
+        ensure_models(remote, spec, workdir)
+    except DeployFailed:
+        if not have_release:
+            remote.run(f"rm -rf {tmp}; rm -f {shlex.quote(spec.artifact_remote or '')}")
+        raise
     ensure_venv(remote, spec, lock_hash, workdir, None if have_release else tmp)
     link = f"ln -sfn ../../venvs/{shlex.quote(lock_hash)} {workdir}/.venv"
     if have_release:

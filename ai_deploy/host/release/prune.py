@@ -1,9 +1,12 @@
 """Old releases and unused venvs removed: the newest `releases_keep` stay, and current and
 previous always do, with every venv a kept release links to (and the healthy records of the
-releases that are kept)."""
+releases that are kept), and every model file and model version a kept release uses (its
+.ai-deploy-models.json and models/<name> links say which); partial downloads of files no kept
+release uses go too."""
 
 from __future__ import annotations
 
+from ai_deploy.host.release.models import RECORD
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
 
@@ -26,6 +29,23 @@ for v in $(ls -1 ../venvs 2>/dev/null); do
   echo "$used" | grep -qx "$v" || {{ rm -rf -- "../venvs/$v" && echo "removed venv $v"; }}
 done
 for h in $(ls -1 ../healthy 2>/dev/null); do [ -d "$h" ] || rm -f -- "../healthy/$h"; done
+[ -d ../models ] || exit 0
+blobs=$(cat ./*/{RECORD} 2>/dev/null | grep -o '"sha256": "[0-9a-f]*"' | cut -d'"' -f4 | sort -u)
+for b in ../models/blobs/* ../models/.partial/*; do
+  [ -e "$b" ] || continue
+  n=${{b##*/}}; sha=${{n%%.*}}
+  echo "$blobs" | grep -qx "$sha" && continue
+  rm -f -- "$b"
+  case "$n" in *.*) ;; *) echo "removed model file $sha" ;; esac
+done
+versions=$(for l in ./*/models/*; do
+  [ -L "$l" ] && t=$(readlink "$l") && echo "${{t#../../../models/}}"
+done | sort -u)
+for d in ../models/*/*/; do
+  v=${{d#../models/}}; v=${{v%/}}; case "$v" in blobs/*|.*) continue ;; esac
+  echo "$versions" | grep -qx "$v" || {{ rm -rf -- "$d" && echo "removed model version $v"; }}
+done
+for d in ../models/*/; do [ "$d" = ../models/blobs/ ] || rmdir "$d" 2>/dev/null || true; done
 """
     for line in remote.run(script).stdout:
         remote.say(line)

@@ -1,0 +1,203 @@
+"""The model files of a release (its models.toml, checked on the deployer): fetched by the host
+itself into a store shared by every release, verified, and linked for the release to open.
+
+    app_root/models/blobs/<sha256>          each file once, 0640 root:app_group, after its
+    app_root/models/blobs/<sha256>.verified  sha256 matched (the record written after that)
+    app_root/models/<name>/<version>/<path>  links to ../blobs/<sha256>
+    releases/<id>/models/<name>              link to the model's version directory
+    releases/<id>/.ai-deploy-models.json     what the release uses (for prune and status)
+
+The download is ai_deploy/models/fetcher.py, copied to app_root/.ai-deploy-tools/ and run with
+the host's python3 in the background (a private partial file per blob, resumed with HTTP Range,
+free space checked before the first byte, progress in its log); this side polls the log with
+short commands, so the lock's lease stays fresh, and says how it goes. It runs before the
+release goes live: a file that cannot be fetched or verified stops the deploy there, and the
+serving release is untouched. A fetch left by a stopped deploy is ended when the next one starts
+(its partial is kept and resumed)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from ai_deploy.host.outcome import DeployFailed
+from ai_deploy.host.remote import Remote, tail
+from ai_deploy.host.settings import Spec
+
+RECORD = ".ai-deploy-models.json"
+TOOLS = ".ai-deploy-tools"
+SAY_EVERY_S = 5.0
+_FETCHER = Path(__file__).resolve().parents[2] / "models" / "fetcher.py"
+
+
+def store(spec: Spec) -> str:
+    return f"{spec.layout.root}/models"
+
+
+def release_record(models: tuple[Any, ...]) -> list[dict[str, object]]:
+    return [
+        {
+            "name": m.name,
+            "version": m.version,
+            "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files],
+        }
+        for m in models
+    ]
+
+
+def _job(spec: Spec, token: str) -> dict[str, object]:
+    files: dict[str, dict[str, object]] = {}
+    for m in spec.models:
+        for f in m.files:
+            files.setdefault(f.sha256, {"sha256": f.sha256, "size": f.size, "url": f.url,
+                                        "path": f"{m.name}/{m.version}/{f.path}"})  # fmt: skip
+    return {
+        "store": store(spec),
+        "group": spec.app_group,
+        "files": list(files.values()),
+        "allow_http": spec.models_allow_http,
+        "metadata_host": spec.models_metadata_host,
+        "gcs_base": spec.models_gcs_url,
+        "mode": "fetch",
+        "retries": 8,
+        "progress_every_s": SAY_EVERY_S,
+        "reserve_bytes": spec.models_reserve_bytes,
+        "run": token,
+    }
+
+
+def _write(path: str, data: bytes, mode: str) -> str:
+    """Shell writing DATA to PATH (mode MODE, root's), atomically."""
+    blob = base64.b64encode(data).decode()
+    q = shlex.quote(path)
+    return (
+        f"printf '%s' {blob} | base64 -d > {q}.tmp && chmod {mode} {q}.tmp && "
+        f"chown root:root {q}.tmp && mv -f {q}.tmp {q}"
+    )
+
+
+def ensure_models(remote: Remote, spec: Spec, workdir: str) -> None:
+    """Every model file of SPEC's release in the store and verified, linked under WORKDIR."""
+    if not spec.models:
+        return
+    source = _FETCHER.read_bytes()
+    fetcher = (
+        f"{spec.layout.root}/{TOOLS}/fetch_models-{hashlib.sha256(source).hexdigest()[:12]}.py"
+    )
+    token = secrets.token_hex(4)
+    base = store(spec)
+    job, log, rc, pid = (f"{base}/.jobs/{token}{s}" for s in (".json", ".log", ".rc", ".pid"))
+    group = shlex.quote(spec.app_group)
+    # The fetcher's own pid in PID (a next deploy ends a leftover one by it); "EXIT n" last.
+    run = f'python3 {fetcher} {job} & echo $! > {pid}; wait $!; echo "EXIT $?"'
+    start = remote.run(
+        f"""set -e
+command -v python3 >/dev/null || {{ echo "the model fetch needs python3 on the host" >&2; exit 1; }}
+install -d -o root -g root -m 0755 {spec.layout.root}/{TOOLS}
+[ -f {fetcher} ] || {{ {_write(fetcher, source, "0644")}; }}
+install -d -o root -g {group} -m 0750 {base} {base}/blobs
+install -d -o root -g root -m 0700 {base}/.jobs
+for old in {base}/.jobs/*.pid; do
+  [ -f "$old" ] || continue
+  p=$(cat "$old"); if [ -n "$p" ] && grep -q fetch_models "/proc/$p/cmdline" 2>/dev/null; then
+    kill "$p" 2>/dev/null || true; echo "stopped the fetch a stopped deploy left (pid $p)"
+    n=0; while [ -d "/proc/$p" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done
+  fi
+  rm -f "$old"
+done
+find {base}/.jobs -type f -mmin +1440 -delete
+{_write(job, json.dumps(_job(spec, token)).encode(), "0600")}
+setsid sh -c {shlex.quote(run)} </dev/null >{log} 2>&1 &
+"""
+    )
+    for line in start.stdout:
+        remote.say(line)
+    if not start.ok:
+        raise DeployFailed("models", f"could not start the model fetch:\n{tail(start.stderr)}")
+    status, lines = _wait(remote, spec, log, pid)
+    remote.run(f"rm -f {job} {pid} {rc}")
+    if status != "0":
+        raise DeployFailed("models", _failure(status, lines), journal=f"models-failed rc={status}")
+    _link(remote, spec, workdir)
+
+
+def _wait(remote: Remote, spec: Spec, log: str, pid: str) -> tuple[str, list[str]]:
+    """Poll the fetch until its exit status is in its log ("EXIT n"); say what it does."""
+    started = last_said = time.monotonic()
+    seen = 0
+    pause = 0.05
+    while True:
+        lines = remote.run(f"cat {log} 2>/dev/null").stdout
+        for line in lines[seen:]:
+            if line.startswith(("DONE ", "PRESENT ", "NOSPACE", "MISMATCH", "ERROR", "FETCH")):
+                remote.say(f"models: {line}")
+        progress = [x for x in lines if x.startswith("PROGRESS ")]
+        seen = len(lines)
+        now = time.monotonic()
+        if progress and now - last_said >= SAY_EVERY_S:
+            remote.say(f"models: {_progress(progress[-1])}")
+            last_said = now
+        ends = [x for x in lines if x.startswith("EXIT ")]
+        if ends:
+            return ends[-1].split()[1], lines
+        if now - started > spec.models_fetch_timeout_s:
+            remote.run(f'kill "$(cat {pid})" 2>/dev/null || true')
+            return "timeout", [*lines, f"(no result after {spec.models_fetch_timeout_s:.0f} s)"]
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
+
+
+def _progress(line: str) -> str:
+    """`PROGRESS sha path bytes total rate eta` as words."""
+    parts = line.split()
+    if len(parts) < 7:
+        return line
+    _, _, path, done, total, rate, eta = parts[:7]
+    try:
+        d, t, r, e = int(done), int(total), float(rate), float(eta)
+    except ValueError:
+        return line
+    return f"{path}: {d / 2**20:.0f} of {t / 2**20:.0f} MiB, {r / 2**20:.1f} MiB/s, {e:.0f} s left"
+
+
+def _failure(status: str, lines: list[str]) -> str:
+    said = [x for x in lines if x.startswith(("NOSPACE", "MISMATCH", "ERROR"))]
+    if status == "3" and said:
+        return f"not enough disk for the model files, nothing fetched: {said[-1]}"
+    if status == "4" and said:
+        return (
+            f"a model file did not match its sha256 (its partial download was removed): {said[-1]}"
+        )
+    why = said[-1] if said else tail(lines)
+    return f"the model files could not be fetched (exit {status}): {why}"
+
+
+def _link(remote: Remote, spec: Spec, workdir: str) -> None:
+    """models/<name>/<version>/<path> -> blobs, WORKDIR/models/<name> -> that version, and the
+    release's record of what it uses."""
+    base = store(spec)
+    group = shlex.quote(spec.app_group)
+    script = ["set -e", f"install -d -o root -g {group} -m 0750 {shlex.quote(workdir)}/models"]
+    for m in spec.models:
+        version = f"{base}/{m.name}/{m.version}"
+        for f in m.files:
+            target = f"{version}/{f.path}"
+            up = "../" * (f.path.count("/") + 2)
+            script += [
+                f"install -d -o root -g {group} -m 0750 {shlex.quote(str(Path(target).parent))}",
+                f"ln -sfn {up}blobs/{f.sha256} {shlex.quote(target)}",
+            ]
+        script.append(
+            f"ln -sfn ../../../models/{m.name}/{m.version} {shlex.quote(workdir)}/models/{m.name}"
+        )
+    record = json.dumps(release_record(spec.models)).encode()
+    script.append(_write(f"{workdir}/{RECORD}", record, "0644"))
+    done = remote.run("\n".join(script))
+    if not done.ok:
+        raise DeployFailed("models", f"could not link the model files:\n{tail(done.stderr)}")
