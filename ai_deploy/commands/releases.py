@@ -1,6 +1,6 @@
 """`ai-deploy releases [--json]`: per host, the releases kept on it, newest first, each with
-when it last went into service and by whom (from revisions.log), the outcome, its size on disk
-and which one is current and previous."""
+when it last went into service and by whom (from revisions.log), the outcome, its size on disk,
+which one is current and previous, and its model files (name, version, size, verified)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from ai_deploy.commands.status import layout_of
 from ai_deploy.commands.when import parse_iso, when_text
 from ai_deploy.host.paths import Layout
+from ai_deploy.host.release.models import models_script, parse_models
 from ai_deploy.host.revisions import Revision, parse_revisions, revisions_script
 from ai_deploy.inventory import connected_partly
 
@@ -41,6 +42,7 @@ class ReleaseRow:
     action: str | None  # that line's action and outcome; None: not in revisions.log
     outcome: str | None
     who: str | None
+    models: tuple[dict[str, Any], ...] = ()  # name, version, size_bytes, verified
 
 
 def list_script(layout: Layout) -> str:
@@ -79,7 +81,11 @@ def parse_list(lines: list[str]) -> tuple[str | None, str | None, list[Kept]]:
 
 
 def rows(
-    current: str | None, previous: str | None, kept: list[Kept], revisions: list[Revision]
+    current: str | None,
+    previous: str | None,
+    kept: list[Kept],
+    revisions: list[Revision],
+    models: dict[str, tuple[dict[str, Any], ...]] | None = None,
 ) -> list[ReleaseRow]:
     """KEPT joined with the last revisions.log line that put each release in service."""
     last: dict[str, Revision] = {}
@@ -103,6 +109,7 @@ def rows(
                 action=rev.action if rev else None,
                 outcome=rev.outcome if rev else None,
                 who=rev.who if rev else None,
+                models=(models or {}).get(k.release, ()),
             )
         )
     return out
@@ -133,6 +140,12 @@ def render(host: str, table: list[ReleaseRow], now: float | None = None) -> list
             f"  {mark} {r.release:<{width}}  {when_text(r.epoch, now)}  {done}  "
             f"{human_size(r.size_bytes)}{gate}"
         )
+        for m in r.models:
+            state = "verified" if m["verified"] else "NOT verified: fetched again on deploy"
+            lines.append(
+                f"  {'':8} {'':<{width}}  model {m['name']} {m['version']}, "
+                f"{human_size(m['size_bytes'])}, {state}"
+            )
     return lines
 
 
@@ -144,7 +157,8 @@ def show_releases(inventory: str | None, as_json: bool = False) -> int:
             layout = layout_of(h)
             current, previous, kept = parse_list(h.run(list_script(layout)).stdout)
             log = h.run(revisions_script(layout)).stdout
-            table = rows(current, previous, kept, parse_revisions(log))
+            models = parse_models(h.run(models_script(layout)).stdout)
+            table = rows(current, previous, kept, parse_revisions(log), models)
             if as_json:
                 report.append({"host": h.name, "releases": [asdict(r) for r in table]})
             else:

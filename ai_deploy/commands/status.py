@@ -17,6 +17,7 @@ from ai_deploy.host.gpu import probe_script as gpu_probe_script
 from ai_deploy.host.paths import Layout
 from ai_deploy.host.release.health import parse_probe, probe_script
 from ai_deploy.host.release.lock import describe_lock
+from ai_deploy.host.release.models import models_script, parse_models
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.inventory import connected_partly
 
@@ -90,6 +91,7 @@ def host_report(h: PyinfraRemote) -> dict[str, Any]:
         "lock": tree.lock if tree.lock is not None else tree.lock_raw,
         "lock_line": lock_line(tree),
         "gpu": gpu.summary() if gpu.has_gpu else None,
+        "models": list(parse_models(h.run(models_script(layout)).stdout).get(tree.current, ())),
         "revisions": log,
     }
     report["healthy"] = is_healthy(report)
@@ -130,6 +132,9 @@ def render(report: dict[str, Any], now: float | None = None) -> list[str]:
     lines.append(f"  lock:      {report['lock_line']}")
     if report["gpu"]:
         lines.append(f"  gpu:       {report['gpu']}")
+    for m in report.get("models") or []:
+        state = "verified" if m["verified"] else "NOT verified"
+        lines.append(f"  model:     {m['name']} {m['version']}, {m['size_bytes']} bytes, {state}")
     lines.append("  revisions.log:")
     lines += [f"    {line}" for line in report["revisions"] or ["(empty)"]]
     return lines

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_deploy.host.outcome import DeployFailed
+from ai_deploy.host.paths import Layout
 from ai_deploy.host.remote import Remote, tail
 from ai_deploy.host.settings import Spec
 
@@ -201,3 +202,49 @@ def _link(remote: Remote, spec: Spec, workdir: str) -> None:
     done = remote.run("\n".join(script))
     if not done.ok:
         raise DeployFailed("models", f"could not link the model files:\n{tail(done.stderr)}")
+
+
+MARK = "AI-DEPLOY-MODELS"
+
+
+def models_script(layout: Layout) -> str:
+    """Shell printing each kept release's models record and the verified files in the store
+    (for parse_models)."""
+    r = layout.root
+    return f"""cd {layout.releases} 2>/dev/null || exit 0
+for id in *; do
+  [ -f "$id/{RECORD}" ] && echo "{MARK} models $id $(tr -d '\\n' < "$id/{RECORD}")"
+done
+for v in {r}/models/blobs/*.verified; do [ -e "$v" ] && echo "{MARK} verified ${{v##*/}}"; done
+true
+"""
+
+
+def parse_models(lines: list[str]) -> dict[str, tuple[dict[str, Any], ...]]:
+    """Each release's models from list_script's lines: name, version, size, and whether every
+    file of it is in the store, verified."""
+    verified = {
+        line.split()[2].removesuffix(".verified")
+        for line in lines
+        if line.startswith(f"{MARK} verified ")
+    }
+    found: dict[str, tuple[dict[str, Any], ...]] = {}
+    for line in lines:
+        if not line.startswith(f"{MARK} models "):
+            continue
+        _, _, release, text = line.split(" ", 3)
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue
+        found[release] = tuple(
+            {
+                "name": m.get("name"),
+                "version": m.get("version"),
+                "size_bytes": sum(int(f.get("size", 0)) for f in m.get("files", [])),
+                "verified": all(f.get("sha256") in verified for f in m.get("files", [])),
+            }
+            for m in record
+            if isinstance(m, dict)
+        )
+    return found
