@@ -15,7 +15,7 @@ FIREWALL_NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class ComputeApi(OperationsApi):
-    """Firewalls and the one instance; mutations go through operations."""
+    """Firewalls and the instances; mutations go through operations."""
 
     # -- test controls -------------------------------------------------------------------------
 
@@ -47,14 +47,16 @@ class ComputeApi(OperationsApi):
         self._notify("firewalls")
         return resource
 
-    def set_metadata(self, key: str, value: str | None) -> None:
-        """Change one instance metadata item as someone else would (new fingerprint)."""
+    def set_metadata(self, key: str, value: str | None, instance: str | None = None) -> None:
+        """Change one metadata item of INSTANCE (by name; default the primary one) as someone
+        else would (new fingerprint)."""
         with self.lock:
+            inst = self.state.instance_named(instance)
             if value is None:
-                self.state.instance.metadata.pop(key, None)
+                inst.metadata.pop(key, None)
             else:
-                self.state.instance.metadata[key] = value
-            self.state.instance.new_fingerprint()
+                inst.metadata[key] = value
+            inst.new_fingerprint()
         self._notify("metadata")
 
     # -- firewalls -----------------------------------------------------------------------------

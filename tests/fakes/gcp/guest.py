@@ -3,7 +3,9 @@
 
 `guest_host_keys` is None while guest attributes are off: the real API then answers 404 for the
 query path. Set it (under the lock) to {algorithm: base64 blob} to publish keys; {} publishes
-nothing yet (an empty `queryValue`, as right after boot).
+nothing yet (an empty `queryValue`, as right after boot). These fake-wide keys are every
+instance's, unless an instance publishes its own (`FakeInstance.guest_host_keys`, set with
+`publish_host_keys(keys, instance=NAME)`), as each VM of a fleet does.
 """
 
 from __future__ import annotations
@@ -15,14 +17,19 @@ from tests.fakes.gcp.wire import GOOGLE_LINK_BASE, ApiError, RecordedRequest
 
 
 class GuestAttributesApi(FakeCore):
-    """The guest attributes of the fake's one instance."""
+    """The guest attributes of the fake's instances."""
 
     guest_host_keys: dict[str, str] | None = None
 
-    def publish_host_keys(self, keys: dict[str, str] | None) -> None:
-        """Publish KEYS (algorithm -> blob) as the guest agent would; None turns them off."""
+    def publish_host_keys(self, keys: dict[str, str] | None, instance: str | None = None) -> None:
+        """Publish KEYS (algorithm -> blob) as the guest agent would; None turns them off.
+        With INSTANCE: that instance's own keys (None: it falls back to the fake-wide ones)."""
         with self.lock:
-            self.guest_host_keys = None if keys is None else dict(keys)
+            value = None if keys is None else dict(keys)
+            if instance is None:
+                self.guest_host_keys = value
+            else:
+                self.state.instance_named(instance).guest_host_keys = value
 
     def _instances_guest_attributes(
         self, request: RecordedRequest, project: str, zone: str, name: str
@@ -31,7 +38,8 @@ class GuestAttributesApi(FakeCore):
         query_path = (request.query.get("queryPath") or [""])[0]
         variable_key = (request.query.get("variableKey") or [""])[0]
         link = f"{GOOGLE_LINK_BASE}projects/{project}/zones/{zone}/instances/{inst.name}"
-        if self.guest_host_keys is None:
+        published = self.guest_host_keys if inst.guest_host_keys is None else inst.guest_host_keys
+        if published is None:
             raise ApiError(
                 404,
                 "notFound",
@@ -46,16 +54,16 @@ class GuestAttributesApi(FakeCore):
             namespace = query_path.rstrip("/")
             items = [
                 {"namespace": "hostkeys", "key": k, "value": v}
-                for k, v in sorted(self.guest_host_keys.items())
+                for k, v in sorted(published.items())
                 if namespace == "hostkeys"
             ]
             reply["queryValue"] = {"items": items} if items else {}
         elif variable_key.startswith("hostkeys/"):
             key = variable_key.removeprefix("hostkeys/")
-            if key not in self.guest_host_keys:
+            if key not in published:
                 raise ApiError(404, "notFound", f"The resource '{link}/{variable_key}' not found")
             reply["variableKey"] = variable_key
-            reply["variableValue"] = self.guest_host_keys[key]
+            reply["variableValue"] = published[key]
         else:
             raise ApiError(400, "invalid", "queryPath or variableKey is required")
         return 200, reply

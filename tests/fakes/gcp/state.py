@@ -28,7 +28,8 @@ class FakeOperation:
 
 @dataclass
 class FakeInstance:
-    """The one VM the fake knows; fields mirror what instances.get returns."""
+    """A VM of the fake (its primary one, or one added); fields mirror what instances.get
+    returns."""
 
     name: str = "ai-server-prod"
     zone: str = "asia-northeast3-a"
@@ -42,6 +43,8 @@ class FakeInstance:
         default_factory=lambda: base64.b64encode(secrets.token_bytes(8)).decode()
     )
     status: str = "RUNNING"
+    # Its own published host keys (algorithm -> blob); None: the fake-wide ones (guest.py).
+    guest_host_keys: dict[str, str] | None = None
 
     def new_fingerprint(self) -> None:
         self.fingerprint = base64.b64encode(secrets.token_bytes(8)).decode()
@@ -81,6 +84,16 @@ class FakeState:
 
     def all_instances(self) -> list[FakeInstance]:
         return [self.instance, *self.other_instances]
+
+    def instance_named(self, name: str | None) -> FakeInstance:
+        """The instance called NAME (in any zone); the primary one for None. KeyError when
+        the fake has none of that name."""
+        if name is None:
+            return self.instance
+        for inst in self.all_instances():
+            if inst.name == name:
+                return inst
+        raise KeyError(f"the fake has no instance {name!r}")
 
     @property
     def audience(self) -> str:
