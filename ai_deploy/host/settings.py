@@ -53,6 +53,7 @@ class Spec:
     app_group: str = "ai-server"
     models_allow_http: bool = False
     models_fetch_timeout_s: float = 6 * 3600
+    models_fetch_retries: int = 8
     models_reserve_bytes: int = 1024**3
     models_gcs_url: str = "https://storage.googleapis.com"
     models_metadata_host: str = "metadata.google.internal"
@@ -104,6 +105,7 @@ class Spec:
             app_group=str(get("app_group")),
             models_allow_http=_flag(get("models_allow_http")),
             models_fetch_timeout_s=float(get("models_fetch_timeout_s")),
+            models_fetch_retries=int(get("models_fetch_retries")),
             models_reserve_bytes=int(get("models_space_reserve_bytes")),
             models_gcs_url=str(get("models_gcs_url")),
             models_metadata_host=str(get("models_metadata_host")),

@@ -16,6 +16,7 @@ It prints `listening PORT` once it accepts connections (--port 0 takes a free on
 
 DIR/.control.json is read again for every request; all keys are optional:
   cut_after_bytes N   close the connection after N bytes of each body (headers promise them all)
+  stop_after_cut      and then stop the whole server (a test starts it again)
   ignore_range        answer 200 and the whole file, whatever Range asks
   fail_next K         answer the next K requests with fail_status (counted down in the file)
   fail_status         the status fail_next answers with (default 503)
@@ -78,10 +79,13 @@ class Handler(BaseHTTPRequestHandler):
         except ConnectionError:  # the client went away mid-body: logged with what was sent
             self.close_connection = True
         finally:
-            entry = {"method": self.command, "path": self.path, "range": self.headers.get("Range")}
-            entry.update(auth="Authorization" in self.headers, status=self.status, bytes=self.sent)
-            with LOCK, open(os.path.join(self.root, ".requests.log"), "a") as log:
-                log.write(json.dumps(entry) + "\n")
+            self._log_request()
+
+    def _log_request(self) -> None:
+        entry = {"method": self.command, "path": self.path, "range": self.headers.get("Range")}
+        entry.update(auth="Authorization" in self.headers, status=self.status, bytes=self.sent)
+        with LOCK, open(os.path.join(self.root, ".requests.log"), "a") as log:
+            log.write(json.dumps(entry) + "\n")
 
     def route(self, body: bool) -> None:
         control, fail = read_control(self.root, "fail_next")
@@ -168,6 +172,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.sent += len(chunk)
                 todo -= len(chunk)
         self.close_connection = True
+        if cut is not None and int(cut) < length and control.get("stop_after_cut"):
+            self.wfile.flush()
+            self._log_request()
+            os._exit(0)  # the server stops mid-file, as a crashed or restarted one does
 
     def answer(self, status: int, data: bytes, kind: str = "text/plain", extra=None) -> None:  # type: ignore[no-untyped-def]
         self.status = status

@@ -12,8 +12,9 @@ the host's python3 in the background (a private partial file per blob, resumed w
 free space checked before the first byte, progress in its log); this side polls the log with
 short commands, so the lock's lease stays fresh, and says how it goes. It runs before the
 release goes live: a file that cannot be fetched or verified stops the deploy there, and the
-serving release is untouched. A fetch left by a stopped deploy is ended when the next one starts
-(its partial is kept and resumed)."""
+serving release is untouched. A fetch left by a deploy that died ends once the lock's lease has
+gone unrenewed for lock_lease_s, or when the next deploy starts (by its PID); its partial is
+kept and resumed."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Any
 
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.paths import Layout
+from ai_deploy.host.release.lock import LEASE_FILE
 from ai_deploy.host.remote import Remote, tail
 from ai_deploy.host.settings import Spec
 
@@ -66,7 +68,7 @@ def _job(spec: Spec, token: str) -> dict[str, object]:
         "metadata_host": spec.models_metadata_host,
         "gcs_base": spec.models_gcs_url,
         "mode": "fetch",
-        "retries": 8,
+        "retries": spec.models_fetch_retries,
         "progress_every_s": SAY_EVERY_S,
         "reserve_bytes": spec.models_reserve_bytes,
         "run": token,
@@ -95,8 +97,17 @@ def ensure_models(remote: Remote, spec: Spec, workdir: str) -> None:
     base = store(spec)
     job, log, rc, pid = (f"{base}/.jobs/{token}{s}" for s in (".json", ".log", ".rc", ".pid"))
     group = shlex.quote(spec.app_group)
-    # The fetcher's own pid in PID (a next deploy ends a leftover one by it); "EXIT n" last.
-    run = f'python3 {fetcher} {job} & echo $! > {pid}; wait $!; echo "EXIT $?"'
+    # The fetcher's own pid in PID (a next deploy ends a leftover one by it), a watchdog that
+    # ends it when the deploy's lease goes stale (the deploy died), and "EXIT n" last.
+    lease = f"{spec.layout.lock}/{LEASE_FILE}"
+    watchdog = (
+        f'while kill -0 "$f" 2>/dev/null; do sleep 5; t=$(stat -c %Y {lease} 2>/dev/null || '
+        f'echo 0); [ $(( $(date +%s) - t )) -gt {int(spec.lock_lease_s)} ] && kill "$f"; done'
+    )
+    run = (
+        f'python3 {fetcher} {job} & f=$!; echo "$f" > {pid}; ({watchdog}) & '
+        f'wait "$f"; echo "EXIT $?"'
+    )
     start = remote.run(
         f"""set -e
 command -v python3 >/dev/null || {{ echo "the model fetch needs python3 on the host" >&2; exit 1; }}
