@@ -87,6 +87,7 @@ venv_space_bytes = 8 * 1024**3
 # only) and the release sees models/<name>/ (see README)
 models_allow_http = False  # http:// URLs too (a trusted network only): https:// and gs:// else
 models_fetch_timeout_s = 6 * 3600  # all of a release's downloads
+models_verify = False  # hash the release's model files again first (damaged ones: fetched again)
 models_fetch_retries = 8  # failed attempts in a row on one file (backoff 1 s doubling, max 30 s)
 models_space_reserve_bytes = 1024**3  # free space that must remain after the downloads
 models_gcs_url = "https://storage.googleapis.com"  # gs://: the JSON API's media download

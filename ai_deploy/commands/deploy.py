@@ -41,6 +41,12 @@ def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser
     deploy.add_argument(
         "--data", action="append", default=[], metavar="KEY=VALUE", help="passed to pyinfra"
     )
+    deploy.add_argument(
+        "--verify-models",
+        action="store_true",
+        help="hash the release's model files on each host again first; damaged ones are "
+        "fetched again (--data models_verify=true)",
+    )
     deploy.add_argument("--health-attempts", type=int, help="outside health checks (default 12)")
     deploy.add_argument("--health-interval", type=float, help="seconds between them (default 5)")
     deploy.add_argument("--target-tag", help="instances the SSH rule targets (default ai-server)")
@@ -80,7 +86,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         host=args.host,
         use_gcp=not args.no_gcp,
         dry_run=args.dry_run,
-        data=args.data,
+        data=[*args.data, *(["models_verify=true"] if args.verify_models else [])],
         health_attempts=args.health_attempts,
         health_interval_s=args.health_interval,
         target_tag=args.target_tag,

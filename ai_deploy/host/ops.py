@@ -11,6 +11,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 from pyinfra.api.util import format_exception
 from pyinfra.facts.files import File, Sha256File
+from pyinfra.facts.server import Command
 
 from ai_deploy.host import strategies
 from ai_deploy.host.facts import AppTree, AppTreeFact
@@ -93,6 +94,7 @@ def release_in_service(spec: Spec, restart: bool = False):
         and tree.is_healthy(spec.release_id)
         and tree.venv_ready(spec.release_id)
         and strategies.get(spec.strategy).is_steady(tree, spec.layout)
+        and not (spec.models_verify and spec.models)  # its model files are checked again
     )
     if serving and not restart:
         report(
@@ -134,4 +136,24 @@ def _plan(spec: Spec, tree: AppTree, have_release: bool, restart: bool) -> str:
         venv = f"venv {lock_hash[:12]} will be built (uv sync)"
     else:
         venv = "its venv is checked"
-    return f"plan: {what}; the release {source}; {venv}"
+    return f"plan: {what}; the release {source}; {venv}{_models_plan(spec)}"
+
+
+def _models_plan(spec: Spec) -> str:
+    """Which of the release's model files the host must fetch, and how many bytes."""
+    if not spec.models:
+        return ""
+    sizes = {f.sha256: f.size for m in spec.models for f in m.files}
+    listed = host.get_fact(
+        Command, f"ls -1 {spec.app_root}/models/blobs 2>/dev/null || true", _sudo=True
+    )
+    verified = {
+        n[: -len(".verified")] for n in str(listed or "").split() if n.endswith(".verified")
+    }
+    missing = {sha: n for sha, n in sizes.items() if sha not in verified}
+    if not missing:
+        return f"; its {len(sizes)} model file(s) are present"
+    return (
+        f"; {len(missing)} of its {len(sizes)} model file(s) will be fetched "
+        f"({sum(missing.values())} bytes)"
+    )

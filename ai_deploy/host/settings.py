@@ -54,6 +54,7 @@ class Spec:
     models_allow_http: bool = False
     models_fetch_timeout_s: float = 6 * 3600
     models_fetch_retries: int = 8
+    models_verify: bool = False
     models_reserve_bytes: int = 1024**3
     models_gcs_url: str = "https://storage.googleapis.com"
     models_metadata_host: str = "metadata.google.internal"
@@ -106,6 +107,7 @@ class Spec:
             models_allow_http=_flag(get("models_allow_http")),
             models_fetch_timeout_s=float(get("models_fetch_timeout_s")),
             models_fetch_retries=int(get("models_fetch_retries")),
+            models_verify=_flag(get("models_verify")),
             models_reserve_bytes=int(get("models_space_reserve_bytes")),
             models_gcs_url=str(get("models_gcs_url")),
             models_metadata_host=str(get("models_metadata_host")),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ai_deploy.artifact.build import build_artifact, release_id_from_artifact
+from ai_deploy.inventory import pyinfra_command
 from ai_deploy.project import group_data_defaults
 from ai_deploy.sandbox import hosts
 from tests.e2e.conftest import Sandbox, boot
@@ -317,3 +319,36 @@ def test_8_gs_urls_through_the_metadata_servers_token(mh: ModelHost) -> None:
     assert media and all(e["auth"] for e in media), media
     assert "token-for-the-vm" not in out  # the token is never printed
     assert mh.model_file()["bytes"] == served.size
+
+
+def test_9_a_damaged_file_found_by_a_verify_run_is_fetched_again(mh: ModelHost) -> None:
+    current = mh.sh(f"readlink {APP_ROOT}/current").strip().rsplit("/", 1)[-1]
+    record = json.loads(mh.sh(f"cat {APP_ROOT}/releases/{current}/.ai-deploy-models.json"))
+    sha = record[0]["files"][0]["sha256"]
+    blob = f"{STORE}/blobs/{sha}"
+    mh.sh(f"printf X | dd of={blob} bs=1 seek=100 conv=notrunc status=none")
+    assert mh.sh(f"sha256sum {blob}").split()[0] != sha
+    where = (f"models_gcs_url=http://127.0.0.1:{PORT}", f"models_metadata_host=127.0.0.1:{PORT}")
+    art = next(mh.work.glob("dist-m-gs-2/*.tar.gz"))
+    again = Artifact(art, release_id_from_artifact(art))
+    assert again.release_id == current
+    out = assert_ok(
+        run_deploy(mh.sandbox.inventory, again.data, *DATA, *where, "models_verify=true")
+    )
+    assert f"models: DAMAGED {sha}" in out
+    assert f"models: DONE {sha}" in out
+    assert mh.sh(f"sha256sum {blob}").split()[0] == sha
+    assert mh.model_file()["bytes"] > 0
+
+
+def test_10_the_dry_run_plan_says_what_must_be_fetched(mh: ModelHost) -> None:
+    served = mh.make_file("demo/v8.bin", 3)
+    release = mh.release("m-dry", "v8", ("weights.bin", served, served.sha256))
+    before = mh.sh(f"readlink {APP_ROOT}/current || true").strip()
+    data = [release.data, *DATA]
+    cmd = pyinfra_command(str(mh.sandbox.inventory), data, dry=True)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    out = done.stdout + done.stderr
+    assert f"1 of its 1 model file(s) will be fetched ({served.size} bytes)" in out, out[-3000:]
+    assert mh.requests("demo/v8.bin") == []
+    assert mh.sh(f"readlink {APP_ROOT}/current || true").strip() == before

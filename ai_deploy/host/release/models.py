@@ -86,9 +86,18 @@ def _write(path: str, data: bytes, mode: str) -> str:
 
 
 def ensure_models(remote: Remote, spec: Spec, workdir: str) -> None:
-    """Every model file of SPEC's release in the store and verified, linked under WORKDIR."""
+    """Every model file of SPEC's release in the store and verified, linked under WORKDIR.
+    With models_verify, the files present are hashed again first and a damaged one dropped,
+    so it is fetched again."""
     if not spec.models:
         return
+    if spec.models_verify:
+        _run_fetcher(remote, spec, "verify")
+    _run_fetcher(remote, spec, "fetch")
+    _link(remote, spec, workdir)
+
+
+def _run_fetcher(remote: Remote, spec: Spec, mode: str) -> None:
     source = _FETCHER.read_bytes()
     fetcher = (
         f"{spec.layout.root}/{TOOLS}/fetch_models-{hashlib.sha256(source).hexdigest()[:12]}.py"
@@ -124,7 +133,7 @@ for old in {base}/.jobs/*.pid; do
   rm -f "$old"
 done
 find {base}/.jobs -type f -mmin +1440 -delete
-{_write(job, json.dumps(_job(spec, token)).encode(), "0600")}
+{_write(job, json.dumps({**_job(spec, token), "mode": mode}).encode(), "0600")}
 setsid sh -c {shlex.quote(run)} </dev/null >{log} 2>&1 &
 """
     )
@@ -136,7 +145,6 @@ setsid sh -c {shlex.quote(run)} </dev/null >{log} 2>&1 &
     remote.run(f"rm -f {job} {pid} {rc}")
     if status != "0":
         raise DeployFailed("models", _failure(status, lines), journal=f"models-failed rc={status}")
-    _link(remote, spec, workdir)
 
 
 def _wait(remote: Remote, spec: Spec, log: str, pid: str) -> tuple[str, list[str]]:
@@ -147,7 +155,9 @@ def _wait(remote: Remote, spec: Spec, log: str, pid: str) -> tuple[str, list[str
     while True:
         lines = remote.run(f"cat {log} 2>/dev/null").stdout
         for line in lines[seen:]:
-            if line.startswith(("DONE ", "PRESENT ", "NOSPACE", "MISMATCH", "ERROR", "FETCH")):
+            if line.startswith(
+                ("DONE ", "PRESENT ", "NOSPACE", "MISMATCH", "ERROR", "VERIFIED ", "DAMAGED ")
+            ):
                 remote.say(f"models: {line}")
         progress = [x for x in lines if x.startswith("PROGRESS ")]
         seen = len(lines)
