@@ -94,7 +94,9 @@ class ModelHost:
     def partials(self) -> list[str]:
         return self.sh(f"ls -1 {STORE}/.partial 2>/dev/null | grep -v '^\\.' || true").split()
 
-    def release(self, label: str, model_version: str, *files: tuple[str, Served, str]) -> Artifact:
+    def release(
+        self, label: str, model_version: str, *files: tuple[str, Served, str], full: bool = False
+    ) -> Artifact:
         """The example app reading models/demo-model/<first file> at start, with a models.toml
         naming FILES as (path in the model, served file, sha256 written in the manifest)."""
         src = copy_example(self.work / label)
@@ -117,6 +119,13 @@ class ModelHost:
             )
         )
         assert "MODEL_FILE" in text and "/model-file" in text, "main.py changed: adapt the patch"
+        if full:  # the whole file is checked as it loads: a damaged one fails the start
+            text = text.replace(
+                "with _MODEL.open('rb') as _f:\n",
+                f"if hashlib.sha256(_MODEL.read_bytes()).hexdigest() != {files[0][2]!r}:\n"
+                "    raise SystemExit('the model file is damaged')\n"
+                "with _MODEL.open('rb') as _f:\n",
+            )
         main.write_text(f"{text}\n# {label}\n")
         entries = "".join(
             f'  [[models.files]]\n  path = "{p}"\n  url = "{s.url}"\n  sha256 = "{sha}"\n'
@@ -155,6 +164,18 @@ def mh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelHost]:
 @pytest.fixture(scope="module")
 def weights(mh: ModelHost) -> Served:
     return mh.make_file("demo/weights.bin", BIG // 2**20)
+
+
+def flip_a_byte(mh: ModelHost, path: str, *, keep_mtime: bool) -> None:
+    """Byte 100 of PATH inverted in place (same size and inode); KEEP_MTIME: its modification
+    time put back to the nanosecond, as silent damage leaves it."""
+    damage = (
+        "import os, sys; p = sys.argv[1]; st = os.stat(p)\n"
+        "with open(p, 'r+b') as f:\n    f.seek(100); b = f.read(1); f.seek(100)\n"
+        "    f.write(bytes([b[0] ^ 0xFF]))\n"
+        + ("os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))\n" if keep_mtime else "")
+    )
+    mh.sh(f"python3 -c {shlex.quote(damage)} {path}")
 
 
 def test_1_a_model_is_fetched_verified_linked_and_read(mh: ModelHost, weights: Served) -> None:
@@ -326,7 +347,7 @@ def test_9_a_damaged_file_found_by_a_verify_run_is_fetched_again(mh: ModelHost) 
     record = json.loads(mh.sh(f"cat {APP_ROOT}/releases/{current}/.ai-deploy-models.json"))
     sha = record[0]["files"][0]["sha256"]
     blob = f"{STORE}/blobs/{sha}"
-    mh.sh(f"printf X | dd of={blob} bs=1 seek=100 conv=notrunc status=none")
+    flip_a_byte(mh, blob, keep_mtime=False)
     assert mh.sh(f"sha256sum {blob}").split()[0] != sha
     where = (f"models_gcs_url=http://127.0.0.1:{PORT}", f"models_metadata_host=127.0.0.1:{PORT}")
     art = next(mh.work.glob("dist-m-gs-2/*.tar.gz"))
@@ -352,3 +373,23 @@ def test_10_the_dry_run_plan_says_what_must_be_fetched(mh: ModelHost) -> None:
     assert f"1 of its 1 model file(s) will be fetched ({served.size} bytes)" in out, out[-3000:]
     assert mh.requests("demo/v8.bin") == []
     assert mh.sh(f"readlink {APP_ROOT}/current || true").strip() == before
+
+
+def test_11_a_failed_load_drops_a_damaged_file_and_the_next_deploy_fetches_it(
+    mh: ModelHost,
+) -> None:
+    served = mh.make_file("demo/v9.bin", 8)
+    first = mh.release("m-load", "v9", ("weights.bin", served, served.sha256))
+    assert_ok(run_deploy(mh.sandbox.inventory, first.data, *DATA))
+    blob = f"{STORE}/blobs/{served.sha256}"
+    # Silent damage: other bytes, the same size and modification time (its record still fits).
+    flip_a_byte(mh, blob, keep_mtime=True)
+    checking = mh.release("m-load-b", "v9", ("weights.bin", served, served.sha256), full=True)
+    out = assert_failed(run_deploy(mh.sandbox.inventory, checking.data, *DATA))
+    assert f"models: PRESENT {served.sha256}" in out  # trusted by its record
+    assert "hashing its model files again" in out
+    assert f"models: DAMAGED {served.sha256}" in out
+    assert serving_release(mh.sandbox.address) == first.release_id  # switched back
+    out = assert_ok(run_deploy(mh.sandbox.inventory, checking.data, *DATA))
+    assert f"models: DONE {served.sha256}" in out
+    assert serving_release(mh.sandbox.address) == checking.release_id

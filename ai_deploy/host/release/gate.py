@@ -8,11 +8,19 @@ from __future__ import annotations
 import time
 
 from ai_deploy.host import strategies
-from ai_deploy.host.outcome import FAILED, SERVED, DeployFailed, HostOutcome
+from ai_deploy.host.outcome import (
+    FAILED,
+    SERVED,
+    SWITCH_BACK_FAILED,
+    SWITCHED_BACK,
+    DeployFailed,
+    HostOutcome,
+)
 from ai_deploy.host.release.journal import mark_healthy, record
 from ai_deploy.host.release.lease import LeasedRemote
 from ai_deploy.host.release.links import read_links
 from ai_deploy.host.release.lock import acquire_lock, release_lock
+from ai_deploy.host.release.models import check_after_failed_start
 from ai_deploy.host.release.prepare import prepare_release
 from ai_deploy.host.release.prune import prune
 from ai_deploy.host.remote import Remote
@@ -56,6 +64,8 @@ def put_in_service(remote: Remote, spec: Spec, *, host: str, have_release: bool)
         record(remote, spec, "ok", live.journal)
         prune(remote, spec)
     except DeployFailed as exc:
+        if exc.status in (SWITCHED_BACK, SWITCH_BACK_FAILED):
+            check_after_failed_start(remote, spec)  # a damaged model file is fetched again
         if exc.journal:
             record(plain, spec, "failed", exc.journal)  # also when the lease was lost
         serving = exc.serving if exc.status != FAILED else None

@@ -97,6 +97,18 @@ def ensure_models(remote: Remote, spec: Spec, workdir: str) -> None:
     _link(remote, spec, workdir)
 
 
+def check_after_failed_start(remote: Remote, spec: Spec) -> None:
+    """The release did not start healthy: its model files are hashed again, and a damaged one
+    is dropped, so the next deploy fetches it again. Never raises: the failure stands."""
+    if not spec.models:
+        return
+    remote.say("the release failed its health gate: hashing its model files again")
+    try:
+        _run_fetcher(remote, spec, "verify")
+    except DeployFailed as exc:
+        remote.warn(f"could not check the model files again: {exc}")
+
+
 def _run_fetcher(remote: Remote, spec: Spec, mode: str) -> None:
     source = _FETCHER.read_bytes()
     fetcher = (
