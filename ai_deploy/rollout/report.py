@@ -12,6 +12,7 @@ NOT_REACHED = "not reached"  # the rollout stopped before its batch
 SWITCHED_BACK = "switched back"  # served the new release, then the previous one again
 FAILED = "failed"  # the new release never went live there; the previous one serves
 STUCK = "switch back failed"  # neither release is known to serve
+INTERRUPTED = "interrupted"  # the rollout was stopped during its step: either release
 
 
 @dataclass

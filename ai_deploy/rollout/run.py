@@ -96,7 +96,19 @@ def run_rollout(r: Rollout) -> Outcome:
     with holding(r.inventory, r.token, r.release, r.chosen, r.data, r.env) as fleet:
         batches, has_canary, wait = _steps(r, fleet)
         out = _planned(r, fleet, batches, has_canary, wait)
-        _Steps(r, fleet.facts, out, wait).run(batches, has_canary)
+        steps = _Steps(r, fleet.facts, out, wait)
+        try:
+            steps.run(batches, has_canary)
+        except BaseException:
+            # Stopped (a signal): say where each host is, as far as is known, then go on
+            # stopping; the hosts of the step that was running may be on either release.
+            for res in out.results:
+                if res.host in steps.running and res.outcome == report.NOT_REACHED:
+                    res.after, res.outcome = None, report.INTERRUPTED
+            r.say("rollout stopped before its end; where each host is:")
+            for line in report.render_table(out.results):
+                r.say(line)
+            raise
     for line in report.render_table(out.results):
         r.say(line)
     return out
@@ -113,10 +125,12 @@ class _Steps:
         self.r, self.facts, self.out, self.wait = r, facts, out, wait
         self.by_host = {x.host: x for x in out.results}
         self.switched: list[str] = []  # hosts this rollout put on the new release, in order
+        self.running: list[str] = []  # the hosts of the step in progress
 
     def run(self, batches: list[list[str]], has_canary: bool) -> None:
         for number, batch in enumerate(batches):
             label = batch_label(number, has_canary)
+            self.running = batch
             self.r.say(f"== {label}: {', '.join(batch)}")
             failure = self._step(batch) or self._outside_health(batch)
             if not failure and self.wait and number < len(batches) - 1:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -232,6 +233,10 @@ def test_sigterm_during_the_rollout_leaves_nothing_and_no_lock(
 
     assert code == 143, output
     assert "interrupted by SIGTERM" in output
+    # The table says where each host is: the canary updated, the batch's host interrupted.
+    table = output[output.index("rollout stopped before its end; where each host is:") :]
+    assert re.search(rf"^{FIRST}\s+canary\s+\S+\s+{release.release_id}\s+updated", table, re.M)
+    assert re.search(rf"^{SECOND}\s+batch 1\s+\S+\s+-\s+interrupted", table, re.M), table
     assert not [pid for pid in children if process_alive(pid)], "a child outlived the deploy"
     # The canary had finished its step: it serves the new release.
     assert fleet.member(FIRST).release_served() == release.release_id
