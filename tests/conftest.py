@@ -101,10 +101,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                     item.add_marker(getattr(pytest.mark, level))
                     levels = {level}
                     break
-        if levels & {"e2e", "gcp"}:
-            # Meant to keep sandbox hosts and timing-sensitive load tests on one worker
-            # (pyproject: --dist loadgroup); measured, xdist still spreads them (README, Tests).
-            item.add_marker(pytest.mark.xdist_group("hosts"))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
