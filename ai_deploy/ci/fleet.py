@@ -75,7 +75,8 @@ def fleet_phase(run: Run) -> tuple[int, str]:
     title = "Plan the rollout (nothing changes)" if opts.plan else "Roll out"
     with run.phases.phase("deploy", title):
         try:
-            out = plan_only(rollout) if opts.plan else run_rollout(rollout)
+            keep = lambda o: setattr(run, "fleet", o)  # noqa: E731
+            out = plan_only(rollout) if opts.plan else run_rollout(rollout, keep)
         except PlanError as exc:
             run.phases.fail("deploy")
             return exitcodes.EXIT_CONFIG, str(exc)

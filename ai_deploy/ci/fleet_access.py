@@ -56,6 +56,12 @@ def fleet_instances_phase(run: Run, filter: str) -> None:
                 "instance",
                 f"no RUNNING instance of project {run.session.project} matches {filter!r}",
             )
+        try:
+            targets = [(i.name, i.zone, pick_address(i, mode)) for i in running]
+        except GcpError as exc:
+            raise PhaseFailed("instance", str(exc)) from exc
+    # Settings that cannot work: said as such (exit 2), not as a failure to read instances.
+    with run.phases.phase("config", "Check the instances against the settings"):
         names = [i.name for i in running]
         if len(set(names)) != len(names):
             raise PhaseFailed(
@@ -68,13 +74,10 @@ def fleet_instances_phase(run: Run, filter: str) -> None:
                 f"instance(s) {', '.join(untagged)} lack the network tag {run.opts.target_tag} "
                 "the SSH window targets: add it, or set AI_DEPLOY_TARGET_TAG",
             )
-        try:
-            run.targets = [(i.name, i.zone, pick_address(i, mode)) for i in running]
-        except GcpError as exc:
-            raise PhaseFailed("instance", str(exc)) from exc
-        run.hosts[:] = names
-        for name, zone, address in run.targets:
-            _say(f"instance {name} ({zone}): {address}")
+    run.targets = targets
+    run.hosts[:] = names
+    for name, zone, address in run.targets:
+        _say(f"instance {name} ({zone}): {address}")
 
 
 def fleet_host_keys_phase(run: Run, tmp: Path) -> None:

@@ -92,10 +92,14 @@ def _planned(r: Rollout, f: Fleet, batches: list[list[str]], canary: bool, wait:
     return Outcome(exitcodes.EXIT_OK, "", plan_json(plans, canary), results)
 
 
-def run_rollout(r: Rollout) -> Outcome:
+def run_rollout(r: Rollout, sink: Callable[[Outcome], None] | None = None) -> Outcome:
+    """The rollout; SINK gets its Outcome as soon as the plan is made (then updated in place),
+    so a caller stopped by a signal still has each host's state as far as it is known."""
     with holding(r.inventory, r.token, r.release, r.chosen, r.data, r.env) as fleet:
         batches, has_canary, wait = _steps(r, fleet)
         out = _planned(r, fleet, batches, has_canary, wait)
+        if sink is not None:
+            sink(out)
         steps = _Steps(r, fleet.facts, out, wait)
         try:
             steps.run(batches, has_canary)

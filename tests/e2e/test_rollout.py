@@ -304,3 +304,32 @@ def test_6_a_killed_rollout_leaves_no_lock(fleet: Fleet) -> None:
     while not no_lock_anywhere(fleet) and time.monotonic() < deadline:
         time.sleep(1)
     assert no_lock_anywhere(fleet)
+
+
+def test_7_a_signal_still_gives_the_json_with_each_hosts_state(fleet: Fleet) -> None:
+    canary_serves = serving_release(fleet.hosts[0].address)
+    new = fleet.good2 if canary_serves == fleet.good.release_id else fleet.good
+    proc = subprocess.Popen(
+        _command(fleet, new, "--json", "--canary", "1", "--batch-size", "100%",
+                 "--batch-wait", "60"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("watching "):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    doc = json.loads(out)
+    assert doc["exit_code"] == 143
+    outcomes = {h["host"]: h["outcome"] for h in doc["hosts"]}
+    first, *others = fleet.names
+    assert outcomes == {first: "updated", **dict.fromkeys(others, "not reached")}
+    assert "rollout stopped before its end; where each host is:" in err
+    assert no_lock_anywhere(fleet)

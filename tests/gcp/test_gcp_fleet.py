@@ -253,6 +253,7 @@ def test_an_instance_without_the_target_tag_stops_before_any_rule(
 
     assert code == 2, output
     assert f"instance(s) {SECOND} lack the network tag {TARGET_TAG}" in output
+    assert "failed phase: config" in output
     assert fleet.rules_created() == []
     assert mutating_compute_requests(fleet.fake) == []
     fleet.assert_nothing_left(output)
