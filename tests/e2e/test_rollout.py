@@ -104,6 +104,21 @@ def _command(fleet: Fleet, artifact: Artifact, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
+def start_rollout(
+    fleet: Fleet, artifact: Artifact, *args: str, split: bool = False
+) -> subprocess.Popen[str]:
+    """A rollout left running; SPLIT: stderr apart from stdout (--json), else together."""
+    return subprocess.Popen(
+        _command(fleet, artifact, *args),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if split else subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GCP_", "GITHUB_"))}
     return {**env, "NO_COLOR": "1", "TERM": "dumb"}
@@ -233,15 +248,8 @@ def test_3_a_failure_in_a_later_batch_puts_every_host_back(fleet: Fleet) -> None
 def test_4_a_second_rollout_stops_before_changing_anything_naming_the_holder(
     fleet: Fleet,
 ) -> None:
-    first = subprocess.Popen(
-        _command(fleet, fleet.good2, "--canary", "1", "--batch-size", "100%", "--batch-wait", "30"),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    wait = ("--canary", "1", "--batch-size", "100%", "--batch-wait", "30")
+    first = start_rollout(fleet, fleet.good2, *wait)
     seen: list[str] = []
     try:
         assert first.stdout is not None
@@ -284,15 +292,8 @@ def test_5_the_plan_as_json_changes_nothing(fleet: Fleet) -> None:
 
 
 def test_6_a_killed_rollout_leaves_no_lock(fleet: Fleet) -> None:
-    proc = subprocess.Popen(
-        _command(fleet, fleet.good, "--canary", "1", "--batch-size", "100%", "--batch-wait", "60"),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    wait = ("--canary", "1", "--batch-size", "100%", "--batch-wait", "60")
+    proc = start_rollout(fleet, fleet.good, *wait)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("watching "):
@@ -309,16 +310,8 @@ def test_6_a_killed_rollout_leaves_no_lock(fleet: Fleet) -> None:
 def test_7_a_signal_still_gives_the_json_with_each_hosts_state(fleet: Fleet) -> None:
     canary_serves = serving_release(fleet.hosts[0].address)
     new = fleet.good2 if canary_serves == fleet.good.release_id else fleet.good
-    proc = subprocess.Popen(
-        _command(fleet, new, "--json", "--canary", "1", "--batch-size", "100%",
-                 "--batch-wait", "60"),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    wait = ("--canary", "1", "--batch-size", "100%", "--batch-wait", "60")
+    proc = start_rollout(fleet, new, "--json", *wait, split=True)
     assert proc.stderr is not None
     for line in proc.stderr:
         if line.startswith("watching "):
