@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import sys
 import tempfile
 import time
@@ -24,7 +23,6 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.image import SandboxError
@@ -34,6 +32,7 @@ from bench.fleet_load import RoundRobinLoad, failed_by_host, variant_of
 from bench.fleet_report import FleetResult, acceptance, render_markdown, render_table
 from bench.metrics import summarize
 from bench.scenarios import DeployError, check_host
+from bench.startup import start
 from testkit.load import OK, http_get
 from testkit.remote import sudo
 from testkit.variants import Variant, build
@@ -238,19 +237,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _on_term(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     args = parse_args(raw)
-    if os.geteuid() != 0:
-        print("the benchmark boots systemd-nspawn sandbox hosts: run it as root", file=sys.stderr)
+    if not start("systemd-nspawn sandbox hosts", drop_ci_env=True):
         return 2
-    signal.signal(signal.SIGTERM, _on_term)
-    for key in [k for k in os.environ if k.startswith(("GCP_", "GITHUB_"))]:
-        del os.environ[key]  # a GCP_INSTANCE would make `ai-deploy deploy` target one instance
     command = " ".join(["python -m bench.fleet", *map(shlex.quote, raw)])
     load_avg = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     others = [h.name for h in hosts.list_hosts() if h.running]

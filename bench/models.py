@@ -16,14 +16,12 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import sys
 import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.image import SandboxError
@@ -41,6 +39,7 @@ from bench.models_report import (
     throughput_table,
 )
 from bench.proc import CmdResult
+from bench.startup import start
 from testkit.load import OK, http_get
 from testkit.variants import Variant
 
@@ -200,19 +199,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _on_term(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     args = parse_args(raw)
-    if os.geteuid() != 0:
-        print("the benchmark boots a systemd-nspawn sandbox host: run it as root", file=sys.stderr)
+    if not start("a systemd-nspawn sandbox host", drop_ci_env=True):
         return 2
-    signal.signal(signal.SIGTERM, _on_term)
-    for key in [k for k in os.environ if k.startswith(("GCP_", "GITHUB_"))]:
-        del os.environ[key]
     command = " ".join(["python -m bench.models", *map(shlex.quote, raw)])
     load_start = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     others_start = _others()

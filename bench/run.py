@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import sys
 import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 
 from ai_deploy.host.uvbin import uv_binary
 from ai_deploy.sandbox import hosts
@@ -37,6 +35,7 @@ from bench.scenarios import (
     measure,
     scenario,
 )
+from bench.startup import start
 from testkit.remote import ssh
 from testkit.variants import RELOCK_DEPENDENCY, Variant, build, crash_at_import, health_500
 from testkit.variants import relock_on_host as relock_step
@@ -318,17 +317,11 @@ def describe(m: Measurement) -> str:
     )
 
 
-def _on_term(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     args = parse_args(raw)
-    if os.geteuid() != 0:
-        print("the benchmark boots systemd-nspawn sandbox hosts: run it as root", file=sys.stderr)
+    if not start("systemd-nspawn sandbox hosts"):
         return 2
-    signal.signal(signal.SIGTERM, _on_term)
     python = os.path.relpath(sys.executable, Path.cwd())
     command = " ".join([python, "-m", "bench.run", *(shlex.quote(a) for a in raw)])
     others = [h.name for h in hosts.list_hosts() if h.running]

@@ -30,6 +30,8 @@ from tests.e2e.deploykit import (
     assert_failed,
     assert_ok,
     copy_example,
+    grand_total,
+    main_pid,
     run_deploy,
     serving_release,
     start_deploy,
@@ -199,6 +201,14 @@ def test_1_a_model_is_fetched_verified_linked_and_read(mh: ModelHost, weights: S
     probe = f"su -s /bin/sh nobody -c 'head -c1 {blob}' >/dev/null 2>&1 && echo read || echo no"
     assert mh.sh(probe).strip() == "no"
     assert mh.partials() == []
+    assert len(mh.requests("demo/weights.bin")) == 1
+    # The same deploy again: nothing changes, nothing restarts, nothing is fetched or hashed.
+    pid = main_pid(mh.sandbox)
+    again = assert_ok(run_deploy(mh.sandbox.inventory, first.data, *DATA))
+    totals = grand_total(again)
+    assert (totals.success, totals.error) == (0, 0), again[-2000:]
+    assert "models:" not in again
+    assert main_pid(mh.sandbox) == pid
     assert len(mh.requests("demo/weights.bin")) == 1
 
 
