@@ -1,6 +1,7 @@
-"""pyinfra inventories from the `ai-deploy` commands: the same inventory files and group_data
-that `pyinfra INVENTORY deploy.py` uses, loaded to read each host's settings, to connect to the
-hosts, or to run deploy.py on them."""
+"""pyinfra inventories from the `ai-deploy` commands: any inventory file, loaded to read each
+host's settings, to connect to the hosts, or to run deploy.py on them; every host's data is
+assembled by ai_deploy.settings.layers (group_data, ai-deploy.toml, its environment, the SSH
+variables, --data, names derived from app_name), as the pyinfra run assembles it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Any
 
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.project import DEFAULT_INVENTORY, project_dir
+
+PYINFRA_MAIN = "ai_deploy.settings.pyinfra_main"  # pyinfra's CLI with the settings layers
 
 
 class RemoteError(Exception):
@@ -43,55 +46,74 @@ def _in_project() -> Iterator[str]:
         os.chdir(old_cwd)
 
 
-def _load(inv_path: str, data: Mapping[str, Any], cwd: str) -> Any:
-    from pyinfra_cli.inventory import make_inventory
-
-    try:
-        return make_inventory(inv_path, override_data=dict(data), cwd=cwd)
-    except SystemExit as exc:  # an inventory file that stops with a message
-        raise RemoteError(str(exc.code)) from None
-
-
-def host_settings(inventory: str | None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Each host's pyinfra data (group_data, inventory data and DATA overrides), by host name,
-    read as the pyinfra run reads it; nothing is connected. This imports pyinfra's CLI, which
-    patches the standard library with gevent (see ai_deploy.ci.settings_probe)."""
+@contextmanager
+def _loaded(inventory: str | None, data: Mapping[str, Any] | None) -> Iterator[tuple[Any, Any]]:
+    """(state, inventory) of INVENTORY with DATA as --data, each host's data assembled by
+    ai_deploy.settings.layers; paths in DATA and the settings file are taken from the working
+    directory before the load moves into the project (pyinfra reads group_data/ from there)."""
     from pyinfra.api import Config, State
     from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    from ai_deploy.settings.appfile import PATH_ENV
+    from ai_deploy.settings.check import SettingsError
+    from ai_deploy.settings.layers import apply_settings, run_layers
+    from ai_deploy.settings.localpaths import resolve_paths
 
     inv_path = resolve_inventory(inventory)
+    override = resolve_paths(data or {}, Path.cwd())
+    try:
+        run = run_layers()
+    except SettingsError as exc:
+        raise RemoteError("; ".join(exc.problems)) from None
+    if run.app.path is not None:  # the inventory file reads it too, from the project
+        os.environ[PATH_ENV] = str(run.app.path.resolve())
     with _in_project() as cwd:
         state = State()
         with ctx_state.use(state):
-            inv = _load(inv_path, data or {}, cwd)
+            try:
+                inv = make_inventory(inv_path, override_data=override, cwd=cwd)
+                apply_settings(inv, run)
+            except SystemExit as exc:  # an inventory file that stops with a message
+                raise RemoteError(str(exc.code)) from None
+            except SettingsError as exc:
+                raise RemoteError("; ".join(exc.problems)) from None
             state.init(inv, Config())
-            return {h.name: h.data for h in inv}
+            yield state, inv
+
+
+def host_settings(inventory: str | None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Each host's pyinfra data (as ai_deploy.settings.layers assembles it, with DATA as
+    --data), by host name, read as the pyinfra run reads it; nothing is connected. This imports
+    pyinfra's CLI, which patches the standard library with gevent (see
+    ai_deploy.ci.settings_probe)."""
+    with _loaded(inventory, data) as (_, inv):
+        return {h.name: h.data for h in inv}
 
 
 @contextmanager
 def connected(
     inventory: str | None, data: Mapping[str, Any] | None = None
 ) -> Iterator[list[PyinfraRemote]]:
-    """Connect to every host of INVENTORY (with the project's group_data)."""
-    from pyinfra.api import Config, State
+    """Connect to every host of INVENTORY; RemoteError naming each host that cannot be
+    reached, with the user and key tried and where each was set."""
     from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.context import ctx_state
 
-    inv_path = resolve_inventory(inventory)
-    with _in_project() as cwd:
-        state = State()
-        with ctx_state.use(state):
-            inv = _load(inv_path, data or {}, cwd)
-            state.init(inv, Config())
-            connect_all(state)
-            hosts = [PyinfraRemote(h) for h in inv if h in state.activated_hosts]
-            missing = [h.name for h in inv if h not in state.activated_hosts]
-            if missing:
-                raise RemoteError(f"could not connect to {', '.join(missing)}")
-            try:
-                yield hosts
-            finally:
-                disconnect_all(state)
+    from ai_deploy.settings.layers import ssh_hint
+
+    with _loaded(inventory, data) as (state, inv):
+        connect_all(state)
+        hosts = [PyinfraRemote(h) for h in inv if h in state.activated_hosts]
+        missing = [h for h in inv if h not in state.activated_hosts]
+        if missing:
+            disconnect_all(state)
+            raise RemoteError(
+                "could not connect to " + "; ".join(f"{h.name} ({ssh_hint(h)})" for h in missing)
+            )
+        try:
+            yield hosts
+        finally:
+            disconnect_all(state)
 
 
 @dataclass(frozen=True)
@@ -111,56 +133,56 @@ def connected_partly(
     """Connect to every host of INVENTORY that can be reached; unlike `connected`, a host that
     cannot be is named with its reason instead of stopping the command (for reports)."""
     import gevent
-    from pyinfra.api import Config, State
     from pyinfra.api.connect import disconnect_all
     from pyinfra.api.exceptions import ConnectError
-    from pyinfra.context import ctx_state
+
+    from ai_deploy.settings.layers import ssh_hint
 
     def attempt(h: Any) -> str | None:
         try:
             h.connect(show_errors=False, raise_exceptions=True)
         except ConnectError as exc:
-            return str(exc.args[0]) if exc.args else type(exc).__name__
+            why = str(exc.args[0]) if exc.args else type(exc).__name__
+            return f"{why}; {ssh_hint(h)}"
         except Exception as exc:  # a connector's own failure is a reason too, not a crash
             return f"{type(exc).__name__}: {exc}"
         return None if h.connected else "not connected"
 
-    inv_path = resolve_inventory(inventory)
-    with _in_project() as cwd:
-        state = State()
-        with ctx_state.use(state):
-            inv = _load(inv_path, data or {}, cwd)
-            state.init(inv, Config())
-            listed = list(inv)
-            tries = [gevent.spawn(attempt, h) for h in listed]
-            gevent.joinall(tries)
-            reached: list[PyinfraRemote] = []
-            unreachable: dict[str, str] = {}
-            for h, done in zip(listed, tries, strict=True):
-                reason = done.value if done.successful() else repr(done.exception)
-                if reason is None:
-                    state.activate_host(h)
-                    reached.append(PyinfraRemote(h))
-                else:
-                    unreachable[h.name] = reason
-            try:
-                addresses = {h.name: str(h.data.get("ssh_hostname") or h.name) for h in listed}
-                yield Reached(reached, unreachable, [h.name for h in listed], addresses)
-            finally:
-                disconnect_all(state)
+    with _loaded(inventory, data) as (state, inv):
+        listed = list(inv)
+        tries = [gevent.spawn(attempt, h) for h in listed]
+        gevent.joinall(tries)
+        reached: list[PyinfraRemote] = []
+        unreachable: dict[str, str] = {}
+        for h, done in zip(listed, tries, strict=True):
+            reason = done.value if done.successful() else repr(done.exception)
+            if reason is None:
+                state.activate_host(h)
+                reached.append(PyinfraRemote(h))
+            else:
+                unreachable[h.name] = reason
+        try:
+            addresses = {h.name: str(h.data.get("ssh_hostname") or h.name) for h in listed}
+            yield Reached(reached, unreachable, [h.name for h in listed], addresses)
+        finally:
+            disconnect_all(state)
 
 
 def pyinfra_command(
     inventory: str, data: Sequence[str], *, dry: bool = False, limit: Sequence[str] = ()
 ) -> list[str]:
-    """`pyinfra -y INVENTORY deploy.py --data k=v ...`, to run from project_dir(). DRY:
-    `--dry` without `-y`, so pyinfra detects and prints the changes, then stops. LIMIT: only
-    the hosts of these names (`--limit NAME` each)."""
-    cmd = [sys.executable, "-m", "pyinfra", *(["--dry"] if dry else ["-y"])]
+    """`pyinfra -y INVENTORY deploy.py --data k=v ...` (through ai_deploy.settings.pyinfra_main,
+    so every host gets its settings layers before it is connected), to run from project_dir();
+    file paths in DATA are made absolute against the working directory first. DRY: `--dry`
+    without `-y`, so pyinfra detects and prints the changes, then stops. LIMIT: only the hosts
+    of these names (`--limit NAME` each)."""
+    from ai_deploy.settings.localpaths import resolve_data_items
+
+    cmd = [sys.executable, "-m", PYINFRA_MAIN, *(["--dry"] if dry else ["-y"])]
     for name in limit:
         cmd += ["--limit", name]
     cmd += [inventory, "deploy.py"]
-    for item in data:
+    for item in resolve_data_items(data, Path.cwd()):
         cmd += ["--data", item]
     return cmd
 

@@ -5,24 +5,30 @@ or per run with `pyinfra ... --data name=value`."""
 _sudo = True
 
 # The application and where it lives
+# The names below left at None are derived from app_name (ai_deploy.settings.derive); a value
+# set anywhere (a group_data file, ai-deploy.toml, --data) wins.
 app_name = "ai-server"  # the systemd unit is <app_name>.service
-app_root = "/app/ai-server"
+app_root = None  # None: /app/<app_name>
 # The service runs as a system user of its own: no sudo, no login shell, no SSH key, and it
 # cannot write its code. The seed ran it as `ubuntu` (the SSH user, which can sudo): still
 # possible by setting app_user = "ubuntu", with a warning on every run.
-app_user = "ai-server"
-app_group = "ai-server"
+app_user = None  # None: <app_name>
+app_group = None  # None: <app_name>
 code_owner = "root"  # owns releases and venvs: the service cannot rewrite its own code
-build_user = "ai-deploy-build"  # runs `uv sync` (building a package runs its code): never root
-app_data_dirs = ["chroma_db"]  # under app_root, kept across releases, owned by app_user
+# Runs `uv sync` (building a package runs its code): never root. None: <app_name>-build, one per
+# app, so that one app's build code cannot touch another app's venvs or uv cache on a shared VM.
+build_user = None
+app_data_dirs = []  # under app_root, kept across releases, owned by app_user (e.g. ["chroma_db"])
 app_module = "main:app"  # uvicorn's APP argument; main.py must be in the artifact
 app_host = "0.0.0.0"
 app_port = 8000
-app_log_dir = "/var/log/dojangkok"
+app_log_dir = None  # None: /var/log/<app_name>
 app_log_rotate_days = 14
 
-# The .env file: /app/ai-server/.env, 0600, owned by app_user, never in an artifact.
-env_file = None  # a local file to upload (--data env_file=PATH); content is never printed
+# The .env file: <app_root>/.env, 0600, owned by app_user, never in an artifact.
+# A local file to upload; content is never printed. Relative: to ai-deploy.toml's directory when
+# set there, to the working directory when given on the command line (--data env_file=PATH).
+env_file = None
 env_default = None  # text written when the host has no .env and env_file is not given
 env_allow_empty = False  # when neither is available: create an empty .env instead of stopping
 
@@ -51,7 +57,7 @@ unit_gpu_devices = ["char-nvidia*"]
 deploy_strategy = "socket"
 socket_backlog = 4096
 bluegreen_ports = (8001, 8002)  # blue, green (internal, 127.0.0.1 only)
-bluegreen_upstream = "/etc/nginx/ai-server-upstream.conf"
+bluegreen_upstream = None  # None: /etc/nginx/<app_name>-upstream.conf
 bluegreen_drain_s = 5  # the old colour finishes its requests, then stops
 # Blue/green on a GPU host: before the idle colour starts, nvidia-smi's free memory is compared
 # with what the release needs on each GPU (free memory plus what the idle colour holds, no

@@ -12,24 +12,25 @@ Where the hosts are, in order:
   `ai-deploy -e ENV`; production when the file has that table and none is named);
 - else GCP_PROJECT_ID, GCP_ZONE, GCP_INSTANCE: the instance's external address, read from the
   Compute API with Application Default Credentials.
-SSH as AI_DEPLOY_SSH_USER (default ubuntu), with the key at AI_DEPLOY_SSH_KEY when set; host
-keys are checked against AI_DEPLOY_SSH_KNOWN_HOSTS when set, with AI_DEPLOY_SSH_STRICT_HOST_KEYS
-(`yes` when `ai-deploy deploy` pinned the instance's published keys there, else `accept-new`:
-first use accepted). AI_DEPLOY_SSH_ENDPOINTS (`NAME=HOST:PORT,...`) sends SSH for host NAME to
-HOST:PORT: through IAP, `ai-deploy deploy` names the host by its instance and connects to the
+SSH as the environment's `ssh_user` with its `ssh_key` from ai-deploy.toml, overridden by
+AI_DEPLOY_SSH_USER and AI_DEPLOY_SSH_PRIVATE_KEY (the key's text or a path); the user defaults to
+ubuntu. Host keys are checked against AI_DEPLOY_SSH_KNOWN_HOSTS when set, with
+AI_DEPLOY_SSH_STRICT_HOST_KEYS (`yes` when `ai-deploy deploy` pinned the instance's published
+keys there, else `accept-new`: first use accepted); else against ai-deploy's own known_hosts
+(ai_deploy.settings.ssh). AI_DEPLOY_SSH_ENDPOINTS (`NAME=HOST:PORT,...`) sends SSH for host NAME
+to HOST:PORT: through IAP, `ai-deploy deploy` names the host by its instance and connects to the
 local port of `gcloud compute start-iap-tunnel INSTANCE 22 --local-host-port=localhost:0`.
 
-Settings from the app's ai-deploy.toml (in the current directory, or at AI_DEPLOY_SETTINGS),
-then its environment's table, become each host's data: above group_data, below --data. They,
-group_data and pyinfra's --data are checked here, before any host is connected; run from
-another directory, the project's
-group_data/all.py and prod.py are given as the `all` and `prod` groups' data.
+Every other setting (group_data, ai-deploy.toml and its environment's table, --data) reaches
+each host through ai_deploy.settings.layers, as for any inventory; they are checked here,
+before any host is connected.
 """
 
 import os
 import sys
 
 from ai_deploy.settings.pyinfra_hooks import inventory_settings
+from ai_deploy.settings.ssh import ENDPOINTS_ENV
 
 _settings = inventory_settings(__file__)
 
@@ -78,29 +79,17 @@ def _hosts() -> list[tuple[str, dict[str, object]]]:
     )
 
 
-_data: dict[str, object] = {
-    **_settings.host_data,
-    "ssh_user": os.environ.get("AI_DEPLOY_SSH_USER", _settings.host_data.get("ssh_user", "ubuntu")),
-}
-if os.environ.get("AI_DEPLOY_SSH_KEY"):
-    _data["ssh_key"] = os.environ["AI_DEPLOY_SSH_KEY"]
-    _data["ssh_allow_agent"] = False
-    _data["ssh_look_for_keys"] = False
-if os.environ.get("AI_DEPLOY_SSH_KNOWN_HOSTS"):
-    _data["ssh_known_hosts_file"] = os.environ["AI_DEPLOY_SSH_KNOWN_HOSTS"]
-    _data["ssh_strict_host_key_checking"] = os.environ.get(
-        "AI_DEPLOY_SSH_STRICT_HOST_KEYS", "accept-new"
-    )
+_data: dict[str, object] = {"ssh_user": "ubuntu", **_settings.ssh_data}
 
 
 def _endpoints() -> dict[str, dict[str, object]]:
     found: dict[str, dict[str, object]] = {}
-    for item in os.environ.get("AI_DEPLOY_SSH_ENDPOINTS", "").split(","):
+    for item in os.environ.get(ENDPOINTS_ENV, "").split(","):
         name, _, endpoint = item.strip().partition("=")
         host, _, port = endpoint.rpartition(":")
         if not (name and host and port.isdigit()):
             if item.strip():
-                raise SystemExit(f"AI_DEPLOY_SSH_ENDPOINTS: {item.strip()!r} is not NAME=HOST:PORT")
+                raise SystemExit(f"{ENDPOINTS_ENV}: {item.strip()!r} is not NAME=HOST:PORT")
             continue
         found[name] = {"ssh_hostname": host, "ssh_port": int(port)}
     return found
@@ -108,6 +97,3 @@ def _endpoints() -> dict[str, dict[str, object]]:
 
 _where = _endpoints()
 prod = [(name, {**_data, **own, **_where.get(name, {})}) for name, own in _hosts()]
-if _settings.group_data:  # pyinfra will not find the project's group_data/ from here
-    all = ([address for address, _ in prod], _settings.group_data.get("all", {}))
-    prod = (prod, _settings.group_data.get("prod", {}))

@@ -8,6 +8,7 @@ from typing import Any
 
 from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.options import DeployOptions, HostSettings
+from ai_deploy.settings.ssh import handed_ssh_env
 
 
 @dataclass
@@ -41,19 +42,19 @@ class Run:
     final_message: str = ""  # what the run said last (its --json result's message)
 
     def pyinfra_env(self) -> dict[str, str]:
-        env = {**self.environ, "AI_DEPLOY_HOSTS": self.address, "AI_DEPLOY_SSH_USER": self.user}
-        if self.key is not None:
-            env["AI_DEPLOY_SSH_KEY"] = str(self.key)
-        if self.known_hosts is not None:
-            env["AI_DEPLOY_SSH_KNOWN_HOSTS"] = str(self.known_hosts)
-        if self.access is not None:
-            env["AI_DEPLOY_SSH_STRICT_HOST_KEYS"] = self.access.strict
-            if (self.access.host, self.access.port) != (self.address, 22):
-                # Through IAP: the host keeps its instance name; SSH goes to the tunnel.
-                env["AI_DEPLOY_SSH_ENDPOINTS"] = (
-                    f"{self.address}={self.access.host}:{self.access.port}"
-                )
-        return env
+        """The pyinfra run's environment: the inventory reaches the host with this run's user,
+        key (a path in the one key variable) and known_hosts."""
+        access = self.access
+        through = access is not None and (access.host, access.port) != (self.address, 22)
+        return handed_ssh_env(
+            {**self.environ, "AI_DEPLOY_HOSTS": self.address},
+            user=self.user,
+            key=self.key,
+            known_hosts=self.known_hosts,
+            strict=access.strict if access is not None else None,
+            # Through IAP: the host keeps its instance name; SSH goes to the tunnel.
+            endpoints=f"{self.address}={access.host}:{access.port}" if through else None,
+        )
 
     @property
     def health_url(self) -> str:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from ai_deploy.ci import exitcodes
 from ai_deploy.ci.context import Run
+from ai_deploy.ci.gcp_phases import outside_gcp_identity
 from ai_deploy.ci.options import PhaseFailed
 from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
-from ai_deploy.ci.ssh import provided_key, wait_for_ssh
+from ai_deploy.ci.ssh import wait_for_ssh
 
 
 def dry_run(run: Run, tmp: Path) -> tuple[int, str]:
@@ -35,15 +36,22 @@ def dry_run(run: Run, tmp: Path) -> tuple[int, str]:
             "since a dry run changes nothing in GCP"
         )
         return exitcodes.EXIT_OK, "dry run: nothing changed"
-    run.key = provided_key(run.environ, tmp)
     try:
-        run.user = SshSettings.from_env(run.environ).user
+        default_user = SshSettings.from_env(run.environ).user
     except GcpError as exc:
         raise PhaseFailed("config", str(exc)) from exc
+    who = outside_gcp_identity(run, tmp, default_user)
+    run.user, run.key = who.user, who.key
     assert run.known_hosts is not None
     with run.phases.phase("ssh", "Check SSH"):
         wait_for_ssh(
-            run.address, run.user, run.key, run.known_hosts, opts.ssh_wait_s, key_is_new=False
+            run.address,
+            run.user,
+            run.key,
+            run.known_hosts,
+            opts.ssh_wait_s,
+            key_is_new=False,
+            key_source=who.described,
         )
     with run.phases.phase("deploy", "pyinfra's plan (nothing is changed)"):
         data = [f"artifact={opts.artifact.resolve()}", *opts.data]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ai_deploy.settings.ssh import OLD_SSH_KEY_ENV, SSH_KEY_ENV, SSH_USER_ENV
+
 SECRET = "secret"
 
 
@@ -30,8 +32,13 @@ ENV_SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting("AI_DEPLOY_TARGET_TAG", "ai-server", "the network tag the window's rule targets"),
     EnvSetting("AI_DEPLOY_NETWORK", "default", "the VPC network of the rule"),
     EnvSetting("AI_DEPLOY_SSH_MODE", "metadata", "the run's key: metadata, oslogin, provided"),
-    EnvSetting("AI_DEPLOY_SSH_USER", "ai-deploy", "the login of the run's key"),
-    EnvSetting("AI_DEPLOY_SSH_PRIVATE_KEY", "", "a provided key's text", secret=True),
+    EnvSetting(
+        SSH_USER_ENV,
+        "",
+        "the SSH login, over ssh_user (else ubuntu; a GCP run's own key: ai-deploy)",
+    ),
+    EnvSetting(SSH_KEY_ENV, "", "the SSH key's text or path, over ssh_key", secret=True),
+    EnvSetting(OLD_SSH_KEY_ENV, "", f"the old name of {SSH_KEY_ENV}", secret=True),
     EnvSetting("AI_DEPLOY_HEALTH_URL", "", "the outside health check (else the instance's)"),
     EnvSetting("AI_DEPLOY_HEALTH_ATTEMPTS", "12", "outside health checks"),
     EnvSetting("AI_DEPLOY_HEALTH_INTERVAL_S", "5", "seconds between them"),

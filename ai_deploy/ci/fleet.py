@@ -15,6 +15,7 @@ from ai_deploy.ci.secrets import mask_secret_like
 from ai_deploy.rollout.fleetlock import FleetLockError
 from ai_deploy.rollout.plan import PlanError
 from ai_deploy.rollout.run import Health, Outcome, Rollout, plan_only, run_rollout
+from ai_deploy.settings.ssh import handed_ssh_env
 
 
 def is_fleet(run: Run) -> bool:
@@ -28,28 +29,20 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def fleet_ssh_env(run: Run) -> dict[str, str]:
-    """What the inventory needs to reach the listed instances by name."""
-    if not run.targets:
-        return {}
-    env = {
-        "AI_DEPLOY_HOSTS": ",".join(name for name, _, _ in run.targets),
-        "AI_DEPLOY_SSH_ENDPOINTS": ",".join(f"{n}={a}:22" for n, _, a in run.targets),
-        "AI_DEPLOY_SSH_USER": run.user,
-        "AI_DEPLOY_SSH_STRICT_HOST_KEYS": run.strict_host_keys,
-    }
-    if run.known_hosts is not None:
-        env["AI_DEPLOY_SSH_KNOWN_HOSTS"] = str(run.known_hosts)
-    return env
-
-
 def fleet_env(run: Run) -> dict[str, str]:
     """The environment of the pyinfra runs: the inventory names the hosts and how to reach
-    them; a key or known_hosts file given to `ai-deploy` still goes through."""
-    env = {**run.environ, **fleet_ssh_env(run)}
-    if run.key is not None:
-        env["AI_DEPLOY_SSH_KEY"] = str(run.key)
-    return env
+    them (the listed instances by name, when a label or filter found them); a key or
+    known_hosts file given to `ai-deploy` still goes through."""
+    if not run.targets:
+        return handed_ssh_env(run.environ, key=run.key)
+    return handed_ssh_env(
+        {**run.environ, "AI_DEPLOY_HOSTS": ",".join(name for name, _, _ in run.targets)},
+        user=run.user,
+        key=run.key,
+        known_hosts=run.known_hosts,
+        strict=run.strict_host_keys,
+        endpoints=",".join(f"{n}={a}:22" for n, _, a in run.targets),
+    )
 
 
 def fleet_phase(run: Run) -> tuple[int, str]:

@@ -12,7 +12,7 @@ from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.access import _iap_target
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.options import PhaseFailed
-from ai_deploy.ci.ssh import provided_key, wait_for_ssh
+from ai_deploy.ci.ssh import Identity, provided_identity, wait_for_ssh
 
 
 def _say(message: str) -> None:
@@ -105,6 +105,7 @@ def ssh_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
         except GcpError as exc:  # a login name or key setting that cannot work
             raise PhaseFailed("config", str(exc)) from exc
         key_is_new = run.session is not None and bool(opts.instance and opts.zone)
+        tried = ""  # the provided key's source, for a refusal's message
         if key_is_new:
             try:
                 # OS Login on (instance or project) makes the guest ignore ssh-keys metadata.
@@ -132,8 +133,8 @@ def ssh_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
                 raise PhaseFailed("ssh", str(exc)) from exc
             run.user, run.key = access.user, access.private_key_path
         else:
-            run.key = provided_key(run.environ, tmp)
-            run.user = settings.user
+            who = outside_gcp_identity(run, tmp, settings.user)
+            run.user, run.key, tried = who.user, who.key, who.described
         assert run.known_hosts is not None
         wait_for_ssh(
             run.address,
@@ -143,4 +144,18 @@ def ssh_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
             opts.ssh_wait_s,
             key_is_new=key_is_new,
             access=run.access,
+            key_source=tried,
         )
+
+
+def outside_gcp_identity(run: Run, tmp: Path, default_user: str) -> Identity:
+    """The user and key for a host outside GCP, from the variables or the run's settings."""
+    s = run.settings
+    return provided_identity(
+        run.environ,
+        tmp,
+        s.ssh_user if s else None,
+        s.ssh_key if s else None,
+        s.ssh_sources if s else {},
+        default_user,
+    )

@@ -113,3 +113,5 @@ class HostSettings:
     env_file: str | None = None
     limits: ArtifactLimits | None = None  # None: group_data's defaults
     models_allow_http: bool = False  # models.toml may name http:// URLs
+    ssh_key: str | None = None  # a path, from ai-deploy.toml or the inventory
+    ssh_sources: dict[str, str] = field(default_factory=dict)  # ssh_user / ssh_key -> source

@@ -25,6 +25,7 @@ KEYS = (
     "deploy_strategy",
     "app_name",
     "ssh_user",
+    "ssh_key",
     "env_file",
     "artifact_max_bytes",
     "artifact_max_members",
@@ -78,6 +79,8 @@ def read_settings(
         env_file=s.get("env_file"),
         limits=ArtifactLimits.from_data(s),
         models_allow_http=str(s.get("models_allow_http")).lower() in ("true", "yes", "1", "on"),
+        ssh_key=s.get("ssh_key"),
+        ssh_sources=dict(answer.get("sources") or {}),
     )
 
 
@@ -85,6 +88,7 @@ def _probe(inventory: str, items: Sequence[str]) -> dict[str, Any]:
     from pyinfra_cli.util import parse_cli_arg
 
     from ai_deploy.inventory import RemoteError, host_settings
+    from ai_deploy.settings.layers import source_in
 
     data: dict[str, Any] = {}
     for item in items:
@@ -99,7 +103,8 @@ def _probe(inventory: str, items: Sequence[str]) -> dict[str, Any]:
     if not found:
         return {"ok": False, "error": f"inventory {inventory} has no hosts"}
     d = next(iter(found.values()))
-    return {"ok": True, "settings": {key: d.get(key) for key in KEYS}}
+    sources = {key: source_in(d, key) for key in ("ssh_user", "ssh_key")}
+    return {"ok": True, "settings": {key: d.get(key) for key in KEYS}, "sources": sources}
 
 
 if __name__ == "__main__":

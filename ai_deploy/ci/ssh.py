@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ai_deploy.ci.options import PhaseFailed
 from ai_deploy.gcp.hostkeys import HostKey
+from ai_deploy.settings.ssh import SSH_KEY_ENV, SSH_USER_ENV, is_key_text, key_variable
 
-PRIVATE_KEY_ENV = "AI_DEPLOY_SSH_PRIVATE_KEY"
+PRIVATE_KEY_ENV = SSH_KEY_ENV
 DENIED = "Permission denied (publickey"
 HOST_KEY_FAILED = "Host key verification failed"
 
@@ -56,24 +57,65 @@ def prepare_access(
     return access
 
 
-def provided_key(environ: Mapping[str, str], directory: Path) -> Path:
-    """The key text in AI_DEPLOY_SSH_PRIVATE_KEY written to DIRECTORY/id (0600)."""
-    text = environ.get(PRIVATE_KEY_ENV, "")
-    if not text.strip():
-        raise PhaseFailed("config", f"no GCP instance: set {PRIVATE_KEY_ENV} to the key's text")
-    if "PRIVATE KEY-----" not in text:
-        looks_like_path = "\n" not in text.strip() and ("/" in text or text.startswith("~"))
-        hint = (
-            f"it looks like a path; put the key's content in {PRIVATE_KEY_ENV} "
-            f'(for example {PRIVATE_KEY_ENV}="$(cat {text.strip()})")'
-            if looks_like_path
-            else "expected an OpenSSH or PEM private key (-----BEGIN ... PRIVATE KEY-----)"
+@dataclass(frozen=True)
+class Identity:
+    """Who SSH logs in as outside GCP, with which key file, and where each was set (for
+    messages: never the key's text)."""
+
+    user: str
+    key: Path
+    user_source: str
+    key_source: str
+
+    @property
+    def described(self) -> str:
+        return f"user {self.user} ({self.user_source}), {self.key_source}"
+
+
+def provided_identity(
+    environ: Mapping[str, str],
+    directory: Path,
+    settings_user: str | None,
+    settings_key: str | None,
+    sources: Mapping[str, str],
+    default_user: str,
+) -> Identity:
+    """The run's user and key for a host outside GCP: AI_DEPLOY_SSH_USER, else ssh_user of the
+    settings (ai-deploy.toml's environment, the inventory), else DEFAULT_USER; the key in
+    AI_DEPLOY_SSH_PRIVATE_KEY (its text, written to DIRECTORY/id 0600, or a path; the old
+    AI_DEPLOY_SSH_KEY too), else ssh_key of the settings. PhaseFailed("config") naming the
+    setting when there is no key or its file is missing."""
+    user = environ.get(SSH_USER_ENV, "").strip()
+    user_source = SSH_USER_ENV
+    if not user:
+        user, user_source = settings_user or default_user, sources.get("ssh_user", "default")
+        if not settings_user:
+            user_source = "default"
+    given = key_variable(environ)
+    if given is not None:
+        name, value = given
+        if is_key_text(value):
+            key = directory / "id"
+            key.touch(mode=0o600)
+            key.write_text(value.replace("\r\n", "\n").strip() + "\n")
+            return Identity(user, key, user_source, f"the key text in {name}")
+        path, source = Path(value.strip()).expanduser().absolute(), name
+    elif settings_key:
+        path, source = Path(settings_key), f"ssh_key from {sources.get('ssh_key', 'the settings')}"
+    else:
+        raise PhaseFailed(
+            "config",
+            f"no SSH key for a host outside GCP: set ssh_key in ai-deploy.toml's "
+            f"[environments.<env>] table, or {SSH_KEY_ENV} (the key's text or its path)",
         )
-        raise PhaseFailed("config", f"{PRIVATE_KEY_ENV} does not hold a private key: {hint}")
-    key = directory / "id"
-    key.touch(mode=0o600)
-    key.write_text(text.replace("\r\n", "\n").rstrip("\n") + "\n")
-    return key
+    if not path.is_file():
+        raise PhaseFailed(
+            "config",
+            f"SSH key {path} ({source}) does not exist: {SSH_KEY_ENV} holds the key's text "
+            "(-----BEGIN ... PRIVATE KEY-----) or the path of its file; paths in ai-deploy.toml "
+            "are relative to its directory",
+        )
+    return Identity(user, path, user_source, f"key {path} ({source})")
 
 
 def ssh_options(key: Path, known_hosts: Path, access: SshAccess | None = None) -> list[str]:
@@ -108,6 +150,7 @@ def wait_for_ssh(
     key_is_new: bool,
     say: Callable[[str], None] = print,
     access: SshAccess | None = None,
+    key_source: str = "",
 ) -> None:
     """Until `ssh USER@ADDRESS true` works with KEY. A key that was just authorized may be
     refused for a while; a provided key that is refused will stay refused, so that ends the
@@ -134,9 +177,11 @@ def wait_for_ssh(
         if DENIED in last and not key_is_new:
             raise PhaseFailed(
                 "ssh",
-                f"SSH to {user}@{address} refused the provided key ({last}); check that its "
-                f"public key is in ~{user}/.ssh/authorized_keys on the host and that the user "
-                "(AI_DEPLOY_SSH_USER) is right",
+                f"SSH to {user}@{address} refused the provided key ({last}); tried "
+                f"{key_source or 'key ' + str(key)}: check that its public key is in "
+                f"~{user}/.ssh/authorized_keys on the host and that the user is right (ssh_user "
+                f"in ai-deploy.toml's environment, or {SSH_USER_ENV}; the key: ssh_key, or "
+                f"{SSH_KEY_ENV})",
             )
         if time.monotonic() >= deadline:
             raise PhaseFailed(

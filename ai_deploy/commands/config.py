@@ -1,6 +1,8 @@
 """`ai-deploy config [-e ENV] [--data K=V ...] [--json]`: every setting, its merged value and
-where that value came from, after the same checks a deploy makes. Secret-looking values are
-masked; the .env text (env_default) is never printed, nor is env_file read."""
+where that value came from (a value derived from app_name says so; the environment's hosts,
+ssh_user and ssh_key, and the SSH variables, are listed too), after the same checks a deploy
+makes. Secret-looking values are masked; the .env text (env_default) is never printed, nor is
+env_file read, nor a key given as text."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 from ai_deploy.settings.check import SettingsError
 from ai_deploy.settings.merge import Setting, merged_settings
+from ai_deploy.settings.ssh import KEY, written_from_text
 
 MASK = "********"
 _SECRET_NAME = re.compile(r"key|token|secret|passw|passphrase|credential|auth", re.IGNORECASE)
@@ -24,10 +27,12 @@ _ENV_TEXT = ("env_default",)  # the .env text itself
 def shown(name: str, value: Any) -> Any:
     """VALUE as it may be printed: masked when NAME looks secret, .env text replaced by its
     length, credentials in URLs and secret-looking table entries masked."""
-    if value is None or value == "":
+    if value is None or value == "" or isinstance(value, bool):
         return value
     if name in _ENV_TEXT:
         return f"<{len(str(value))} characters of .env text, not shown>"
+    if name == KEY:  # a path; a key given as text was written to a private file
+        return "<the key's text, not shown>" if written_from_text(value) else value
     if _SECRET_NAME.search(name):
         return MASK
     if isinstance(value, dict):

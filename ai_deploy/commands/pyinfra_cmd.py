@@ -1,6 +1,9 @@
 """`ai-deploy pyinfra [ARGS...]`: pyinfra from the same installation, on the packaged inventory
-and deploy.py, run in the working directory so the app's ai-deploy.toml (and `-e`) apply:
-the command a team runs from its repository, with or without a checkout of ai-deploy."""
+(or -i INV, any inventory file) and deploy.py, run in the working directory so the app's
+ai-deploy.toml (and `-e`) apply, its ssh_user and ssh_key included (every host's settings are
+assembled before it is connected: ai_deploy.settings.pyinfra_main); `--data` paths are taken
+from the working directory: the command a team runs from its repository, with or without a
+checkout of ai-deploy."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from ai_deploy.inventory import resolve_inventory
+from ai_deploy.inventory import PYINFRA_MAIN, resolve_inventory
 from ai_deploy.project import project_dir
 
 
@@ -17,7 +20,7 @@ def run_pyinfra_here(inventory: str | None, args: Sequence[str]) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "pyinfra",
+        PYINFRA_MAIN,
         resolve_inventory(inventory),
         str(project_dir() / "deploy.py"),
         *passed,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ai_deploy.gcp.operations import parse_timestamp
 from ai_deploy.gcp.sshsettings import SSH_PRIVATE_KEY_ENV, SshKeyError
+from ai_deploy.settings.ssh import is_key_text
 
 
 def rfc3339_utc(moment: datetime) -> str:
@@ -83,7 +84,7 @@ def write_provided_key(directory: Path, value: str) -> tuple[Path, str]:
     """Write the pre-provisioned key (content, or a path to read) as DIRECTORY/id_provided
     with mode 0600 and return it with its public key."""
     text = value
-    if "PRIVATE KEY" not in value:
+    if not is_key_text(value):
         path = Path(value.strip()).expanduser()
         if not path.is_file():
             raise SshKeyError(

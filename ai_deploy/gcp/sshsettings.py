@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from ai_deploy.gcp import GcpError
+from ai_deploy.settings.ssh import SSH_KEY_ENV, SSH_USER_ENV
 
 SSH_MODE_ENV = "AI_DEPLOY_SSH_MODE"
-SSH_USER_ENV = "AI_DEPLOY_SSH_USER"
-SSH_PRIVATE_KEY_ENV = "AI_DEPLOY_SSH_PRIVATE_KEY"
+SSH_PRIVATE_KEY_ENV = SSH_KEY_ENV
 SSH_KEY_TTL_ENV = "AI_DEPLOY_SSH_KEY_TTL_MINUTES"
 OSLOGIN_USER_ENV = "AI_DEPLOY_OSLOGIN_USER"
 MODES = ("metadata", "oslogin", "provided")

@@ -1,11 +1,15 @@
 """The app's settings file, `ai-deploy.toml` (in the current directory, or at AI_DEPLOY_SETTINGS):
 top-level keys are settings (the names of group_data/all.py); `[environments.<name>]` tables
-hold one environment's overrides and its `hosts = [...]` (addresses).
+hold one environment's overrides, its `hosts = [...]` (addresses) and how to reach them
+(`ssh_user`, `ssh_key`: a path). Paths (env_file, ssh_key) are relative to the file's directory.
 
-    deploy_strategy = "bluegreen"
+    app_name = "sentiment"
+    env_file = ".env"
 
     [environments.production]
     hosts = ["203.0.113.10"]
+    ssh_user = "deploy"
+    ssh_key = "keys/deploy_ed25519"
     health_deadline_s = 900
 """
 
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_deploy.settings.check import SettingsError, check_values
+from ai_deploy.settings.localpaths import resolve_paths
 
 try:
     import tomllib
@@ -28,6 +33,7 @@ FILENAME = "ai-deploy.toml"
 PATH_ENV = "AI_DEPLOY_SETTINGS"
 ENVIRONMENTS = "environments"
 HOSTS = "hosts"
+SSH_SETTINGS = ("ssh_user", "ssh_key")  # how an environment's hosts are reached: strings
 # `-e/--environment` of every command; without it, production when the file has that table.
 ENVIRONMENT_ENV = "AI_DEPLOY_ENVIRONMENT"
 DEFAULT_ENVIRONMENT = "production"
@@ -77,7 +83,17 @@ def settings_path(cwd: Path, environ: Mapping[str, str] | None = None) -> Path |
     return found if found.is_file() else None
 
 
-def _environment(label: str, name: str, table: Any) -> tuple[Environment | None, list[str]]:
+def _ssh_problems(where: str, values: dict[str, Any]) -> list[str]:
+    return [
+        f"{where}: {key}: expected a non-empty string, got {values[key]!r}"
+        for key in SSH_SETTINGS
+        if key in values and not (isinstance(values[key], str) and values[key].strip())
+    ]
+
+
+def _environment(
+    label: str, name: str, table: Any, base: Path
+) -> tuple[Environment | None, list[str]]:
     where = f"{label} [{ENVIRONMENTS}.{name}]"
     if not isinstance(table, dict):
         return None, [f"{where}: expected a table of settings, got {table!r}"]
@@ -87,13 +103,15 @@ def _environment(label: str, name: str, table: Any) -> tuple[Environment | None,
     if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() for h in hosts):
         problems.append(f"{where}: {HOSTS}: expected a list of addresses, got {hosts!r}")
         hosts = []
-    problems += check_values(where, values)
-    return Environment(name, values, [h.strip() for h in hosts]), problems
+    problems += _ssh_problems(where, values) + check_values(where, values)
+    return Environment(name, resolve_paths(values, base), [h.strip() for h in hosts]), problems
 
 
 def parse_app_settings(text: str, path: Path | None = None) -> AppSettings:
-    """The settings in TEXT (the content of PATH), checked; SettingsError naming each bad key."""
+    """The settings in TEXT (the content of PATH), checked; SettingsError naming each bad key.
+    Paths in it are made absolute against PATH's directory (the working directory without)."""
     label = path.name if path else FILENAME
+    base = path.resolve().parent if path else Path.cwd()
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -103,19 +121,19 @@ def parse_app_settings(text: str, path: Path | None = None) -> AppSettings:
     if HOSTS in doc:
         problems.append(f"{label}: {HOSTS} belongs in an [{ENVIRONMENTS}.<name>] table")
         doc.pop(HOSTS)
-    problems += check_values(label, doc)
+    problems += _ssh_problems(label, doc) + check_values(label, doc)
     envs: dict[str, Environment] = {}
     if not isinstance(tables, dict):
         problems.append(f"{label}: {ENVIRONMENTS}: expected [{ENVIRONMENTS}.<name>] tables")
         tables = {}
     for name, table in tables.items():
-        env, found = _environment(label, name, table)
+        env, found = _environment(label, name, table, base)
         problems += found
         if env is not None:
             envs[name] = env
     if problems:
         raise SettingsError(problems)
-    return AppSettings(path, doc, envs)
+    return AppSettings(path, resolve_paths(doc, base), envs)
 
 
 def load_app_settings(cwd: Path, environ: Mapping[str, str] | None = None) -> AppSettings:
@@ -128,3 +146,15 @@ def load_app_settings(cwd: Path, environ: Mapping[str, str] | None = None) -> Ap
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError([f"{path}: cannot be read: {exc}"]) from None
     return parse_app_settings(text, path)
+
+
+def chosen_environment(
+    app: AppSettings, environ: Mapping[str, str] | None = None, given: str = ""
+) -> str | None:
+    """The environment a run uses: GIVEN (-e), else AI_DEPLOY_ENVIRONMENT, else production when
+    the file has that table; None for none."""
+    env = os.environ if environ is None else environ
+    name = given.strip() or env.get(ENVIRONMENT_ENV, "").strip()
+    if not name and DEFAULT_ENVIRONMENT in app.environments:
+        name = DEFAULT_ENVIRONMENT
+    return name or None

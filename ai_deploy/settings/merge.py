@@ -1,24 +1,18 @@
 """Every setting's value for a run, with where it came from, lowest precedence first:
 group_data/all.py (the default), group_data/<group>.py, ai-deploy.toml, its
-[environments.<env>] table, `--data`. The pyinfra run layers them the same way (the inventory
-puts ai-deploy.toml into host data, which pyinfra ranks above group data and below --data)."""
+[environments.<env>] table, the SSH variables, `--data`, then what is derived from app_name.
+The pyinfra run and every command layer a host's data the same way
+(ai_deploy.settings.layers)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ai_deploy.project import project_dir
-from ai_deploy.settings.appfile import (
-    DEFAULT_ENVIRONMENT,
-    ENVIRONMENT_ENV,
-    ENVIRONMENTS,
-    AppSettings,
-    load_app_settings,
-)
+from ai_deploy.settings.appfile import HOSTS, AppSettings, load_app_settings
 from ai_deploy.settings.check import (
     DATA,
     SettingsError,
@@ -28,6 +22,10 @@ from ai_deploy.settings.check import (
     raise_for,
     read_group_file,
 )
+from ai_deploy.settings.derive import SOURCE as DERIVED_SOURCE
+from ai_deploy.settings.derive import derived_values
+from ai_deploy.settings.layers import run_layers
+from ai_deploy.settings.localpaths import resolve_paths
 from ai_deploy.settings.schema import load_schema
 
 DEFAULT_GROUP = "prod"  # the group of inventories/prod.py
@@ -65,10 +63,13 @@ def merged_settings(
     group: str = DEFAULT_GROUP,
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, Setting]:
-    """Each setting's merged value and source for ENVIRONMENT ("" for none) with `--data`
-    DATA, the app settings file found from CWD and group_data/GROUP.py; SettingsError naming
-    every problem first."""
-    app = check_all(data, cwd, environ)
+    """Each setting's merged value and source for ENVIRONMENT ("" for the default one) with
+    `--data` DATA (paths taken from CWD), the app settings file found from CWD and
+    group_data/GROUP.py, layered as ai_deploy.settings.layers layers a host's data (the SSH
+    variables, the environment's hosts, ssh_user and ssh_key included; the names derived from
+    app_name last); SettingsError naming every problem first."""
+    check_all(data, cwd, environ)
+    run = run_layers(environ, cwd, environment)
     schema = load_schema()
     merged = {
         name: Setting(name, spec.default, "default (group_data/all.py)", spec.comment)
@@ -85,12 +86,11 @@ def merged_settings(
     group_file = project_dir() / "group_data" / f"{group}.py"
     if group != "all" and group_file.is_file():
         layer(read_group_file(group_file), f"group_data/{group}.py")
-    layer(app.settings, app.label)
-    env = os.environ if environ is None else environ
-    environment = environment or env.get(ENVIRONMENT_ENV, "").strip()
-    if not environment and DEFAULT_ENVIRONMENT in app.environments:
-        environment = DEFAULT_ENVIRONMENT
-    if environment:
-        layer(app.environment(environment).settings, f"{app.label} [{ENVIRONMENTS}.{environment}]")
-    layer(parse_data(data)[0], DATA)
+    for index, found in enumerate(run.layers):
+        layer(found.values, found.source)
+        if index == 1 and run.environment:  # the environment's table
+            layer({HOSTS: run.hosts}, found.source)
+    layer(resolve_paths(parse_data(data)[0], cwd), DATA)
+    values = {name: s.value for name, s in merged.items()}
+    layer(derived_values(values), DERIVED_SOURCE)
     return merged

@@ -59,7 +59,7 @@ def test_config_prints_every_setting_with_value_and_source(app_dir: Path) -> Non
     proc = _config(app_dir, "-e", "production", "--data", "app_port=9100")
     assert proc.returncode == 0, proc.stderr
     lines = _lines(proc.stdout)
-    assert lines["app_root"] == "'/app/ai-server'  # default (group_data/all.py)"
+    assert lines["app_root"] == "'/app/ai-server'  # derived from app_name"
     assert lines["deploy_strategy"] == "'bluegreen'  # ai-deploy.toml"
     assert lines["health_deadline_s"] == "900  # ai-deploy.toml [environments.production]"
     assert lines["app_port"] == "9100  # --data"

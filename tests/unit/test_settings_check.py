@@ -54,7 +54,7 @@ def test_schema_kinds_and_comments_come_from_all_py() -> None:
     assert schema["uv_env"].kind == "dict"
     assert schema["health_deadline_s"].kind == "number"  # read with float()
     assert "systemd unit" in schema["app_name"].comment  # trailing comment
-    assert "system user of its own" in schema["app_user"].comment  # the block above
+    assert "uv sync" in schema["build_user"].comment  # the block above
     assert "was left by a deploy that died" in schema["lock_lease_s"].comment  # continued
 
 
@@ -232,7 +232,7 @@ def test_merged_settings_carry_their_sources_in_precedence_order(tmp_path: Path)
     merged = merged_settings("staging", ["app_port=9200"], tmp_path, environ={})
     assert (merged["app_root"].value, merged["app_root"].source) == (
         "/app/ai-server",
-        "default (group_data/all.py)",
+        "derived from app_name",
     )
     assert merged["health_deadline_s"].source == "group_data/prod.py"
     assert (merged["deploy_strategy"].value, merged["deploy_strategy"].source) == (
@@ -280,9 +280,10 @@ def test_deploy_py_check_reads_each_pyinfra_data_layer() -> None:
     assert "inventory data of h1: releases_keep: expected an integer, got 'five'" in message
     assert "group_data/prod.py: unknown setting 'health_dedline_s'" in message
     assert "app_port" not in message and "ssh_" not in message
+    # No group data at all (pyinfra run from elsewhere): the project's all.py still applies.
     bare = Inventory((["h2"], {}))
-    with pytest.raises(SystemExit, match=r"none of group_data/all\.py's settings"):
-        check_host(bare.get_host("h2"))
+    check_host(bare.get_host("h2"))
+    assert bare.get_host("h2").data.app_root == "/app/ai-server"
 
 
 def _run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -329,39 +330,47 @@ def test_pyinfra_deploy_py_stops_before_its_first_operation() -> None:
     assert "Ensure" not in out  # no operation was even prepared
 
 
+_HOST_SETTINGS = (
+    "import json, sys\n"
+    "from ai_deploy.inventory import host_settings\n"
+    "found = host_settings(sys.argv[1])\n"
+    "print(json.dumps([{'name': n, 'data': d.dict()} for n, d in found.items()], default=str))\n"
+)
+
+
+def _host_settings(inventory: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Each host's data as every `ai-deploy` command reads it (ai_deploy.inventory)."""
+    return _run([str(VENV_BIN / "python"), "-c", _HOST_SETTINGS, inventory], cwd, **env)
+
+
 def test_prod_inventory_from_another_directory_has_the_projects_group_data(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "ai-deploy.toml").write_text(APP_TOML)
-    proc = _run(
-        [str(VENV_BIN / "pyinfra"), "--json", str(ROOT / "inventories/prod.py"),
-         "debug-inventory"],
-        tmp_path,
-        AI_DEPLOY_HOSTS="127.0.0.1",
-    )  # fmt: skip
+    proc = _host_settings(str(ROOT / "inventories/prod.py"), tmp_path, AI_DEPLOY_HOSTS="127.0.0.1")
     assert proc.returncode == 0, proc.stderr
-    assert '"app_root": "/app/ai-server"' in proc.stdout
+    (host,) = json.loads(proc.stdout)
+    assert host["data"]["app_root"] == "/app/ai-server"  # derived from app_name
     # group_data/prod.py's 600 is overridden by the production environment's table, which
     # applies when no environment is named.
-    assert '"health_deadline_s": 900' in proc.stdout
-    assert '"deploy_strategy": "bluegreen"' in proc.stdout  # ai-deploy.toml, as host data
-    assert '"gpu_reboot_timeout_s": 600' in proc.stdout  # group_data/all.py
+    assert host["data"]["health_deadline_s"] == 900
+    assert host["data"]["deploy_strategy"] == "bluegreen"  # ai-deploy.toml
+    assert host["data"]["gpu_reboot_timeout_s"] == 600  # group_data/all.py
 
 
 def test_environment_picks_its_hosts_and_settings_in_the_inventory(tmp_path: Path) -> None:
     """`-e staging` (AI_DEPLOY_ENVIRONMENT) gives the inventory staging's hosts and settings;
     nothing named gives production's; a missing one is an error naming those there are."""
     (tmp_path / "ai-deploy.toml").write_text(APP_TOML)
-    inventory = [str(VENV_BIN / "pyinfra"), "--json", str(ROOT / "inventories/prod.py"),
-                 "debug-inventory"]  # fmt: skip
-    staging = _run(inventory, tmp_path, AI_DEPLOY_ENVIRONMENT="staging")
+    inventory = str(ROOT / "inventories/prod.py")
+    staging = _host_settings(inventory, tmp_path, AI_DEPLOY_ENVIRONMENT="staging")
     assert staging.returncode == 0, staging.stderr
     (host,) = json.loads(staging.stdout)
     assert host["name"] == "203.0.113.20" and host["data"]["app_port"] == 9100
-    production = _run(inventory, tmp_path)
+    production = _host_settings(inventory, tmp_path)
     (host,) = json.loads(production.stdout)
     assert host["name"] == "203.0.113.10" and host["data"]["health_deadline_s"] == 900
-    missing = _run(inventory, tmp_path, AI_DEPLOY_ENVIRONMENT="qa")
+    missing = _host_settings(inventory, tmp_path, AI_DEPLOY_ENVIRONMENT="qa")
     assert missing.returncode != 0
     assert "no [environments.qa]" in missing.stdout + missing.stderr
     assert "production, staging" in missing.stdout + missing.stderr
