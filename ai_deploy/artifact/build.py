@@ -24,8 +24,8 @@ from typing import BinaryIO, Protocol
 from ai_deploy.artifact.errors import ArtifactError
 from ai_deploy.artifact.gitfiles import GitListing, git_listing
 from ai_deploy.artifact.lockcheck import check_lock
+from ai_deploy.artifact.naming import shipped_name, source_name
 
-DEFAULT_NAME = "ai-server"
 # Names left out at any depth, whatever their type (a `.venv` may be a symlink, `.git` a file).
 EXCLUDED_NAMES = frozenset({".venv", ".git", "__pycache__"})
 EXCLUDED_PREFIXES = (".env",)  # .env, .env.local, .env.production, ...
@@ -70,17 +70,19 @@ def validate_artifact_id(artifact_id: str) -> str:
     return artifact_id
 
 
-def artifact_filename(artifact_id: str, name: str = DEFAULT_NAME) -> str:
+def artifact_filename(artifact_id: str, name: str) -> str:
     """The file name an artifact with this id gets: `<name>-<id>.tar.gz`."""
     return f"{name}-{artifact_id}.tar.gz"
 
 
-def release_id_from_artifact(path: Path, name: str = DEFAULT_NAME) -> str:
+def release_id_from_artifact(path: Path, name: str | None = None) -> str:
     """The release id of the artifact at PATH: the `<id>` in a file named `<name>-<id>.tar.gz`
-    (as build_artifact names it, or a git SHA set by CI); for any other file name, the first 12
+    (as build_artifact names it, or a git SHA set by CI; NAME: the app's name the archive's
+    pyproject.toml gives, ai_deploy.artifact.naming); for any other file name, the first 12
     hex characters of the file's sha256. The same artifact gives the same id on every host."""
     path = Path(path)
-    match = re.fullmatch(rf"{re.escape(name)}-({_ID_PATTERN})\.tar\.gz", path.name)
+    name = name if name is not None else shipped_name(path)
+    match = name and re.fullmatch(rf"{re.escape(name)}-({_ID_PATTERN})\.tar\.gz", path.name)
     if match:
         return match.group(1)
     try:
@@ -274,11 +276,12 @@ def build_artifact(
     src: Path,
     outdir: Path,
     artifact_id: str | None = None,
-    name: str = DEFAULT_NAME,
+    name: str | None = None,
     app_module: str = "main:app",
     lock_check: bool = False,
 ) -> Path:
-    """Pack the app directory SRC into OUTDIR/<name>-<id>.tar.gz and return its path.
+    """Pack the app directory SRC into OUTDIR/<name>-<id>.tar.gz and return its path; NAME
+    defaults to the app's name in SRC/pyproject.toml (ai_deploy.artifact.naming).
 
     Guarantees:
     + SRC must be a directory holding pyproject.toml and uv.lock, else ArtifactError; neither
@@ -300,6 +303,7 @@ def build_artifact(
     """
     src = Path(src)
     outdir = Path(outdir)
+    name = source_name(src) if name is None else name
     if not _ID_RE.fullmatch(name):
         raise ArtifactError(
             f"artifact name {name!r} is invalid: use characters of A-Z a-z 0-9 . _ -, "

@@ -108,7 +108,7 @@ def test_fresh_host_deploy_serves_and_host_state_is_right(
 ) -> None:
     """Acceptance: fresh host -> deploy -> /health 200 from the machine; unit active and
     enabled, `current` points at the release, code not writable by the service user, .env 0600
-    owned by it, logs in /var/log/dojangkok."""
+    owned by it, logs in /var/log/ai-server (derived from app_name), no data directory."""
     assert "building venv" in first_deploy
     reply = health(sandbox.address)
     assert reply.status_code == 200
@@ -150,23 +150,27 @@ def test_fresh_host_deploy_serves_and_host_state_is_right(
         env = host.file(f"{APP_ROOT}/.env")
         assert env.mode == 0o600
         assert (env.user, env.group) == ("ai-server", "ai-server")
-        data = host.file(f"{APP_ROOT}/chroma_db")
-        assert data.is_directory and data.user == "ai-server"
+        # app_data_dirs is empty unless the settings name one.
+        assert host.check_output(f"ls -A {APP_ROOT} | grep -v '^[.]' | sort").split() == [
+            "current",
+            "releases",
+            "venvs",
+        ]
 
         unit = host.file("/etc/systemd/system/ai-server.service")
         assert unit.contains(f"WorkingDirectory={APP_ROOT}/current")
         assert unit.contains("User=ai-server")
         assert host.process.get(pid=int(main_pid(sandbox))).user == "ai-server"
 
-        log = host.file("/var/log/dojangkok/ai-server.log")
-        error_log = host.file("/var/log/dojangkok/ai-server-error.log")
+        log = host.file("/var/log/ai-server/ai-server.log")
+        error_log = host.file("/var/log/ai-server/ai-server-error.log")
         assert log.is_file and error_log.is_file
         # uvicorn logs to stderr: the model-loaded line lands in the error log.
         assert error_log.contains(f"release {base.release_id} ready")
         # logrotate itself (dry run) says it would rotate both logs.
         plan = host.run("logrotate -d /etc/logrotate.d/ai-server 2>&1").stdout
         for log in ("ai-server.log", "ai-server-error.log"):
-            assert f"considering log /var/log/dojangkok/{log}" in plan, plan
+            assert f"considering log /var/log/ai-server/{log}" in plan, plan
         assert host.check_output("/usr/local/bin/uv --version").startswith("uv 0.13.9")
     finally:
         host.backend.client.close()
@@ -498,17 +502,15 @@ def test_no_artifact_on_a_fresh_host_converges_all_but_the_release(
         assert "sudo" not in service_user.groups
         assert "not allowed to run sudo" in host.check_output("sudo -n -l -U ai-server || true")
         assert not host.file("/nonexistent").exists
-        build_user = host.user("ai-deploy-build")
+        build_user = host.user("ai-server-build")  # derived from app_name
         assert build_user.exists and build_user.shell == "/usr/sbin/nologin"
         for path in (APP_ROOT, f"{APP_ROOT}/releases", f"{APP_ROOT}/venvs"):
             d = host.file(path)
             assert d.is_directory and d.user == "root", path
         assert host.check_output(f"find {APP_ROOT}/releases {APP_ROOT}/venvs -mindepth 1") == ""
-        data = host.file(f"{APP_ROOT}/chroma_db")
-        assert data.is_directory and data.user == "ai-server" and data.mode == 0o750
         env = host.file(f"{APP_ROOT}/.env")
         assert env.mode == 0o600 and env.user == "ai-server"
-        assert host.file("/var/log/dojangkok").is_directory
+        assert host.file("/var/log/ai-server").is_directory
         assert host.file("/etc/logrotate.d/ai-server").is_file
         assert host.check_output("/usr/local/bin/uv --version").startswith("uv 0.13.9")
         service = host.service("ai-server")
@@ -552,6 +554,6 @@ def test_env_file_content_never_shows_even_with_diff(
         assert mode == "600 ai-server ai-server"
     # Nothing of the content is left in a temporary file beside it.
     left = set(fresh_sandbox.sudo(f"ls -A {APP_ROOT}").split())
-    assert left == {".env", ".incoming", ".staging", "chroma_db", "releases", "venvs"}
+    assert left == {".env", ".incoming", ".staging", "releases", "venvs"}
     staged = fresh_sandbox.sudo(f"grep -rl E2E-SECRET {APP_ROOT}/.staging /tmp || true")
     assert staged.strip() == ""

@@ -201,6 +201,7 @@ def test_hardened_units_score_low_and_the_app_cannot_escape(
         probe_artifact.data,
         f"deploy_strategy={strategy}",
         f"unit_gpu_devices={GPU_DEVICES}",
+        'app_data_dirs=["chroma_db"]',  # none by default: this one is the probe's data dir
     )
     assert_ok(run_deploy(sandbox.inventory, *data))
 
@@ -214,7 +215,7 @@ def test_hardened_units_score_low_and_the_app_cannot_escape(
 
     if strategy == "bluegreen":
         # The hardened nginx still writes its logs into the app's log dir.
-        log = "/var/log/dojangkok/ai-server-nginx-access.log"
+        log = "/var/log/ai-server/ai-server-nginx-access.log"
         assert "GET /health" in read_host(sandbox, f"cat {log}", "nginx's access log")
 
     seen = get_probe(sandbox)

@@ -33,7 +33,7 @@ from tests.e2e.deploykit import (
 
 pytestmark = pytest.mark.e2e
 
-BUILD_USER = "ai-deploy-build"
+BUILD_USER = "ai-server-build"  # derived from app_name
 CACHE = f"/var/cache/ai-deploy/uv-{BUILD_USER}"
 # A module the example app needs at import time: without it the app cannot start.
 VICTIM = "fastapi/routing.py"

@@ -82,7 +82,7 @@ def test_socket_activation_loses_no_request(
 
 
 def _colour_log_requests(sandbox: Sandbox, colour: str) -> list[str]:
-    log = f"/var/log/dojangkok/ai-server-{colour}.log"
+    log = f"/var/log/ai-server/ai-server-{colour}.log"
     lines = sandbox.sudo(f"cat {log} 2>/dev/null || true").splitlines()
     return [line for line in lines if '"GET ' in line]
 
@@ -104,7 +104,7 @@ def test_bluegreen_loses_no_request_and_a_failing_colour_gets_none(
     for bad in ("crash", "health500"):
         live = sandbox.sudo("cat /app/ai-server/colors/LIVE").strip()
         idle = "green" if live == "blue" else "blue"
-        sandbox.sudo(f": > /var/log/dojangkok/ai-server-{idle}.log")
+        sandbox.sudo(f": > /var/log/ai-server/ai-server-{idle}.log")
         result, records = _under_load(
             sandbox.address,
             2.0,

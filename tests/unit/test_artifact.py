@@ -144,7 +144,7 @@ def test_explicit_id_names_the_artifact(tmp_path: Path, artifact_id: str) -> Non
 
     artifact = build_artifact(src, tmp_path / "out", artifact_id=artifact_id)
 
-    assert artifact.name == f"ai-server-{artifact_id}.tar.gz"
+    assert artifact.name == f"app-{artifact_id}.tar.gz"
     assert release_id_from_artifact(artifact) == artifact_id
 
 
@@ -201,7 +201,7 @@ def test_content_id_is_the_release_id(tmp_path: Path) -> None:
     artifact = build_artifact(make_app(tmp_path), tmp_path / "out")
 
     release = release_id_from_artifact(artifact)
-    assert artifact.name == f"ai-server-{release}.tar.gz"
+    assert artifact.name == f"app-{release}.tar.gz"
     assert len(release) == 12 and all(c in "0123456789abcdef" for c in release)
 
 

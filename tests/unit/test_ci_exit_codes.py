@@ -68,17 +68,18 @@ def test_an_unusable_login_name_exits_2_naming_the_setting(tmp_path: Path, capsy
     assert "unexpected error" not in err
 
 
-def test_a_key_given_as_a_path_exits_2_naming_it(tmp_path: Path, capsys) -> None:
+def test_a_key_path_that_is_not_there_exits_2_naming_it(tmp_path: Path, capsys) -> None:
     art = build_artifact(EXAMPLE, tmp_path / "dist")
+    missing = tmp_path / "keys" / "id_ed25519"
     code = _deploy(
         art,
         use_gcp=False,
         host="127.0.0.1",
-        env={"AI_DEPLOY_SSH_PRIVATE_KEY": "/root/.ssh/id_ed25519"},
+        env={"AI_DEPLOY_SSH_PRIVATE_KEY": str(missing)},
     )
     assert code == 2
     err = capsys.readouterr().err
-    assert "looks like a path" in err and "AI_DEPLOY_SSH_PRIVATE_KEY" in err
+    assert f"ssh_key = {missing} (from AI_DEPLOY_SSH_PRIVATE_KEY): no such file" in err
 
 
 def test_the_artifact_limits_come_from_group_data_and_data(tmp_path: Path, capsys) -> None:
