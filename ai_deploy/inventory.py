@@ -144,9 +144,9 @@ def connected_partly(
         except ConnectError as exc:
             why = str(exc.args[0]) if exc.args else type(exc).__name__
             return f"{why}; {ssh_hint(h)}"
-        except Exception as exc:  # a connector's own failure is a reason too, not a crash
-            return f"{type(exc).__name__}: {exc}"
-        return None if h.connected else "not connected"
+        except Exception as exc:  # a connector's own failure (a bad key file) is a reason too
+            return f"{type(exc).__name__}: {exc}; {ssh_hint(h)}"
+        return None if h.connected else f"not connected; {ssh_hint(h)}"
 
     with _loaded(inventory, data) as (state, inv):
         listed = list(inv)

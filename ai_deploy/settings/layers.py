@@ -159,8 +159,8 @@ def apply_settings(inventory: Any, run: RunLayers | None = None) -> None:
         below = host_layers(host, run)
         top = Layer(DATA, resolve_paths(inventory.get_override_data(), cwd))
 
-        def derived(below: list[Layer] = below) -> dict[str, Any]:
-            return derived_values(merged(below))
+        def derived(given: list[Layer] = [top, *below]) -> dict[str, Any]:  # noqa: B006
+            return derived_values(merged(given))
 
         host.data = HostData(
             host, top.values, derived, *(x.values for x in below), host.get_deploy_data
