@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from pyinfra.api import Inventory
+from test_config_command import _config, _lines  # ai-deploy config as users run it
 
 from ai_deploy.inventory import pyinfra_command
 from ai_deploy.settings.check import SettingsError
@@ -237,28 +238,6 @@ def test_host_keys_learnt_go_to_ai_deploys_own_known_hosts(app_dir: Path) -> Non
 
 
 # --- ai-deploy config -----------------------------------------------------------------------
-
-
-def _config(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("AI_DEPLOY_")}
-    return subprocess.run(
-        [AI_DEPLOY, "config", *args],
-        cwd=cwd,
-        env={**environ, **env},
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
-
-
-def _lines(out: str) -> dict[str, str]:
-    return {
-        line.split(" = ", 1)[0].strip(): line.split(" = ", 1)[1]
-        for line in out.splitlines()
-        if " = " in line
-    }
 
 
 def test_config_names_derived_values_ssh_settings_and_their_sources(app_dir: Path) -> None:
