@@ -153,7 +153,9 @@ def test_fresh_host_deploy_serves_and_host_state_is_right(
         # app_data_dirs is empty unless the settings name one.
         assert host.check_output(f"ls -A {APP_ROOT} | grep -v '^[.]' | sort").split() == [
             "current",
+            "healthy",
             "releases",
+            "revisions.log",
             "venvs",
         ]
 
