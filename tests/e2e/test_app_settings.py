@@ -60,9 +60,7 @@ def app(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _ai_deploy(app: Path, *args: str) -> tuple[int, str]:
     """`ai-deploy ARGS` from the app's directory, with no SSH (or GCP, or CI) variables."""
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AI_DEPLOY_", "GCP_", "GITHUB_"))
+        k: v for k, v in os.environ.items() if not k.startswith(("AI_DEPLOY_", "GCP_", "GITHUB_"))
     }
     env.update(NO_COLOR="1", TERM="dumb", XDG_CONFIG_HOME=str(app.parent / "config"))
     proc = subprocess.run(
