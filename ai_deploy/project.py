@@ -37,8 +37,12 @@ def template(name: str) -> str:
 
 
 def group_data_defaults() -> dict[str, Any]:
-    """The settings of group_data/all.py with their defaults (names not starting with _)."""
+    """The settings of group_data/all.py with their defaults (names not starting with _), the
+    ones it leaves to app_name derived from its app_name."""
+    from ai_deploy.settings.derive import derived_values
+
     path = project_dir() / "group_data" / "all.py"
     scope: dict[str, Any] = {"__file__": str(path)}
     exec(compile(path.read_text(), str(path), "exec"), scope)
-    return {k: v for k, v in scope.items() if not k.startswith("_")}
+    values = {k: v for k, v in scope.items() if not k.startswith("_")}
+    return {**values, **derived_values(values)}
