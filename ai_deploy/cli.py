@@ -93,7 +93,8 @@ def _add_inventory(parser: argparse.ArgumentParser) -> None:
         "-i",
         "--inventory",
         metavar="INV",
-        help="pyinfra inventory file (default: inventories/prod.py)",
+        help="any pyinfra inventory file; ai-deploy.toml's settings apply to its hosts "
+        "(default: inventories/prod.py)",
     )
     parser.add_argument(
         "-e",
@@ -189,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="every setting with its value and where it comes from (checked, secrets masked)",
         description="Print every setting, its merged value and its source: group_data/all.py, "
         "group_data/prod.py, ai-deploy.toml (or AI_DEPLOY_SETTINGS), its "
-        "[environments.ENV] table, --data; later ones win. Exits 2 naming each unknown or "
-        "ill-typed setting.",
+        "[environments.ENV] table (hosts, ssh_user, ssh_key), the SSH variables, --data; later "
+        "ones win; names left to app_name say 'derived from app_name'. Exits 2 naming each "
+        "unknown or ill-typed setting or missing env_file / ssh_key file.",
     )
     config.add_argument(
         "-e", "--environment", metavar="ENV", help="apply [environments.ENV] of ai-deploy.toml"

@@ -17,7 +17,8 @@ def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser
         help="the CI entry: GCP auth, firewall window, ephemeral SSH key, pyinfra, health, "
         "notifications; a rollout over several hosts",
         description="Deploy ARTIFACT to the GCP instance named by GCP_PROJECT_ID, GCP_ZONE and "
-        "GCP_INSTANCE (or to --host), with the settings of the inventory's group_data. With "
+        "GCP_INSTANCE (or to --host), with the app's settings (group_data, ai-deploy.toml and its "
+        "environment, --data) applied to whatever the target. With "
         "neither, to every host of the inventory (or those of --hosts) as a rollout: every "
         "host's lock taken first, the plan printed, a canary, then batches; any failure "
         "switches back every host the rollout switched.",
@@ -30,8 +31,9 @@ def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser
     deploy.add_argument(
         "--no-gcp",
         action="store_true",
-        help="a non-GCP target: no auth, firewall window or key (use --host and "
-        "AI_DEPLOY_SSH_PRIVATE_KEY, or the inventory's hosts)",
+        help="a non-GCP target: no auth, firewall window or key (use --host, or the hosts of "
+        "-i INV or of -e ENV; SSH as ssh_user with ssh_key of ai-deploy.toml's environment, "
+        "or AI_DEPLOY_SSH_USER and AI_DEPLOY_SSH_PRIVATE_KEY: the key's text or path)",
     )
     deploy.add_argument(
         "--dry-run",

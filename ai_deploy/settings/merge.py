@@ -25,7 +25,7 @@ from ai_deploy.settings.check import (
 from ai_deploy.settings.derive import SOURCE as DERIVED_SOURCE
 from ai_deploy.settings.derive import derived_values
 from ai_deploy.settings.layers import run_layers
-from ai_deploy.settings.localpaths import resolve_paths
+from ai_deploy.settings.localpaths import missing_files, resolve_paths
 from ai_deploy.settings.schema import load_schema
 
 DEFAULT_GROUP = "prod"  # the group of inventories/prod.py
@@ -67,7 +67,8 @@ def merged_settings(
     `--data` DATA (paths taken from CWD), the app settings file found from CWD and
     group_data/GROUP.py, layered as ai_deploy.settings.layers layers a host's data (the SSH
     variables, the environment's hosts, ssh_user and ssh_key included; the names derived from
-    app_name last); SettingsError naming every problem first."""
+    app_name last); SettingsError naming every problem first, a file setting whose file is not
+    there included."""
     check_all(data, cwd, environ)
     run = run_layers(environ, cwd, environment)
     schema = load_schema()
@@ -93,4 +94,5 @@ def merged_settings(
     layer(resolve_paths(parse_data(data)[0], cwd), DATA)
     values = {name: s.value for name, s in merged.items()}
     layer(derived_values(values), DERIVED_SOURCE)
+    raise_for(missing_files(values, {name: s.source for name, s in merged.items()}))
     return merged

@@ -24,6 +24,7 @@ from ai_deploy.settings.check import (
     is_pyinfra_key,
     parse_data,
 )
+from ai_deploy.settings.derive import DERIVED, derived_values
 from ai_deploy.settings.merge import merged_settings
 from ai_deploy.settings.pyinfra_hooks import check_host
 from ai_deploy.settings.schema import CHOICES, load_schema, parse_schema
@@ -41,7 +42,9 @@ def test_schema_has_every_setting_of_all_py_with_its_default() -> None:
     schema = load_schema()
     defaults = group_data_defaults()
     assert set(schema) == set(defaults)
-    assert {name: spec.default for name, spec in schema.items()} == defaults
+    declared = {name: spec.default for name, spec in schema.items()}
+    assert all(declared[name] is None for name in DERIVED)  # left to app_name
+    assert {**declared, **derived_values(declared)} == defaults
     assert schema["artifact_max_bytes"].default == 4 * 1024**3  # arithmetic, not executed
 
 

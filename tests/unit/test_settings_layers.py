@@ -281,3 +281,13 @@ def test_an_ssh_failure_names_the_user_the_key_and_where_each_was_set(app_dir: P
     assert f"with key {app_dir / 'keys' / 'id_deploy'} (ssh_key from {production})" in proc.stdout
     assert "set ssh_user and ssh_key in ai-deploy.toml" in proc.stdout
     assert str(app_dir.parent / "config" / "ai-deploy" / "known_hosts") in proc.stderr
+
+
+def test_config_stops_on_a_missing_file_naming_it(app_dir: Path) -> None:
+    (app_dir / "keys" / "id_deploy").unlink()
+    proc = _config(app_dir)
+    assert proc.returncode == 2
+    assert (
+        f"ssh_key = {app_dir / 'keys' / 'id_deploy'} (from ai-deploy.toml "
+        "[environments.production]): no such file"
+    ) in proc.stderr
