@@ -530,7 +530,9 @@ def test_sigterm_mid_deploy_removes_rule_and_key(
     # The ephemeral private key pyinfra logs in with: outside the repo, gone after the run.
     environ = Path(f"/proc/{children[0]}/environ").read_bytes().split(b"\0")
     key = Path(
-        next(v for v in environ if v.startswith(b"AI_DEPLOY_SSH_KEY=")).decode().split("=", 1)[1]
+        next(v for v in environ if v.startswith(b"AI_DEPLOY_SSH_PRIVATE_KEY="))
+        .decode()
+        .split("=", 1)[1]
     )
     assert key.is_file() and REPO_ROOT not in key.parents
     with flow.fake.lock:
