@@ -446,3 +446,20 @@ def test_what_build_makes_the_check_accepts(tmp_path: Path) -> None:
     (src / "alias.py").symlink_to("sub/up/main.py")
     checked = check_artifact(build_artifact(src, tmp_path / "out"))
     assert checked.lock_hash == hashlib.sha256(b"version = 1\n").hexdigest()
+
+
+def test_the_artifact_is_named_after_the_apps_project_and_its_id_read_back(
+    tmp_path: Path,
+) -> None:
+    src = make_app(tmp_path, {"pyproject.toml": '[project]\nname = "Sentiment_API"\n'})
+    # An id with dashes: only the app's own name (read back from the archive) tells it apart.
+    artifact = build_artifact(src, tmp_path / "out", artifact_id="v1-2")
+    assert artifact.name == "sentiment-api-v1-2.tar.gz"
+    assert release_id_from_artifact(artifact) == "v1-2"
+    content = build_artifact(src, tmp_path / "content")
+    assert release_id_from_artifact(content) == content.name.removeprefix("sentiment-api-")[:12]
+    # Another app's name on the file is not taken for an id.
+    stranger = artifact.rename(tmp_path / "ai-server-v1-2.tar.gz")
+    assert release_id_from_artifact(stranger) == sha256_file(stranger)[:12]
+    nameless = make_app(tmp_path / "nameless", {"pyproject.toml": "[tool.x]\n"})
+    assert build_artifact(nameless, tmp_path / "n", artifact_id="a1").name == "app-a1.tar.gz"
