@@ -121,6 +121,10 @@ class _Live(Mapping[str, Any]):
     def __init__(self, get: Callable[[], Mapping[str, Any]]) -> None:
         self._get = get
 
+    def now(self) -> Mapping[str, Any]:
+        """The mapping as it is now (one read, for merging)."""
+        return self._get()
+
     def __getitem__(self, key: str) -> Any:
         return self._get()[key]
 
@@ -135,7 +139,8 @@ def merged(layers: list[Layer]) -> dict[str, Any]:
     """LAYERS (highest first) merged into one mapping."""
     out: dict[str, Any] = {}
     for layer in reversed(layers):
-        out.update(layer.values)
+        values = layer.values
+        out.update(values.now() if isinstance(values, _Live) else values)
     return out
 
 

@@ -18,7 +18,7 @@ import requests
 from ai_deploy.artifact.build import build_artifact, release_id_from_artifact
 from ai_deploy.sandbox.paths import ssh_key_path
 from tests.e2e.conftest import Sandbox
-from tests.e2e.deploykit import REPO, copy_example, read_host
+from tests.e2e.deploykit import REPO, copy_example, grand_total, read_host
 
 pytestmark = pytest.mark.e2e
 AI_DEPLOY = str(REPO / ".venv" / "bin" / "ai-deploy")
@@ -136,12 +136,29 @@ def test_status_with_the_inventory_checks_the_apps_unit(sandbox: Sandbox, app: P
 
 
 def test_deploy_to_the_environments_hosts_works_the_same(sandbox: Sandbox, app: Path) -> None:
-    """`-e production`: the environment's hosts and SSH settings; the release already serves,
-    so nothing is restarted."""
+    """`-e production`: the environment's hosts and SSH settings, and an env_file given on the
+    command line relative to the working directory (the same content: nothing to change); the
+    release already serves, so nothing is restarted."""
     artifact = next((app.parent / "dist").glob(f"{APP}-*.tar.gz"))
+    (app / "same.env").write_text((app / ".env").read_text())
     before = _main_pid(sandbox)
     code, out = _ai_deploy(app, "deploy", "--no-gcp", "-e", "production", "--artifact",
-                           str(artifact))  # fmt: skip
+                           str(artifact), "--data", "env_file=same.env")  # fmt: skip
     assert code == 0, out
     assert _health(sandbox) == release_id_from_artifact(artifact)
+    assert _main_pid(sandbox) == before
+
+
+def test_ai_deploy_pyinfra_with_the_inventory_changes_nothing_the_second_time(
+    sandbox: Sandbox, app: Path
+) -> None:
+    """`ai-deploy pyinfra -i INV`: pyinfra's own run, reaching the host with the environment's
+    ssh_user and ssh_key; the same release again reports no change and restarts nothing."""
+    artifact = next((app.parent / "dist").glob(f"{APP}-*.tar.gz"))
+    before = _main_pid(sandbox)
+    relative = Path("..") / artifact.relative_to(app.parent)  # from the working directory
+    code, out = _ai_deploy(app, "pyinfra", "-i", "inventory.py", "--", "-y", "--data",
+                           f"artifact={relative}")  # fmt: skip
+    assert code == 0, out
+    assert grand_total(out).success == 0, out
     assert _main_pid(sandbox) == before
