@@ -446,13 +446,28 @@ def test_pyinfra_failure_removes_rule_and_key(
     flow: Flow, make_release: Callable[[str], Release]
 ) -> None:
     release = make_release("flow")
-    code, output = flow.deploy(release, "--data", "env_file=/nonexistent/ai-server.env")
+    # A log directory the host cannot create (procfs): the run fails on the host, mid-deploy.
+    unmakeable = "/proc/ai-deploy-no-such-dir"
+    code, output = flow.deploy(release, "--data", flow.env_data(), "--data",
+                               f"app_log_dir={unmakeable}")  # fmt: skip
     assert code == 14, output
     assert f"[{flow.host.address}] Connected" in output  # pyinfra got in through the window
-    assert "env_file /nonexistent/ai-server.env does not exist" in output
+    assert f"Ensure the log directory {unmakeable} exists" in output
     assert len(flow.rules_created()) == 1 and len(flow.rules_deleted()) == 1
     facts = _one_notification_each(flow, release.release_id, "failure")
     assert facts["slack"].get("failed phase") == "deploy"
+    flow.assert_nothing_left(output)
+
+
+def test_a_missing_env_file_stops_the_run_before_any_access(
+    flow: Flow, make_release: Callable[[str], Release]
+) -> None:
+    """The .env named on the command line is looked for on the deployer first: missing, the
+    run stops as a settings problem (exit 2) before any window, key or lock."""
+    code, output = flow.deploy(make_release("flow"), "--data", "env_file=/nonexistent/app.env")
+    assert code == 2, output
+    assert "env_file = /nonexistent/app.env (from --data): no such file" in output
+    assert flow.rules_created() == []
     flow.assert_nothing_left(output)
 
 
