@@ -81,6 +81,7 @@ def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from ai_deploy.ci.flow import run_deploy
     from ai_deploy.ci.options import DeployOptions
+    from ai_deploy.settings.localpaths import resolve_data_items
 
     opts = DeployOptions.from_env(
         Path(args.artifact),
@@ -88,7 +89,11 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         host=args.host,
         use_gcp=not args.no_gcp,
         dry_run=args.dry_run,
-        data=[*args.data, *(["models_verify=true"] if args.verify_models else [])],
+        # File paths given here are the working directory's: every later step (the settings
+        # probe, the rollout's lock holder, pyinfra) runs in the project's directory.
+        data=resolve_data_items(
+            [*args.data, *(["models_verify=true"] if args.verify_models else [])], Path.cwd()
+        ),
         health_attempts=args.health_attempts,
         health_interval_s=args.health_interval,
         target_tag=args.target_tag,
