@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import jinja2
 import pytest
+from hostkit import FakeHost
 
 from ai_deploy.cli import build_parser
 from ai_deploy.commands.cache import clear_lines
@@ -242,3 +243,18 @@ def test_clear_report_lists_entries_with_sizes() -> None:
 def test_cache_clear_is_a_day2_verb_with_an_inventory() -> None:
     args = build_parser().parse_args(["cache", "clear", "-i", "inv.py"])
     assert (args.day2, args.inventory, args.cache_command) == (True, "inv.py", "clear")
+
+
+def test_deploys_and_their_pruning_leave_the_cache_alone(tmp_path: Path) -> None:
+    """releases_keep prunes releases, venvs and model files: never the cache, not even what in
+    it looks like the deploy's own directories."""
+    with FakeHost(tmp_path) as host:
+        cache = Path(host.layout.cache_dir)
+        planted = [".cache/huggingface/hub/w.bin", "releases/r1/main.py", "venvs/v/x", "models/m"]
+        for rel in planted:
+            (cache / rel).parent.mkdir(parents=True, exist_ok=True)
+            (cache / rel).write_text(rel)
+        for release in ("r1", "r2", "r3", "r4"):
+            assert host.deploy(release, releases_keep=1).ok
+        assert sorted(p.name for p in (host.app_root / "releases").iterdir()) == ["r3", "r4"]
+        assert all((cache / rel).read_text() == rel for rel in planted)
