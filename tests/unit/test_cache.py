@@ -15,7 +15,9 @@ from hostkit import FakeHost
 
 from ai_deploy.cli import build_parser
 from ai_deploy.commands.cache import clear_lines
+from ai_deploy.commands.status import cache_line
 from ai_deploy.host.cache import (
+    CacheState,
     cache_environment,
     cache_problems,
     clear_script,
@@ -258,3 +260,10 @@ def test_deploys_and_their_pruning_leave_the_cache_alone(tmp_path: Path) -> None
             assert host.deploy(release, releases_keep=1).ok
         assert sorted(p.name for p in (host.app_root / "releases").iterdir()) == ["r3", "r4"]
         assert all((cache / rel).read_text() == rel for rel in planted)
+
+
+def test_status_line_of_the_cache() -> None:
+    state = CacheState("/app/ai-server/cache", True, 3 * 1024**3, "ai-server", "ai-server", "700")
+    assert cache_line(state) == "/app/ai-server/cache, 3.0 GiB (ai-server:ai-server, mode 700)"
+    absent = CacheState("/var/cache/x", False)
+    assert cache_line(absent) == "/var/cache/x: not there yet (the next deploy makes it)"
