@@ -54,6 +54,10 @@ def upload_staging_dir(app_root: str) -> str:
 def app_layout_present() -> None:
     d = host.data
     root = d.app_root
+    layout = Layout.from_data(d)
+    problems = cache_problems(layout, d.app_data_dirs, d.app_cache_env)
+    if problems:
+        raise OperationError("; ".join(problems))
     _system_users()
     for path, mode in ((root, "755"), (f"{root}/releases", "755"), (f"{root}/venvs", "755")):
         files.directory(
@@ -87,10 +91,6 @@ def app_layout_present() -> None:
             group=d.app_group,
             mode="750",
         )
-    layout = Layout.from_data(d)
-    problems = cache_problems(layout, d.app_data_dirs, d.app_cache_env)
-    if problems:
-        raise OperationError("; ".join(problems))
     # The service's HOME and caches: never world-readable (models and tokens land here).
     files.directory(
         name=f"Ensure the cache directory {layout.cache_dir} is private to {d.app_user}",

@@ -10,7 +10,14 @@ from __future__ import annotations
 from ai_deploy.commands.hostlines import HostLines, PrintedRemote
 from ai_deploy.commands.sizes import human_size
 from ai_deploy.commands.status import layout_of
-from ai_deploy.host.cache import Cleared, cache_problems, clear_script, parse_cleared
+from ai_deploy.host.cache import (
+    Cleared,
+    cache_problems,
+    clear_script,
+    parse_cleared,
+    parse_state,
+    state_script,
+)
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.release.journal import record
 from ai_deploy.host.release.lock import acquire_lock, release_lock
@@ -18,6 +25,7 @@ from ai_deploy.host.settings import Spec
 from ai_deploy.inventory import connected
 
 ACTION = "cache-clear"  # the lock's action and the revisions.log line's
+NOTHING = Cleared(present=False, removed=[], freed_bytes=0, left=0, errors=[])
 
 
 def clear_lines(path: str, cleared: Cleared) -> list[str]:
@@ -44,6 +52,10 @@ def clear_host(remote: PrintedRemote, out: HostLines) -> int:
         for problem in problems:
             out.err(remote.name, problem)
         return 2
+    if not parse_state(layout, remote.run(state_script(layout)).stdout).present:
+        # Nothing to clear, and no lock taken (which would make app_root on a fresh host).
+        out.out(remote.name, clear_lines(layout.cache_dir, NOTHING)[0])
+        return 0
     spec = Spec.from_data(d, action=ACTION, release_id="-")
     try:
         token = acquire_lock(remote, spec)

@@ -1,8 +1,8 @@
 """`ai-deploy status [--json]`: per host, the current release, kept releases, service, strategy,
 health (with when the app loaded), lock, GPU, the cache directory's size and the last lines of
-revisions.log. Every host of
-the inventory is shown, an unreachable one with why; the exit status is 1 when any host is
-unreachable or not healthy (health not 200, or its service not active)."""
+revisions.log. Every host of the inventory is shown, an unreachable one with why; the exit
+status is 1 when any host is unreachable or not healthy (health not 200, or its service not
+active)."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from tests.e2e.conftest import Sandbox, boot
 from tests.e2e.deploykit import (
     APP_ROOT,
     Artifact,
+    assert_failed,
     assert_ok,
     build_variant,
     cli,
@@ -143,6 +144,24 @@ def probe(host: Sandbox) -> dict[str, object]:
 
 def stat(host: Sandbox, path: str) -> str:
     return read_host(host, f"stat -c '%U %G %a' {shlex.quote(path)}", path).strip()
+
+
+def test_a_cache_dir_that_is_not_its_own_stops_the_deploy_before_anything_changes(
+    host: Sandbox, first: Artifact, workdir: Path
+) -> None:
+    """/etc would be chowned to the service user and emptied by `cache clear`: refused."""
+    before = read_host(host, "stat -c '%U %G %a' /etc; ls -A /etc | wc -l", "/etc")
+    out = assert_failed(
+        run_deploy(host.inventory, first.data, f"env_file={workdir / '.env'}", "app_cache_dir=/etc")
+    )
+    assert "app_cache_dir: '/etc' is a system-wide directory" in out, out
+    assert read_host(host, "stat -c '%U %G %a' /etc; ls -A /etc | wc -l", "/etc") == before
+    # The host's own settings (the default cache dir): nothing there yet, nothing made.
+    done = cli(host.inventory, "cache clear")
+    assert done.returncode == 0, done
+    assert "does not exist (the next deploy makes it): nothing removed" in done.stdout
+    absent = read_host(host, f"ls -A {APP_ROOT} 2>&1 || true", "app root")
+    assert absent.strip().endswith("No such file or directory"), absent
 
 
 def test_first_start_writes_every_cache_place_into_a_private_directory(
