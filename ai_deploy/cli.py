@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
-        help="per host: current release, kept releases, service, health, lock, log; "
+        help="per host: current release, kept releases, service, health, lock, cache size, "
+        "log; "
         "exit 1 when a host is unreachable or not healthy",
     )
     _add_inventory(status)

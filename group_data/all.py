@@ -20,6 +20,16 @@ app_host = "0.0.0.0"
 app_port = 8000
 app_log_dir = "/var/log/dojangkok"
 app_log_rotate_days = 14
+# The service's persistent cache directory and HOME (None: <app_root>/cache; or a directory of
+# its own, such as /var/cache/<app_name>): 0700, owned by app_user, writable by the hardened
+# units, kept across releases and restarts, with XDG_CACHE_HOME, HF_HOME, TORCH_HOME,
+# TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR and VLLM_CACHE_ROOT inside; `ai-deploy cache clear`
+# empties it.
+app_cache_dir = None
+# Variables added to those of the cache directory, or replacing them, for the service and `exec`:
+# {"HF_HUB_OFFLINE": "1", "HF_HOME": "{cache_dir}/hf"} ({cache_dir}: the directory's path). The
+# app's .env wins over both.
+app_cache_env = {}
 
 # The .env file: /app/ai-server/.env, 0600, owned by app_user, never in an artifact.
 env_file = None  # a local file to upload (--data env_file=PATH); content is never printed

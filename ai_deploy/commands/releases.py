@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ai_deploy.commands.sizes import human_size
 from ai_deploy.commands.status import layout_of
 from ai_deploy.commands.when import parse_iso, when_text
 from ai_deploy.host.paths import Layout
@@ -113,18 +114,6 @@ def rows(
             )
         )
     return out
-
-
-def human_size(n: int) -> str:
-    """N bytes as "812 B", "4.0 KiB", "1.5 MiB", "2.0 GiB"."""
-    if n < 1024:
-        return f"{n} B"
-    size, unit = n / 1024, "KiB"
-    for bigger in ("MiB", "GiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{size:.1f} {unit}"
 
 
 def render(host: str, table: list[ReleaseRow], now: float | None = None) -> list[str]:

@@ -24,6 +24,7 @@ from tests.e2e.deploykit import (
     REPO,
     Artifact,
     assert_ok,
+    cli,
     example_artifact,
     health,
     main_pid,
@@ -31,6 +32,7 @@ from tests.e2e.deploykit import (
     run_deploy,
     serving_release,
 )
+from tests.e2e.deploykit import cli_ok as ok
 
 pytestmark = pytest.mark.e2e
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -54,29 +56,6 @@ def release(host: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Artifact
     assert_ok(run_deploy(host.inventory, artifact.data))
     assert serving_release(host.address) == artifact.release_id
     return artifact
-
-
-def cli(
-    inventory: Path, verb: str, *args: str, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("GCP_ZONE", "GCP_INSTANCE")}
-    done = subprocess.run(
-        [PYTHON, "-m", "ai_deploy.cli", verb, "-i", str(inventory), *args],
-        cwd=REPO,
-        env={**env, "NO_COLOR": "1"},
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def test_logs_prints_the_last_lines_one_prefix_per_host(host: Sandbox, release: Artifact) -> None:

@@ -552,6 +552,6 @@ def test_env_file_content_never_shows_even_with_diff(
         assert mode == "600 ai-server ai-server"
     # Nothing of the content is left in a temporary file beside it.
     left = set(fresh_sandbox.sudo(f"ls -A {APP_ROOT}").split())
-    assert left == {".env", ".incoming", ".staging", "chroma_db", "releases", "venvs"}
+    assert left == {".env", ".incoming", ".staging", "cache", "chroma_db", "releases", "venvs"}
     staged = fresh_sandbox.sudo(f"grep -rl E2E-SECRET {APP_ROOT}/.staging /tmp || true")
     assert staged.strip() == ""
