@@ -102,7 +102,9 @@ def ensure_models(remote: Remote, spec: Spec, workdir: str, *, fresh: bool = Fal
     record = shlex.quote(f"{workdir}/{RECORD}")
     if not spec.models:
         if fresh:
-            found = remote.run(f"[ ! -e {record} ] || {{ rm -rf -- {record} && echo removed; }}")
+            found = remote.run(
+                f"if [ -e {record} ] || [ -L {record} ]; then rm -rf -- {record}; echo gone; fi"
+            )
             if found.stdout:
                 remote.say(f"the artifact's own {RECORD} was removed (the deploy writes it)")
         return
