@@ -20,6 +20,7 @@ from ai_deploy.project import project_dir
 from ai_deploy.rollout.plan import HostFacts
 
 CLOSE_WAIT_S = 30.0
+HOLDER = [sys.executable, "-m", "ai_deploy.rollout.holder"]  # its arguments follow
 
 
 class FleetLockError(Exception):
@@ -60,12 +61,10 @@ def holding(
     take_locks: bool = True,
 ) -> Iterator[Fleet]:
     """Every chosen host's lock held (TAKE_LOCKS) while the block runs; yields each host's
-    state, by name, in lock order."""
+    state, by name, in lock order, and fills in `Fleet.lost` while the block runs."""
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "ai_deploy.rollout.holder",
+            *HOLDER,
             inventory,
             "hold" if take_locks else "facts",
             token,

@@ -136,7 +136,7 @@ class _Steps:
     def run(self, batches: list[list[str]], has_canary: bool) -> None:
         for number, batch in enumerate(batches):
             label = batch_label(number, has_canary)
-            if self._lost(f"before the {label}"):
+            if self._lost(f"before {label}"):
                 return
             self.running = batch
             self.r.say(f"== {label}: {', '.join(batch)}")
