@@ -22,6 +22,7 @@ import select
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ai_deploy.host.facts import read_tree
@@ -29,7 +30,7 @@ from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.release.lock import acquire_lock
 from ai_deploy.host.settings import Spec
 from ai_deploy.inventory import RemoteError, connected_partly
-from ai_deploy.rollout.leases import BOUND_FRACTION, FleetLeases, HeldLock, release_all
+from ai_deploy.rollout.leases import BoundedRemote, FleetLeases, HeldLock
 from ai_deploy.rollout.plan import HostFacts
 
 SETTINGS = ("rollout_canary", "rollout_batch_size", "rollout_wait_s")
@@ -101,16 +102,17 @@ def main(argv: list[str]) -> int:
             for name in names
         }
         if mode != "hold":
-            _report_state(reached, names, specs)
+            _report_state(reached, names, specs, by_name)
             _out("DONE")
             return 0
-        taken = _take_all([(name, by_name[name], specs[name]) for name in names], token)
-        if taken is None:
-            return 3
-        leases = FleetLeases(taken, token, lambda host, why: _out(f"LOST {host}\t{why}"))
-        leases.start()
+        lease_s = min(spec.lock_lease_s for spec in specs.values())
+        leases = FleetLeases(token, lease_s, lambda host, why: _out(f"LOST {host}\t{why}"))
+        bounded = {name: BoundedRemote(by_name[name], leases.bound_s) for name in names}
         try:
-            _report_state(reached, names, specs)
+            refused = _take_all([(name, bounded[name], specs[name]) for name in names], leases)
+            if refused:
+                return refused
+            _report_state(reached, names, specs, bounded)
             _out("HELD")
             _wait_for_eof()
         finally:
@@ -119,28 +121,34 @@ def main(argv: list[str]) -> int:
         return 0
 
 
-def _take_all(hosts: list[tuple[str, Any, Spec]], token: str) -> list[HeldLock] | None:
-    """Every host's lock, in order; None (REFUSED said, the locks taken dropped) when one is
-    held by another deploy."""
-    taken: list[HeldLock] = []
+def _take_all(hosts: list[tuple[str, BoundedRemote, Spec]], leases: FleetLeases) -> int:
+    """Every host's lock, in order, each renewed by LEASES from the moment it is taken; 0, or
+    the exit code after REFUSED or UNREACHABLE (the locks taken are dropped)."""
     for name, remote, spec in hosts:
         taking = time.monotonic()
+        held = HeldLock(name, remote.inner, spec, renewed_at=taking)
         try:
-            acquire_lock(remote, spec, token=token)
+            acquire_lock(remote, spec, token=leases.token)
         except DeployFailed as exc:
-            release_all(taken, token, spec.lock_lease_s / BOUND_FRACTION)
+            leases.release()
             _out(f"REFUSED {name}\t{exc}")
-            return None
-        taken.append(HeldLock(name, remote, spec, renewed_at=taking))
-    return taken
+            return 3
+        except Exception as exc:  # no answer within the bound: it may hold our lock now
+            leases.release(also=[held])
+            why = f"no answer within {leases.bound_s:.0f} s while taking its lock"
+            _out(f"UNREACHABLE {name}\t{why} ({exc!r})")
+            return 4
+        leases.add(held)
+    return 0
 
 
-def _report_state(reached: Any, names: list[str], specs: dict[str, Spec]) -> None:
-    by_name = {h.name: h for h in reached.hosts}
-    first = by_name[names[0]].data if names else {}
+def _report_state(
+    reached: Any, names: list[str], specs: dict[str, Spec], remotes: Mapping[str, Any]
+) -> None:
+    first = remotes[names[0]].data if names else {}
     _out("SETTINGS " + json.dumps({k: _get(first, k) for k in SETTINGS}))
     for name in names:
-        _out("FACTS " + _facts(by_name[name], specs[name], reached.addresses[name]).to_json())
+        _out("FACTS " + _facts(remotes[name], specs[name], reached.addresses[name]).to_json())
 
 
 if __name__ == "__main__":

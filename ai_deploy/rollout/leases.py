@@ -5,8 +5,10 @@ Each host has its own renewal thread: every lock_lease_s / RENEWALS_PER_LEASE it
 call bounded to lock_lease_s / BOUND_FRACTION, so a host that stops answering delays no other
 host's renewal. A host is reported lost, once and at once, when a renewal finds the lock is not
 the rollout's any more, or when no renewal was confirmed for lock_lease_s minus that bound:
-before any rival could judge the lease stale and take it over. Releasing is concurrent and
-bounded the same way, so one silent host cannot keep the others' locks.
+before any rival could judge the lease stale and take it over. A lease is renewed from the
+moment its lock is taken, while the next hosts' are taken; taking and reading go through
+`BoundedRemote`, and releasing is concurrent, each bounded the same way, so one silent host
+cannot hold up the others.
 
 Under the holder, pyinfra has patched the standard library with gevent: these threads are
 greenlets, and every wait in them lets the others run."""
@@ -39,39 +41,34 @@ class HeldLock:
 
 
 class FleetLeases:
-    """Every lease in HELD renewed concurrently until `release`; ON_LOST(name, why) is called
-    once per host whose lease is lost (see the module's doc), from a renewal or watch thread."""
+    """Every lease `add`ed (the shortest of them LEASE_S) renewed concurrently until `release`;
+    ON_LOST(name, why) is called once per host whose lease is lost (see the module's doc), from
+    a renewal or watch thread."""
 
     def __init__(
         self,
-        held: Sequence[HeldLock],
         token: str,
+        lease_s: float,
         on_lost: Callable[[str, str], None],
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.held = list(held)
+        self.held: list[HeldLock] = []
         self.token = token
         self.on_lost = on_lost
         self.clock = clock
-        lease = min((h.spec.lock_lease_s for h in self.held), default=180.0)
-        self.every_s = lease / RENEWALS_PER_LEASE
-        self.bound_s = lease / BOUND_FRACTION
-        self.at_risk_s = lease - self.bound_s
+        self.every_s = lease_s / RENEWALS_PER_LEASE
+        self.bound_s = lease_s / BOUND_FRACTION
+        self.at_risk_s = lease_s - self.bound_s
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        threading.Thread(target=self._watch, daemon=True).start()
 
-    def start(self) -> None:
-        """Renew from now on, each lease counted from its HeldLock.renewed_at."""
-        for h in self.held:
-            self._spawn(self._keep, h)
-        self._spawn(self._watch)
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+    def add(self, h: HeldLock) -> None:
+        """Keep H's lease renewed from now on, counted from H.renewed_at."""
+        with self._lock:
+            self.held.append(h)
+        threading.Thread(target=self._keep, args=(h,), daemon=True).start()
 
     def _keep(self, h: HeldLock) -> None:
         next_at = self.clock() + self.every_s
@@ -92,7 +89,9 @@ class FleetLeases:
     def _watch(self) -> None:
         every = min(1.0, self.every_s / 4)
         while not self._stop.wait(every):
-            for h in self.held:
+            with self._lock:
+                held = list(self.held)
+            for h in held:
                 unconfirmed = self.clock() - h.renewed_at
                 if h.lost is None and unconfirmed >= self.at_risk_s:
                     self._lose(
@@ -112,13 +111,17 @@ class FleetLeases:
 
     def lost(self) -> dict[str, str]:
         """The hosts whose lease is lost so far, with why."""
-        return {h.name: h.lost for h in self.held if h.lost is not None}
+        with self._lock:
+            return {h.name: h.lost for h in self.held if h.lost is not None}
 
-    def release(self) -> None:
-        """Stop renewing and drop every lock still the rollout's, all hosts at once, each
-        bounded (a host that does not answer keeps its lock until its lease runs out)."""
+    def release(self, also: Sequence[HeldLock] = ()) -> None:
+        """Stop renewing and drop every lock still the rollout's (and ALSO's: a host whose
+        taking had no answer), all hosts at once, each bounded (a host that does not answer
+        keeps its lock until its lease runs out)."""
         self._stop.set()
-        release_all(self.held, self.token, self.bound_s)
+        with self._lock:
+            held = [*self.held, *also]
+        release_all(held, self.token, self.bound_s)
 
 
 def release_all(held: Sequence[HeldLock], token: str, bound_s: float) -> None:
@@ -136,3 +139,18 @@ def release_all(held: Sequence[HeldLock], token: str, bound_s: float) -> None:
     deadline = time.monotonic() + bound_s
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class BoundedRemote:
+    """REMOTE with every command bounded to BOUND_S (pyinfra raises when it passes), for the
+    steps whose callers pass no timeout: taking the locks, reading the hosts."""
+
+    def __init__(self, remote: Any, bound_s: float) -> None:
+        self.inner = remote
+        self.bound_s = bound_s
+
+    def __getattr__(self, attr: str) -> Any:  # name, data, say, warn: the host's own
+        return getattr(self.inner, attr)
+
+    def run(self, script: str, *, timeout: float | None = None) -> Any:
+        return self.inner.run(script, timeout=min(timeout or self.bound_s, self.bound_s))

@@ -33,18 +33,22 @@ GUARD_S = 60.0  # how long a test waits for a line before it gives up (not a tim
 
 class HostRemote:
     """A host of the inventory as the holder sees it (name, data, run), whose commands can be
-    made to block, as on a host that stops answering mid-rollout."""
+    made to block, as on a host that stops answering mid-rollout: for ever (SILENT), or until
+    their timeout, then raising as pyinfra does (SILENT_BOUNDED)."""
 
     def __init__(self, name: str, fake: FakeHost) -> None:
         self.name = name
         self.fake = fake
         self.data = fake.data(lock_lease_s=LEASE_S)
         self.silent = threading.Event()
+        self.silent_bounded = threading.Event()
         self.answer_again = threading.Event()
 
     def run(self, script: str, *, timeout: float | None = None) -> Result:
         if self.silent.is_set():
             self.answer_again.wait()
+        if self.silent_bounded.is_set() and not self.answer_again.wait(timeout):
+            raise TimeoutError()
         return self.fake.remote.run(script, timeout=timeout)
 
     def say(self, message: str) -> None:
@@ -98,6 +102,10 @@ class Holder:
         )
         self.thread.start()
 
+    def ended(self) -> int | None:
+        self.thread.join(timeout=GUARD_S)
+        return self.exit[0] if self.exit else None
+
     def next_line(self) -> str:
         return self.lines.get(timeout=GUARD_S)
 
@@ -144,6 +152,18 @@ def test_a_silent_host_is_reported_lost_at_once_and_the_others_stay_renewed(
     assert lock_of(b).is_dir()
 
 
+def test_a_host_silent_while_the_locks_are_taken_ends_the_holder_and_drops_the_others(
+    monkeypatch: pytest.MonkeyPatch, fleet: dict[str, HostRemote]
+) -> None:
+    a, b, c = fleet.values()
+    c.silent_bounded.set()  # host-c answers nothing from the start; each call gives up
+    run = Holder(monkeypatch, fleet)
+    said = run.until("UNREACHABLE")
+    assert said[-1].startswith("UNREACHABLE host-c\tno answer within 1 s while taking its lock")
+    assert run.ended() == 4
+    assert not lock_of(a).exists() and not lock_of(b).exists()
+
+
 def take(h: HostRemote, token: str = TOKEN) -> HeldLock:
     spec = h.fake.spec("r1", lock_lease_s=LEASE_S)
     taking = time.monotonic()
@@ -155,12 +175,12 @@ def test_a_lease_taken_over_is_reported_lost_and_the_others_kept(
     fleet: dict[str, HostRemote],
 ) -> None:
     a, b, c = fleet.values()
-    held = [take(h) for h in (a, b, c)]
     said: queue.Queue[tuple[str, str]] = queue.Queue()
-    leases = FleetLeases(held, TOKEN, lambda host, why: said.put((host, why)))
+    leases = FleetLeases(TOKEN, LEASE_S, lambda host, why: said.put((host, why)))
+    for h in (a, b, c):
+        leases.add(take(h))
     # Another deploy has host-c's lock now (its lease ran out and was taken over).
     (lock_of(c) / "info").write_text('{"token": "rollout-0123456789abcdef0"}\n')
-    leases.start()
     try:
         host, why = said.get(timeout=GUARD_S)
         assert host == "host-c" and "not the rollout's any more" in why
