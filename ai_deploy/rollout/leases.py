@@ -41,9 +41,9 @@ class HeldLock:
 
 
 class FleetLeases:
-    """Every lease `add`ed (the shortest of them LEASE_S) renewed concurrently until `release`;
-    ON_LOST(name, why) is called once per host whose lease is lost (see the module's doc), from
-    a renewal or watch thread."""
+    """Every lease `add`ed renewed concurrently until `release` (LEASE_S: the shortest
+    lock_lease_s among them); ON_LOST(name, why) is called once per host whose lease is lost
+    (see the module's doc), from a renewal or watch thread."""
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class FleetLeases:
             except Exception:  # no answer within the bound, a dropped connection: try again
                 continue
             if LOST in result.stderr:
-                self._lose(h, "its lock is not the rollout's any more (another deploy took it)")
+                self._lose(h, "its lock is not the rollout's any more (taken over, or released)")
                 return
             if result.ok and SKIPPED not in result.stderr:
                 with self._lock:
