@@ -77,7 +77,7 @@ def release_held_by(inventory: str, items: list[str], deployer: str, pid: int) -
     with connected(inventory, data) as hosts:
         for h in hosts:
             layout = layout_of(h)
-            if release_if_held_by(h, layout, pid, this_machine()) is not None:
+            if release_if_held_by(h, layout, pid, this_machine()):
                 line = revisions_line(
                     now_iso(),
                     "lock-release",

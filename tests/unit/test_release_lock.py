@@ -332,16 +332,38 @@ def test_takeover_moves_only_the_lock_judged_stale(host: FakeHost) -> None:
 def test_stopped_deploys_cleanup_releases_only_its_exact_pid(host: FakeHost, other: int) -> None:
     # pid 424's cleanup must not release pid 4242's lock (a prefix), nor 4242 inside 14242.
     token = acquire_lock(host.remote, host.spec("r1", pid=4242))
-    assert release_if_held_by(host.remote, host.layout, other, HERE) is None
+    assert not release_if_held_by(host.remote, host.layout, other, HERE)
     assert lock_info(host)["token"] == token
-    assert release_if_held_by(host.remote, host.layout, 4242, HERE) is not None
+    assert release_if_held_by(host.remote, host.layout, 4242, HERE)
     assert not lock_dir(host).exists()
 
 
-def test_stopped_deploys_cleanup_leaves_the_same_pid_of_another_machine(host: FakeHost) -> None:
-    plant_lock(host, deployer=DEPLOYER, pid=4242, machine_id="0" * 32)
-    assert release_if_held_by(host.remote, host.layout, 4242, HERE) is None
-    assert lock_info(host)["token"] == "0123456789abcdef"
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        Machine("0" * 32, HERE.boot_id, HERE.pid_ns),
+        Machine(HERE.machine_id, "f" * 32, HERE.pid_ns),
+        Machine(HERE.machine_id, HERE.boot_id, "pid:[1]"),
+    ],
+    ids=["machine-id", "boot-id", "pid-namespace"],
+)
+def test_stopped_deploys_cleanup_leaves_the_same_pid_of_another_machine(
+    host: FakeHost, elsewhere: Machine
+) -> None:
+    # Written as acquire_lock writes it, by pid 4242 of a machine with the same host name.
+    token = acquire_lock(host.remote, host.spec("r1", pid=4242, machine=elsewhere))
+    assert not release_if_held_by(host.remote, host.layout, 4242, HERE)
+    assert lock_info(host)["token"] == token
+    assert release_if_held_by(host.remote, host.layout, 4242, elsewhere)  # its own machine's
+
+
+def test_stopped_deploys_cleanup_on_a_machine_that_cannot_name_itself_releases_nothing(
+    host: FakeHost,
+) -> None:
+    unknown = Machine("", "", "")
+    acquire_lock(host.remote, host.spec("r1", pid=4242, machine=unknown))
+    assert not release_if_held_by(host.remote, host.layout, 4242, unknown)
+    assert lock_dir(host).exists()
 
 
 def test_lock_released_only_by_its_exact_token(host: FakeHost) -> None:

@@ -97,10 +97,17 @@ def _pid_of(info: dict[str, object]) -> int | None:
     return pid if type(pid) is int and pid > 0 else None
 
 
-def held_by(info: dict[str, object] | None, pid: int, machine: Machine) -> bool:
-    """True when INFO names exactly the deploy PID on MACHINE (same machine, boot and pid
-    namespace: a pid number alone, or a host name, names nobody)."""
-    return info is not None and _pid_of(info) == pid and Machine.from_info(info).same_as(machine)
+def holder_fields(pid: int, machine: Machine) -> dict[str, object]:
+    """The fields of a lock's info that name its holder's process, in the order acquire_lock
+    writes them (holder_needle relies on it)."""
+    return {"pid": pid, **machine.as_info()}
+
+
+def holder_needle(pid: int, machine: Machine) -> str:
+    """What a lock's info holds when its holder is exactly the deploy PID on MACHINE: the pid
+    is followed by the machine's fields, so pid 424 never matches 4242's lock, nor a lock of
+    another machine, boot or pid namespace with that pid."""
+    return json.dumps(holder_fields(pid, machine))[1:-1]
 
 
 def token_needle(token: str) -> str:
@@ -189,8 +196,7 @@ def acquire_lock(
         {
             "who": spec.who,
             "deployer": spec.deployer,
-            "pid": spec.pid,
-            **spec.machine.as_info(),
+            **holder_fields(spec.pid, spec.machine),
             "run_id": spec.run_id,
             "action": spec.action,
             "release": spec.release_id,
@@ -300,25 +306,25 @@ def remove_if_key(remote: Remote, layout: Layout, key: str) -> bool:
     return bool(out.stdout) and out.stdout[0] == "REMOVED"
 
 
-def release_script(layout: Layout, *, token: str) -> str:
-    """Under the guard, remove the lock if its info holds TOKEN; prints RELEASED when it did."""
+def release_script(layout: Layout, *, token: str | None = None, needle: str | None = None) -> str:
+    """Under the guard, remove the lock if its info holds TOKEN (or NEEDLE, a holder_needle);
+    prints RELEASED when it did."""
     lock = layout.lock
+    text = token_needle(token) if token is not None else str(needle)
     return guarded(
         layout,
-        f"if grep -qF -- {shlex.quote(token_needle(token))} {lock}/info 2>/dev/null; then\n"
+        f"if grep -qF -- {shlex.quote(text)} {lock}/info 2>/dev/null; then\n"
         f"  rm -rf {lock} && echo RELEASED\nfi\ntrue\n",
     )
 
 
-def release_if_held_by(
-    remote: Remote, layout: Layout, pid: int, machine: Machine
-) -> dict[str, object] | None:
-    """Remove the lock if its holder is exactly the deploy PID on MACHINE (held_by), and only
-    the lock just read (a compare-and-swap); its holder's info when it was removed."""
-    held = read_held(remote, layout)
-    if held is None or not held_by(held.info, pid, machine):
-        return None
-    return held.info if remove_if_key(remote, layout, held.key) else None
+def release_if_held_by(remote: Remote, layout: Layout, pid: int, machine: Machine) -> bool:
+    """Remove the lock (one round trip) if its holder is exactly the deploy PID on MACHINE,
+    a machine that could name itself; True when it did."""
+    if not machine.known:
+        return False
+    out = remote.run(release_script(layout, needle=holder_needle(pid, machine)))
+    return out.stdout[:1] == ["RELEASED"]
 
 
 def release_lock(remote: Remote, spec: Spec, token: str) -> None:
