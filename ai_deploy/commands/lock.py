@@ -11,12 +11,12 @@ import sys
 from ai_deploy.commands.status import layout_of, lock_line
 from ai_deploy.host.facts import read_tree
 from ai_deploy.host.paths import revisions_line
+from ai_deploy.host.release.identity import this_machine
 from ai_deploy.host.release.lock import (
-    holder_fragment,
     lock_is_stale,
     now_iso,
     read_held,
-    release_script,
+    release_if_held_by,
     remove_if_key,
 )
 from ai_deploy.host.settings import Spec, deploy_who
@@ -68,16 +68,16 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
 
 
 def release_held_by(inventory: str, items: list[str], deployer: str, pid: int) -> int:
-    """Remove each host's lock if it is held by the deploy DEPLOYER/PID (a pyinfra run that was
-    stopped before its gate could release it); any other holder's lock is left alone."""
+    """Remove each host's lock if it is held by exactly the deploy PID of this machine (a
+    pyinfra run, named DEPLOYER, that was stopped before its gate could release it); any other
+    holder's lock is left alone, another pid's or another machine's with the same name too."""
     from pyinfra_cli.util import parse_cli_arg
 
     data = {k: parse_cli_arg(v) for k, _, v in (item.partition("=") for item in items)}
     with connected(inventory, data) as hosts:
         for h in hosts:
             layout = layout_of(h)
-            out = h.run(release_script(layout, holder=holder_fragment(deployer, pid)))
-            if out.stdout[:1] == ["RELEASED"]:
+            if release_if_held_by(h, layout, pid, this_machine()):
                 line = revisions_line(
                     now_iso(),
                     "lock-release",
