@@ -85,6 +85,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         repository=args.repository,
         service_account=args.service_account,
         transport=args.transport,
+        repository_id=args.repository_id,
     )
 
 
@@ -218,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--zone", help="the instance's zone")
     init.add_argument("--instance", help="the GPU VM's name")
     init.add_argument("--repository", metavar="OWNER/REPO", help="default: the origin remote")
+    init.add_argument(
+        "--repository-id",
+        metavar="N",
+        help="the repository's number, which the printed Workload Identity set-up trusts "
+        "(`gh api repos/OWNER/REPO --jq .id`; default: that command, in the printed set-up)",
+    )
     init.add_argument(
         "--service-account", default="ai-deploy", metavar="NAME", help="default ai-deploy"
     )

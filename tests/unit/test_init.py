@@ -66,7 +66,7 @@ def test_init_writes_the_settings_and_the_workflow_and_prints_the_setup(app: Pat
     out = proc.stdout
     assert "wrote ai-deploy.toml, .github/workflows/ai-cicd.yml" in out
     assert "gcloud iam workload-identity-pools create github --project dojangkok-ai" in out
-    assert "assertion.repository == 'dojangkok/ai-server'" in out
+    assert "assertion.repository_id == '$REPOSITORY_ID'" in out  # see test_init_setup.py
     assert f"gcloud iam roles create {WINDOW_ROLE_ID} --project dojangkok-ai" in out
     assert "- compute.firewalls.create" in out
     assert "gcloud compute instances add-tags ai-server-prod" in out
