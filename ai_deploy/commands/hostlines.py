@@ -1,5 +1,6 @@
-"""Output lines of several hosts told apart: `HOST | line`, host names padded to one width; and
-a Remote whose messages are printed that way (for commands that run host steps themselves)."""
+"""Output lines of several hosts told apart: `HOST | line`, host names padded to one width, each
+line made safe for the terminal first (ai_deploy.host.safetext); and a Remote whose messages are
+printed that way (for commands that run host steps themselves)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from ai_deploy.host.remote import PyinfraRemote
+from ai_deploy.host.safetext import safe_line
 
 
 class HostLines:
@@ -18,6 +20,7 @@ class HostLines:
         self.prefix = prefix
 
     def format(self, host: str, line: str) -> str:
+        line = safe_line(line)
         return f"{host:<{self.width}} | {line}" if self.prefix else line
 
     def out(self, host: str, line: str, *, stream: TextIO | None = None) -> None:

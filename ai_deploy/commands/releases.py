@@ -15,6 +15,7 @@ from ai_deploy.commands.when import parse_iso, when_text
 from ai_deploy.host.paths import Layout
 from ai_deploy.host.release.models import models_script, parse_models
 from ai_deploy.host.revisions import Revision, parse_revisions, revisions_script
+from ai_deploy.host.safetext import safe_text
 from ai_deploy.inventory import connected_partly
 
 MARK = "AI-DEPLOY-RELEASE"
@@ -151,7 +152,7 @@ def show_releases(inventory: str | None, as_json: bool = False) -> int:
             if as_json:
                 report.append({"host": h.name, "releases": [asdict(r) for r in table]})
             else:
-                print("\n".join(render(h.name, table)))
+                print(safe_text("\n".join(render(h.name, table))))
         for name, reason in reached.unreachable.items():
             rc = 1
             if as_json:

@@ -22,6 +22,7 @@ from ai_deploy.host.release.health import parse_probe, probe_script
 from ai_deploy.host.release.lock import describe_lock
 from ai_deploy.host.release.models import models_script, parse_models
 from ai_deploy.host.remote import PyinfraRemote
+from ai_deploy.host.safetext import safe_text
 from ai_deploy.inventory import connected_partly
 
 
@@ -166,7 +167,7 @@ def show_status(inventory: str | None, as_json: bool = False) -> int:
                 report = unreachable_report(name, address, reached.unreachable[name])
             reports.append(report)
             if not as_json:
-                print("\n".join(render(report)), flush=True)
+                print(safe_text("\n".join(render(report))), flush=True)
     if as_json:
         print(json.dumps(reports, indent=2))
     return 0 if all(r["healthy"] for r in reports) else 1
