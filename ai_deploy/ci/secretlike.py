@@ -72,9 +72,13 @@ _NAME = (
     rf"|(?i:api[_-]?key|key|pwd))(?i:s)?(?![A-Za-z0-9])"
 )
 _QUOTED = r"(?P<q>[\"'])(?P<qvalue>(?:\\.|(?!(?P=q))[^\\\r\n])+)(?P=q)"
+# JSON inside a JSON string: {"msg": "{\"password\": \"two words\"}"}
+_ESCAPED = r"\\(?P<e>[\"'])(?P<evalue>(?:(?!\\(?P=e))[^\r\n])+)\\(?P=e)"
 _WORD = r"[^\s\"',;&)}\]]+"
-_SEPARATOR = r"[\"']?[ \t]*(?:=|:(?!//))[ \t]*"
-_ASSIGNMENT = re.compile(rf"{_NAME}{_SEPARATOR}(?:{_QUOTED}|(?P<value>{_WORD}))")
+_SEPARATOR = r"\\?[\"']?[ \t]*(?:=|:(?!//))[ \t]*"
+_ASSIGNMENT = re.compile(
+    rf"{_NAME}{_SEPARATOR}(?:{_ESCAPED}|{_QUOTED}|(?P<value>(?!\\[\"']){_WORD}))"
+)
 # A line that is only an assignment (a .env or YAML line, `export X=...`) has the rest of the
 # line as its value, spaces included; inside a sentence an unquoted value is one word.
 _LINE = re.compile(
@@ -151,9 +155,10 @@ def _valued_spans(text: str) -> Iterator[tuple[int, int, bool]]:
     password or signature in TEXT, placeholders left out."""
     for pattern in _VALUED:
         for m in pattern.finditer(text):
-            group = "qvalue" if m.groupdict().get("qvalue") else "value"
+            found = m.groupdict()
+            group = next(g for g in ("evalue", "qvalue", "value") if found.get(g) is not None)
             if not _is_placeholder(m.group(group)):
-                yield (*m.span(group), group == "qvalue")
+                yield (*m.span(group), group != "value")
 
 
 def _spans(text: str) -> list[tuple[int, int]]:

@@ -200,6 +200,7 @@ NASTY = [
     # values with spaces: quoted anywhere, or the rest of a line that is only the assignment
     ("Settings(db_password='correct horse battery staple', debug=True)", "horse battery"),
     ('{"password": "two \\"quoted\\" words"}', "quoted"),
+    ('{"msg": "{\\"password\\": \\"inner json words\\"}"}', "json words"),
     ("PASSWORD=correct horse battery staple", "battery staple"),
     ("  export API_SECRET=with spaces in it", "spaces in it"),
     ("- password: my pass phrase", "pass phrase"),
