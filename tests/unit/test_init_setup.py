@@ -55,7 +55,7 @@ def _init(app: Path, capsys: pytest.CaptureFixture[str], **given: str | None) ->
         "repository": None,
         "service_account": "ai-deploy",
         "transport": "direct",
-        **given,
+        **{k: v for k, v in given.items() if v is not None},
     }
     code = run_init(str(app), **values)  # type: ignore[arg-type]
     out, err = capsys.readouterr()
