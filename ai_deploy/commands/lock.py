@@ -19,6 +19,7 @@ from ai_deploy.host.release.lock import (
     release_if_held_by,
     remove_if_key,
 )
+from ai_deploy.host.safetext import safe_line
 from ai_deploy.host.settings import Spec, deploy_who
 from ai_deploy.inventory import connected
 
@@ -29,7 +30,7 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
         for h in hosts:
             layout = layout_of(h)
             tree = read_tree(h, layout)
-            print(f"{h.name}: {lock_line(tree)}")
+            print(f"{h.name}: {safe_line(lock_line(tree))}")  # the holder is the host's text
             if action != "release" or (tree.lock is None and tree.lock_raw is None):
                 continue
             held = read_held(h, layout)
@@ -53,7 +54,7 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
                 rc = 1
                 continue
             reason = stale or "forced"
-            print(f"{h.name}: lock released ({reason})")
+            print(f"{h.name}: lock released ({safe_line(reason)})")
             info = json.dumps(tree.lock) if tree.lock else tree.lock_raw
             line = revisions_line(
                 now_iso(),

@@ -8,7 +8,7 @@ order than it is. So every control character (C0 but tab, DEL, C1) and every bid
 line-separator format character is shown as its escape (`\\x1b`, `\\r`, `\\u202e`) instead:
 visible, inert, and the rest of the line unchanged.
 
-The day-2 commands print host text through here: logs, releases, audit, status, restart's
+The day-2 commands print host text through here: logs, releases, audit, status, lock, restart's
 per-host lines, and exec (its output is the user's own command's, but it comes line by line from
 several hosts, under `HOST | ` prefixes and without a terminal, where colours and cursor moves
 from one host would act on the other hosts' lines; raw bytes are what `ssh` is for). The health

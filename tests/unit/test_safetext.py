@@ -65,3 +65,24 @@ def test_host_lines_print_every_line_made_safe() -> None:
         HostLines(["h1", "host-2"]).out("h1", "\x1b]52;c;Zm9v\x07hi")
         HostLines(["h1"], prefix=False).out("h1", "\x1b[2K\rraw")
     assert out.getvalue() == "h1     | \\x1b]52;c;Zm9v\\x07hi\n\\x1b[2K\\rraw\n"
+
+
+def test_lock_status_prints_the_holder_the_host_wrote_inert(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lock's holder is whatever the host's lock file says: `lock status` shows it inert."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from ai_deploy.commands import lock as lock_command
+    from ai_deploy.host.facts import AppTree
+
+    holder = {"who": "mallory\x1b]52;c;Zm9v\x07", "action": "deploy\x1b[2K\r", "pid": 1}
+    host = SimpleNamespace(name="h1")
+    monkeypatch.setattr(lock_command, "connected", lambda _inventory: nullcontext([host]))
+    monkeypatch.setattr(lock_command, "layout_of", lambda _h: None)
+    monkeypatch.setattr(lock_command, "read_tree", lambda _h, _layout: AppTree(lock=holder))
+    assert lock_command.lock_command(None, "status") == 0
+    out = capsys.readouterr().out
+    assert all(ACTIVE.search(line) is None for line in out.split("\n")), out
+    assert "held by mallory\\x1b]52;c;Zm9v\\x07 (deploy\\x1b[2K\\r of None" in out
