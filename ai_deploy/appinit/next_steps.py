@@ -90,7 +90,8 @@ def next_steps(t: Target, written: list[str]) -> str:
         "   commit it with .github/workflows/ai-cicd.yml.",
         "",
         f"2. GCP, once (project {t.project}). The provider admits only the deploy job of",
-        f"   repository number $REPOSITORY_ID ({t.repository}), in environment {t.environment},",
+        f"   repository number {t.repository_id or '$REPOSITORY_ID'} ({t.repository}), in "
+        f"environment {t.environment},",
         f"   on {DEPLOY_REF}: no other branch, pull request or repository.",
         "",
         repository_id,
