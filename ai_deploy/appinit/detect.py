@@ -1,10 +1,12 @@
 """What `ai-deploy init` can tell about an app from its files: where its FastAPI app is
-(uvicorn's MODULE:APP) and whether its lock file is there."""
+(uvicorn's MODULE:APP, named as the host imports it: ai_deploy.artifact.importpath)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+from ai_deploy.artifact.importpath import IMPORT_DIRS
 
 _SKIP = {".venv", "venv", ".git", "node_modules", "tests", "test", "dist", "build", "__pycache__"}
 _PREFERRED = ("main.py", "app.py", "app/main.py", "src/main.py")
@@ -28,9 +30,17 @@ def _fastapi_names(path: Path) -> list[str]:
 
 
 def _module_of(app_dir: Path, path: Path) -> str:
-    # uvicorn imports it from the release's directory (the project itself is not installed):
-    # a module under src/ is src.pkg.mod (a namespace package), as that import finds it.
-    return ".".join(path.relative_to(app_dir).with_suffix("").parts)
+    # The host imports the app from the release's root, then src/ (the project itself is not
+    # installed): src/pkg/api.py is pkg.api, as it is under `uv run` and to its siblings.
+    parts = path.relative_to(app_dir).with_suffix("").parts
+    for d in sorted((d for d in IMPORT_DIRS if d), key=len, reverse=True):
+        prefix = tuple(d.split("/"))
+        if parts[: len(prefix)] == prefix and len(parts) > len(prefix):
+            parts = parts[len(prefix) :]
+            break
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
 
 
 def find_app_module(app_dir: Path) -> str | None:

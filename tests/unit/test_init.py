@@ -169,7 +169,7 @@ def test_a_new_teams_layout_is_found_and_used_by_the_build(tmp_path: Path) -> No
         text=True,
         check=False,
     )
-    assert refused.returncode != 0 and "nowhere.py is missing" in refused.stderr
+    assert refused.returncode != 0 and "no nowhere.py or src/nowhere.py" in refused.stderr
 
 
 def test_init_without_a_fastapi_app_says_what_it_looked_for(app: Path) -> None:
