@@ -1,10 +1,17 @@
 """What `ai-deploy init` can tell about an app from its files: where its FastAPI app is
-(uvicorn's MODULE:APP, named as the host imports it: ai_deploy.artifact.importpath)."""
+(uvicorn's MODULE:APP, named as the host imports it: ai_deploy.artifact.importpath), which
+packages its uv.lock holds and whether it has tests."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from ai_deploy.artifact.importpath import IMPORT_DIRS
 
@@ -58,4 +65,33 @@ def find_app_module(app_dir: Path) -> str | None:
     return None
 
 
-__all__ = ["find_app_module"]
+def locked_packages(app_dir: Path) -> frozenset[str]:
+    """The normalized names of every package in APP_DIR's uv.lock (any group); empty when it
+    has none or it cannot be read."""
+    try:
+        lock = tomllib.loads((app_dir / "uv.lock").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return frozenset()
+    packages = lock.get("package", [])
+    return frozenset(
+        re.sub(r"[-_.]+", "-", str(p.get("name", ""))).lower()
+        for p in packages
+        if isinstance(p, dict)
+    )
+
+
+def has_tests(app_dir: Path) -> bool:
+    """Whether APP_DIR holds a file pytest collects by default (test_*.py or *_test.py),
+    outside virtual environments and hidden directories."""
+    for path in app_dir.rglob("*.py"):
+        rel = path.relative_to(app_dir).parts
+        if any(part in _NOT_SOURCE or part.startswith(".") for part in rel[:-1]):
+            continue
+        if path.name.startswith("test_") or path.stem.endswith("_test"):
+            return True
+    return False
+
+
+_NOT_SOURCE = {".venv", "venv", "node_modules", "dist", "build", "__pycache__"}
+
+__all__ = ["find_app_module", "has_tests", "locked_packages"]
