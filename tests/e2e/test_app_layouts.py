@@ -18,7 +18,8 @@ from ai_deploy.artifact.build import release_id_from_artifact
 from ai_deploy.host.uvbin import uv_binary
 from ai_deploy.project import group_data_defaults
 from tests.e2e.conftest import Sandbox
-from tests.e2e.deploykit import grand_total, run_as_user, serving_release
+from tests.e2e.deploykit import grand_total, serving_release
+from tests.e2e.usercli import run_as_user
 
 pytestmark = pytest.mark.e2e
 

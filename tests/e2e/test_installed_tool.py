@@ -21,9 +21,9 @@ from tests.e2e.deploykit import (
     build_variant,
     host_snapshot,
     revisions,
-    run_as_user,
     serving_release,
 )
+from tests.e2e.usercli import run_as_user
 
 pytestmark = pytest.mark.e2e
 

@@ -27,8 +27,8 @@ from tests.e2e.deploykit import (
     run_deploy,
     serving_release,
     start_deploy,
-    user_env,
 )
+from tests.e2e.usercli import user_env
 
 pytestmark = pytest.mark.e2e
 
