@@ -13,7 +13,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from ai_deploy.artifact.importpath import IMPORT_DIRS
+from ai_deploy.artifact.importpath import IMPORT_DIRS, entry_file, on_disk
 
 _SKIP = {".venv", "venv", ".git", "node_modules", "tests", "test", "dist", "build", "__pycache__"}
 _PREFERRED = ("main.py", "app.py", "app/main.py", "src/main.py")
@@ -61,7 +61,12 @@ def find_app_module(app_dir: Path) -> str | None:
     for path in candidates:
         names = _fastapi_names(path)
         if names:
-            return f"{_module_of(app_dir, path)}:{names[0]}"
+            # The name that imports this very file on the host: src/main.py is `main` unless a
+            # main.py at the root would be imported instead (then `src.main`).
+            rel = path.relative_to(app_dir).as_posix()
+            for module in (_module_of(app_dir, path), ".".join(Path(rel).with_suffix("").parts)):
+                if entry_file(module, on_disk(app_dir)) == rel:
+                    return f"{module}:{names[0]}"
     return None
 
 

@@ -23,7 +23,7 @@ from typing import BinaryIO, Protocol
 
 from ai_deploy.artifact.errors import ArtifactError
 from ai_deploy.artifact.gitfiles import GitListing, git_listing
-from ai_deploy.artifact.importpath import entry_file, where_imported
+from ai_deploy.artifact.importpath import entry_file, on_disk, where_imported
 from ai_deploy.artifact.lockcheck import check_lock
 
 DEFAULT_NAME = "ai-server"
@@ -98,16 +98,6 @@ def _excluded(entry_name: str) -> bool:
     )
 
 
-def _kind_in(src: Path, rel: str) -> str | None:
-    """What SRC/REL is, as ai_deploy.artifact.importpath.entry_file asks."""
-    path = src / rel
-    if path.is_symlink():
-        return "link"
-    if path.is_dir():
-        return "dir"
-    return "file" if path.exists() else None
-
-
 def _check_source(src: Path, app_module: str) -> str:
     """SRC checked as a source tree; returns the file APP_MODULE is imported from there."""
     if not src.exists():
@@ -117,7 +107,7 @@ def _check_source(src: Path, app_module: str) -> str:
         )
     if not src.is_dir():
         raise ArtifactError(f"source {src} is not a directory: pass the app's directory")
-    entry = entry_file(app_module, lambda rel: _kind_in(src, rel))
+    entry = entry_file(app_module, on_disk(src))
     for required in (*REQUIRED_FILES, *([entry] if entry else [])):
         path = src / required
         if path.is_symlink():

@@ -13,6 +13,7 @@ checks look for the app module's file in the same places, in the same order.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 IMPORT_DIRS = ("", "src")  # release-relative; "" is the release itself
 
@@ -51,6 +52,18 @@ def entry_file(app_module: str, kind: Callable[[str], str | None]) -> str | None
     return None
 
 
+def on_disk(root: Path) -> Callable[[str], str | None]:
+    """entry_file's KIND for a tree on disk at ROOT (a link is "link", not followed)."""
+
+    def kind(rel: str) -> str | None:
+        path = root / rel
+        if path.is_symlink():
+            return "link"
+        return "dir" if path.is_dir() else "file" if path.exists() else None
+
+    return kind
+
+
 def where_imported(app_module: str) -> str:
     """The places APP_MODULE's file is looked for, for a message: `pkg/api.py or
     src/pkg/api.py (or a package's __init__.py there)`."""
@@ -71,4 +84,11 @@ def exec_pythonpath(release: str) -> str:
     return ":".join(f"{release}/{d}" if d else release for d in IMPORT_DIRS)
 
 
-__all__ = ["IMPORT_DIRS", "entry_file", "exec_pythonpath", "service_pythonpath", "where_imported"]
+__all__ = [
+    "IMPORT_DIRS",
+    "entry_file",
+    "exec_pythonpath",
+    "on_disk",
+    "service_pythonpath",
+    "where_imported",
+]

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
@@ -20,7 +19,12 @@ import pytest
 from ai_deploy.appinit.detect import find_app_module
 from ai_deploy.artifact.build import ArtifactError, build_artifact
 from ai_deploy.artifact.check import check_artifact
-from ai_deploy.artifact.importpath import entry_file, exec_pythonpath, service_pythonpath
+from ai_deploy.artifact.importpath import (
+    entry_file,
+    exec_pythonpath,
+    on_disk,
+    service_pythonpath,
+)
 from tests.unit.test_templates import TEMPLATES, VALUES
 
 pytestmark = pytest.mark.unit
@@ -94,18 +98,6 @@ def extract(artifact: Path, where: Path) -> Path:
     return where
 
 
-def kind_of(root: Path) -> Callable[[str], str | None]:
-    """What entry_file asks of a tree on disk."""
-
-    def kind(rel: str) -> str | None:
-        path = root / rel
-        if path.is_symlink():
-            return "link"
-        return "dir" if path.is_dir() else "file" if path.exists() else None
-
-    return kind
-
-
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_each_uv_layout_is_found_built_checked_and_imports_as_on_the_host(
     layout: str, tmp_path: Path, venv_stub: Path
@@ -119,7 +111,7 @@ def test_each_uv_layout_is_found_built_checked_and_imports_as_on_the_host(
     checked = check_artifact(artifact, found)
     assert checked.members > 0
     release = extract(artifact, tmp_path / "releases" / "r1")
-    entry = entry_file(found, kind_of(release))
+    entry = entry_file(found, on_disk(release))
     assert entry == ("main.py" if layout == "flat" else f"src/{PKG}/api.py")
 
     # The service: uvicorn runs in the release with the unit's relative PYTHONPATH.
@@ -168,7 +160,7 @@ def test_the_check_looks_where_python_imports_from(case: str, tmp_path: Path) ->
     module = f"{PKG}.api"
     real = imported_from(module, release, service_pythonpath())
     assert real == (str(release / expected) if expected else None)  # the premise holds
-    assert entry_file(f"{module}:app", kind_of(release)) == expected
+    assert entry_file(f"{module}:app", on_disk(release)) == expected
     app_module = f"{module}:app"
     if expected is None:
         with pytest.raises(ArtifactError, match=r"no sentiment_svc/api\.py or src/"):
@@ -221,3 +213,23 @@ def test_every_unit_imports_the_apps_own_package_from_its_release(
     (tmp_path / "current").symlink_to(release)  # WorkingDirectory= goes through the link
     found = imported_from(module, tmp_path / "current", f"{env['PYTHONPATH']}:{venv_stub}")
     assert found == str(release / "src" / PKG / "api.py")
+
+
+@pytest.mark.parametrize("root_main", [False, True], ids=["src-only", "root-main-too"])
+def test_init_names_the_module_that_imports_the_file_it_found(
+    root_main: bool, tmp_path: Path, venv_stub: Path
+) -> None:
+    """src/main.py holds the app: `main` is the name, unless a main.py at the root (uv init's
+    hello script) would be imported by that name instead; then `src.main`."""
+    app = tmp_path / "app"
+    (app / "src").mkdir(parents=True)
+    (app / "src" / "main.py").write_text("from fastapi import FastAPI\n\napp = FastAPI()\n")
+    if root_main:
+        (app / "main.py").write_text("def main():\n    print('hello')\n")
+    found = find_app_module(app)
+    assert found == ("src.main:app" if root_main else "main:app")
+    assert entry_file(found, on_disk(app)) == "src/main.py"
+    module = found.split(":")[0]
+    assert imported_from(module, app, f"{service_pythonpath()}:{venv_stub}") == str(
+        app / "src" / "main.py"
+    )
