@@ -18,7 +18,7 @@ from ai_deploy.artifact.build import release_id_from_artifact
 from ai_deploy.host.uvbin import uv_binary
 from ai_deploy.project import group_data_defaults
 from tests.e2e.conftest import Sandbox
-from tests.e2e.deploykit import grand_total, serving_release
+from tests.e2e.deploykit import grand_total, health, serving_release
 from tests.e2e.usercli import run_as_user
 
 pytestmark = pytest.mark.e2e
@@ -47,6 +47,7 @@ def health() -> dict[str, object]:
 class App:
     path: Path
     env_file: Path
+    init_said: str  # what `ai-deploy init` printed in it
 
 
 def _uv(cwd: Path, *args: str) -> str:
@@ -92,7 +93,7 @@ def app(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     _lock_on_host(sandbox, path)
     env_file = root / "app.env"
     env_file.write_text("GREETING=hello\n")
-    yield App(path, env_file)
+    yield App(path, env_file, _cli(path, "init"))
 
 
 def _build(app: App, label: str) -> tuple[Path, str]:
@@ -102,10 +103,10 @@ def _build(app: App, label: str) -> tuple[Path, str]:
     return artifact, release_id_from_artifact(artifact)
 
 
-def _deploy(app: App, sandbox: Sandbox, artifact: Path) -> str:
+def _deploy(app: App, sandbox: Sandbox, artifact: Path, *data: str) -> str:
     return _cli(
         app.path, "deploy", "--no-gcp", "--host", sandbox.address, "--artifact", str(artifact),
-        "--data", f"env_file={app.env_file}",
+        "--data", f"env_file={app.env_file}", *(x for d in data for x in ("--data", d)),
     )  # fmt: skip
 
 
@@ -121,8 +122,7 @@ def _venvs(sandbox: Sandbox, app_root: str) -> list[str]:
 
 
 def test_a_uv_init_package_app_serves_execs_and_shares_its_venv(app: App, sandbox: Sandbox) -> None:
-    said = _cli(app.path, "init")
-    assert f"the app: {PKG}.api:app (app_module)" in said
+    assert f"the app: {PKG}.api:app (app_module)" in app.init_said
     assert f'app_module = "{PKG}.api:app"' in (app.path / "ai-deploy.toml").read_text()
 
     first, first_id = _build(app, "first")
@@ -164,3 +164,17 @@ def test_a_uv_init_package_app_serves_execs_and_shares_its_venv(app: App, sandbo
     totals = grand_total(again)
     assert (totals.success, totals.error) == (0, 0) and totals.no_change > 0, again
     assert _venvs(sandbox, app_root) == venvs
+
+
+@pytest.mark.parametrize("strategy", ["bluegreen", "restart"])
+def test_the_other_strategies_units_import_it_too(
+    app: App, sandbox: Sandbox, strategy: str
+) -> None:
+    """/health calls the sibling module: a colour (blue/green) or the restart unit serving it
+    imported the app's package from its release."""
+    scoring = app.path / "src" / PKG / "scoring.py"
+    scoring.write_text(f"{SCORING}# {strategy}\n")
+    artifact, release_id = _build(app, strategy)
+    _deploy(app, sandbox, artifact, f"deploy_strategy={strategy}")
+    reply = health(sandbox.address)
+    assert reply.status_code == 200 and reply.json() == {"release": release_id, "score": 1}
