@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--app-module",
         default=None,
         metavar="MODULE:APP",
-        help="uvicorn's APP; its file must be in DIR (default: app_module of DIR/ai-deploy.toml, "
-        "else main:app)",
+        help="uvicorn's APP; its file must be in DIR or DIR/src, where the host imports it from "
+        "(default: app_module of DIR/ai-deploy.toml, else main:app)",
     )
     build.set_defaults(func=_cmd_artifact_build)
     add_deploy_parser(sub, _add_inventory)

@@ -9,6 +9,7 @@ from pyinfra import host
 from pyinfra.api import OperationError, deploy
 from pyinfra.operations import files, systemd
 
+from ai_deploy.artifact.importpath import service_pythonpath
 from ai_deploy.host import strategies
 from ai_deploy.host.cache import cache_environment, unit_environment
 from ai_deploy.host.paths import UNIT_DIR, Layout
@@ -25,6 +26,7 @@ def _common() -> dict[str, object]:
         "app_root": d.app_root,
         "app_name": d.app_name,
         "module": d.app_module,
+        "python_path": service_pythonpath(),
         "host": d.app_host,
         "port": d.app_port,
         "graceful_shutdown_s": d.unit_graceful_shutdown_s,

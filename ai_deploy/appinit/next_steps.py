@@ -20,6 +20,7 @@ from ai_deploy.gcp.permissions import IAP_ROLE_ID, IAP_ROLE_YAML, WINDOW_ROLE_ID
 
 PLACEHOLDER_PROJECT = "PROJECT_ID"
 DEPLOY_REF = "refs/heads/main"  # the workflow deploys on pushes to main only
+TOOL_SOURCE = "git+https://github.com/OWNER/ai-deploy@<commit>"  # no way to know it here
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def next_steps(t: Target, written: list[str]) -> str:
         f"gh secret set WORKLOAD_IDENTITY_PROVIDER --env {env} \\",
         f'  --body "{pool_path}/providers/{in_double_quotes(t.provider)}"',
         f"gh secret set GCP_SERVICE_ACCOUNT --env {env} --body {sa}",
-        "gh variable set AI_DEPLOY_SOURCE --body 'git+https://github.com/OWNER/ai-deploy@<commit>'",
+        f"gh variable set AI_DEPLOY_SOURCE --body {q(TOOL_SOURCE)}",
     ]
     if iap:
         lines += [
@@ -168,4 +169,39 @@ def next_steps(t: Target, written: list[str]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEPLOY_REF", "Target", "cel", "in_double_quotes", "next_steps", "wif_condition"]
+def unfilled(t: Target, app_dir: str) -> list[str]:
+    """One warning per placeholder left in the printed commands, each naming how to fill it."""
+    d = Target()
+    given = [
+        (t.project, d.project, "--project", "the GCP project id"),
+        (t.zone, d.zone, "--zone", "the instance's zone"),
+        (t.instance, d.instance, "--instance", "the GPU VM's name"),
+    ]
+    said = [
+        f"{placeholder} is a placeholder in the commands below ({what}): run init again "
+        f"with {flag} (and --force), or replace it when you run them"
+        for value, placeholder, flag, what in given
+        if value == placeholder
+    ]
+    if t.repository == d.repository:
+        said.append(
+            f"{d.repository} is a placeholder in the commands below (the GitHub repository that "
+            f"deploys): {app_dir} has no GitHub `origin` remote; run init again with "
+            "--repository OWNER/REPO (and --force), or add the remote first"
+        )
+    said.append(
+        f"AI_DEPLOY_SOURCE is a placeholder ({TOOL_SOURCE}): set it to where your team "
+        "installs ai-deploy from, pinned (anything `uv tool install` accepts)"
+    )
+    return said
+
+
+__all__ = [
+    "DEPLOY_REF",
+    "Target",
+    "cel",
+    "in_double_quotes",
+    "next_steps",
+    "unfilled",
+    "wif_condition",
+]

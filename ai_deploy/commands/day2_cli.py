@@ -115,9 +115,10 @@ def add_day2_verbs(
         "variables and venv",
         description="Run CMD on each host in the current release's directory, as app_user, "
         "with the .env the service reads, its HOME and cache variables (the cache directory), "
-        "VIRTUAL_ENV set and the venv first on PATH (a transient systemd unit). Output is "
-        "prefixed HOST | when there are several hosts; the exit status is the first failing "
-        "host's (0 when all succeed).",
+        "VIRTUAL_ENV set, the venv first on PATH and the app's own package importable as the "
+        "service imports it (PYTHONPATH: the release, then its src/; a transient systemd unit). "
+        "Output is prefixed HOST | when there are several hosts; the exit status is the first "
+        "failing host's (0 when all succeed).",
         usage="ai-deploy exec [-h] [-i INV] -- CMD...",
     )
     add_inventory(exec_)

@@ -1,6 +1,7 @@
 """`ai-deploy exec -- CMD...`: CMD in the current release's directory on each host, as the
 service user, with the service's .env, HOME and cache variables (the cache directory, as the
-service has them), the release's venv first on PATH and VIRTUAL_ENV set. It runs as a
+service has them), the release's venv first on PATH, VIRTUAL_ENV set and the app's own code
+importable as the service imports it (ai_deploy.artifact.importpath). It runs as a
 transient systemd unit (`systemd-run --pipe --wait`), so the .env is read by the same parser as
 the service's EnvironmentFile= and wins over the cache variables as it does there; output
 streams back as it comes."""
@@ -11,6 +12,7 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
+from ai_deploy.artifact.importpath import exec_pythonpath
 from ai_deploy.commands.hostlines import HostLines
 from ai_deploy.commands.status import layout_of
 from ai_deploy.host.cache import cache_environment
@@ -38,7 +40,7 @@ exec systemd-run --quiet --pipe --wait --collect --service-type=exec \\
   --uid={shlex.quote(user)} --gid={shlex.quote(group)} --working-directory="$d" \\
   -p EnvironmentFile=-{r}/.env \\
   -E VIRTUAL_ENV="$d/.venv" -E PATH="$d/.venv/bin:/usr/local/bin:/usr/bin:/bin" \\
-  -E PYTHONUNBUFFERED=1 {variables}\\
+  -E PYTHONUNBUFFERED=1 -E PYTHONPATH="{exec_pythonpath("$d")}" {variables}\\
   -- /bin/sh -c 'exec "$@"' sh {command}
 """
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ai_deploy.appinit.init import InitError, init_app, repository_of
-from ai_deploy.appinit.next_steps import Target
+from ai_deploy.appinit.next_steps import Target, unfilled
 from ai_deploy.appinit.values import check
 
 
@@ -57,4 +57,6 @@ def run_init(
     except (InitError, ValueError) as exc:  # BadValue, or a name TOML cannot hold
         print(f"ai-deploy init: {exc}", file=sys.stderr)
         return 2
+    for warning in unfilled(target, directory):
+        print(f"ai-deploy init: warning: {warning}", file=sys.stderr)
     return 0
