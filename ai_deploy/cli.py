@@ -85,6 +85,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         repository=args.repository,
         service_account=args.service_account,
         transport=args.transport,
+        repository_id=args.repository_id,
     )
 
 
@@ -149,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--app-module",
         default=None,
         metavar="MODULE:APP",
-        help="uvicorn's APP; its file must be in DIR (default: app_module of DIR/ai-deploy.toml, "
-        "else main:app)",
+        help="uvicorn's APP; its file must be in DIR or DIR/src, where the host imports it from "
+        "(default: app_module of DIR/ai-deploy.toml, else main:app)",
     )
     build.set_defaults(func=_cmd_artifact_build)
     add_deploy_parser(sub, _add_inventory)
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
-        help="per host: current release, kept releases, service, health, lock, log; "
+        help="per host: current release, kept releases, service, health, lock, cache size, "
+        "log; "
         "exit 1 when a host is unreachable or not healthy",
     )
     _add_inventory(status)
@@ -219,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--zone", help="the instance's zone")
     init.add_argument("--instance", help="the GPU VM's name")
     init.add_argument("--repository", metavar="OWNER/REPO", help="default: the origin remote")
+    init.add_argument(
+        "--repository-id",
+        metavar="N",
+        help="the repository's number, which the printed Workload Identity set-up trusts "
+        "(`gh api repos/OWNER/REPO --jq .id`; default: that command, in the printed set-up)",
+    )
     init.add_argument(
         "--service-account", default="ai-deploy", metavar="NAME", help="default ai-deploy"
     )

@@ -19,11 +19,21 @@ code_owner = "root"  # owns releases and venvs: the service cannot rewrite its o
 # app, so that one app's build code cannot touch another app's venvs or uv cache on a shared VM.
 build_user = None
 app_data_dirs = []  # under app_root, kept across releases, owned by app_user (e.g. ["chroma_db"])
-app_module = "main:app"  # uvicorn's APP argument; main.py must be in the artifact
+app_module = "main:app"  # uvicorn's APP; imported from the release's root, then src/
 app_host = "0.0.0.0"
 app_port = 8000
 app_log_dir = None  # None: /var/log/<app_name>
 app_log_rotate_days = 14
+# The service's persistent cache directory and HOME (None: <app_root>/cache; or a directory of
+# its own, such as /var/cache/<app_name>): 0700, owned by app_user, writable by the hardened
+# units, kept across releases and restarts, with XDG_CACHE_HOME, HF_HOME, TORCH_HOME,
+# TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR and VLLM_CACHE_ROOT inside; `ai-deploy cache clear`
+# empties it.
+app_cache_dir = None
+# Variables added to those of the cache directory, or replacing them, for the service and `exec`:
+# {"HF_HUB_OFFLINE": "1", "HF_HOME": "{cache_dir}/hf"} ({cache_dir}: the directory's path). The
+# app's .env wins over both.
+app_cache_env = {}
 
 # The .env file: <app_root>/.env, 0600, owned by app_user, never in an artifact.
 # A local file to upload; content is never printed. Relative: to ai-deploy.toml's directory when

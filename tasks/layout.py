@@ -1,14 +1,16 @@
-"""The service user, the app's directory tree, its data directories, and its logs."""
+"""The service user, the app's directory tree, its data and cache directories, and its logs."""
 
 from __future__ import annotations
 
 from pyinfra import host, logger
-from pyinfra.api import deploy
+from pyinfra.api import OperationError, deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import User, Users
 from pyinfra.operations import apt, files, server
 
+from ai_deploy.host.cache import cache_problems
 from ai_deploy.host.facts import UserCanSudo
+from ai_deploy.host.paths import Layout
 from ai_deploy.project import template
 
 
@@ -52,6 +54,10 @@ def upload_staging_dir(app_root: str) -> str:
 def app_layout_present() -> None:
     d = host.data
     root = d.app_root
+    layout = Layout.from_data(d)
+    problems = cache_problems(layout, d.app_data_dirs, d.app_cache_env)
+    if problems:
+        raise OperationError("; ".join(problems))
     _system_users()
     for path, mode in ((root, "755"), (f"{root}/releases", "755"), (f"{root}/venvs", "755")):
         files.directory(
@@ -85,6 +91,14 @@ def app_layout_present() -> None:
             group=d.app_group,
             mode="750",
         )
+    # The service's HOME and caches: never world-readable (models and tokens land here).
+    files.directory(
+        name=f"Ensure the cache directory {layout.cache_dir} is private to {d.app_user}",
+        path=layout.cache_dir,
+        user=d.app_user,
+        group=d.app_group,
+        mode="700",
+    )
     files.directory(
         name=f"Ensure the log directory {d.app_log_dir} exists",
         path=d.app_log_dir,

@@ -9,13 +9,16 @@ from pyinfra import host
 from pyinfra.api import OperationError, deploy
 from pyinfra.operations import files, systemd
 
+from ai_deploy.artifact.importpath import service_pythonpath
 from ai_deploy.host import strategies
+from ai_deploy.host.cache import cache_environment, unit_environment
 from ai_deploy.host.paths import UNIT_DIR, Layout
 from ai_deploy.project import template
 
 
 def _common() -> dict[str, object]:
     d = host.data
+    layout = Layout.from_data(d)
     return {
         "description": f"{d.app_name} (FastAPI, uvicorn)",
         "service_user": d.app_user,
@@ -23,6 +26,7 @@ def _common() -> dict[str, object]:
         "app_root": d.app_root,
         "app_name": d.app_name,
         "module": d.app_module,
+        "python_path": service_pythonpath(),
         "host": d.app_host,
         "port": d.app_port,
         "graceful_shutdown_s": d.unit_graceful_shutdown_s,
@@ -31,7 +35,9 @@ def _common() -> dict[str, object]:
         "log_dir": d.app_log_dir,
         # ProtectSystem=strict leaves these writable, nothing else (the logs are opened by
         # systemd itself; the app may add its own files there).
-        "read_write_paths": [f"{d.app_root}/{name}" for name in d.app_data_dirs] + [d.app_log_dir],
+        "read_write_paths": [f"{d.app_root}/{name}" for name in d.app_data_dirs]
+        + [d.app_log_dir, layout.cache_dir],
+        "environment": unit_environment(cache_environment(layout, d.app_cache_env)),
         "gpu_devices": list(d.unit_gpu_devices),
         "socket": False,
     }
@@ -45,7 +51,7 @@ def unit_installed() -> bool:
         strategy = strategies.get(d.deploy_strategy)
     except strategies.UnknownStrategy as exc:
         raise OperationError(str(exc)) from None
-    layout = Layout(d.app_root, d.app_name, d.app_log_dir)
+    layout = Layout.from_data(d)
     strategy.prepare_host(d)
     changes = [
         files.template(

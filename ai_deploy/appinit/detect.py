@@ -1,10 +1,19 @@
 """What `ai-deploy init` can tell about an app from its files: where its FastAPI app is
-(uvicorn's MODULE:APP) and whether its lock file is there."""
+(uvicorn's MODULE:APP, named as the host imports it: ai_deploy.artifact.importpath), which
+packages its uv.lock holds and whether it has tests."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from ai_deploy.artifact.importpath import IMPORT_DIRS, entry_file, on_disk
 
 _SKIP = {".venv", "venv", ".git", "node_modules", "tests", "test", "dist", "build", "__pycache__"}
 _PREFERRED = ("main.py", "app.py", "app/main.py", "src/main.py")
@@ -28,9 +37,17 @@ def _fastapi_names(path: Path) -> list[str]:
 
 
 def _module_of(app_dir: Path, path: Path) -> str:
-    # uvicorn imports it from the release's directory (the project itself is not installed):
-    # a module under src/ is src.pkg.mod (a namespace package), as that import finds it.
-    return ".".join(path.relative_to(app_dir).with_suffix("").parts)
+    # The host imports the app from the release's root, then src/ (the project itself is not
+    # installed): src/pkg/api.py is pkg.api, as it is under `uv run` and to its siblings.
+    parts = path.relative_to(app_dir).with_suffix("").parts
+    for d in sorted((d for d in IMPORT_DIRS if d), key=len, reverse=True):
+        prefix = tuple(d.split("/"))
+        if parts[: len(prefix)] == prefix and len(parts) > len(prefix):
+            parts = parts[len(prefix) :]
+            break
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
 
 
 def find_app_module(app_dir: Path) -> str | None:
@@ -44,8 +61,42 @@ def find_app_module(app_dir: Path) -> str | None:
     for path in candidates:
         names = _fastapi_names(path)
         if names:
-            return f"{_module_of(app_dir, path)}:{names[0]}"
+            # The name that imports this very file on the host: src/main.py is `main` unless a
+            # main.py at the root would be imported instead (then `src.main`).
+            rel = path.relative_to(app_dir).as_posix()
+            for module in (_module_of(app_dir, path), ".".join(Path(rel).with_suffix("").parts)):
+                if entry_file(module, on_disk(app_dir)) == rel:
+                    return f"{module}:{names[0]}"
     return None
 
 
-__all__ = ["find_app_module"]
+def locked_packages(app_dir: Path) -> frozenset[str]:
+    """The normalized names of every package in APP_DIR's uv.lock (any group); empty when it
+    has none or it cannot be read."""
+    try:
+        lock = tomllib.loads((app_dir / "uv.lock").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return frozenset()
+    packages = lock.get("package", [])
+    return frozenset(
+        re.sub(r"[-_.]+", "-", str(p.get("name", ""))).lower()
+        for p in packages
+        if isinstance(p, dict)
+    )
+
+
+def has_tests(app_dir: Path) -> bool:
+    """Whether APP_DIR holds a file pytest collects by default (test_*.py or *_test.py),
+    outside virtual environments and hidden directories."""
+    for path in app_dir.rglob("*.py"):
+        rel = path.relative_to(app_dir).parts
+        if any(part in _NOT_SOURCE or part.startswith(".") for part in rel[:-1]):
+            continue
+        if path.name.startswith("test_") or path.stem.endswith("_test"):
+            return True
+    return False
+
+
+_NOT_SOURCE = {".venv", "venv", "node_modules", "dist", "build", "__pycache__"}
+
+__all__ = ["find_app_module", "has_tests", "locked_packages"]

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from ai_deploy.appinit.detect import find_app_module
+from ai_deploy.appinit.lint_test import LintTest
 from ai_deploy.appinit.next_steps import Target, next_steps
 from ai_deploy.appinit.settings_file import render_settings_file
 from ai_deploy.appinit.workflow import WORKFLOW_PATH, python_of, render_workflow
@@ -73,7 +74,8 @@ def init_app(app_dir: Path, target: Target, *, force: bool = False) -> str:
     if not (app_dir / "uv.lock").is_file():
         notes.append("no uv.lock yet: run `uv lock` and commit it (hosts install exactly it)")
     try:
-        workflow_text = render_workflow(app, target.environment, python_of(app_dir))
+        lint_test = LintTest.of(app_dir)
+        workflow_text = render_workflow(app, target.environment, python_of(app_dir), lint_test)
     except ValueError as exc:
         raise InitError(str(exc)) from None
     overrides: dict[str, str] = {}
@@ -85,6 +87,11 @@ def init_app(app_dir: Path, target: Target, *, force: bool = False) -> str:
     settings.write_text(settings_text)
     workflow.parent.mkdir(parents=True, exist_ok=True)
     workflow.write_text(workflow_text)
+    if lint_test.skipped:
+        notes.append(
+            f"the workflow's Test step is skipped: {lint_test.skipped} "
+            "(its comment says how to turn it on)"
+        )
     said = [f"the app: {found} (app_module)", *notes]
     return "\n".join(said) + "\n" + next_steps(target, [FILENAME, str(WORKFLOW_PATH)])
 

@@ -3,7 +3,7 @@ commented out with its default and its meaning, then the environments."""
 
 from __future__ import annotations
 
-import json
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,20 +32,30 @@ hosts = []
 """
 
 
+def toml_string(text: str) -> str:
+    """TEXT as a TOML basic string: every character as itself (outside the BMP too: TOML has no
+    surrogate pairs, so JSON's \\ud83d\\ude00 is refused), only `"`, `\\` and control
+    characters escaped. A lone surrogate (an undecodable file name) is no character: ValueError."""
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        raise ValueError(f"{text!r} holds a byte that is not UTF-8: rename it")
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\u{ord(m.group()):04x}", escaped) + '"'
+
+
 def toml_value(value: Any) -> str:
-    """VALUE as a TOML value (strings in basic-string form, which JSON escaping satisfies)."""
+    """VALUE as a TOML value (strings as basic strings, see toml_string)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
         return (
             "{"
-            + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
+            + ", ".join(f"{toml_string(str(k))} = {toml_value(v)}" for k, v in value.items())
             + "}"
         )
     raise TypeError(f"no TOML form for {value!r}")
@@ -74,4 +84,4 @@ def render_settings_file(
     return "\n".join(out) + "\n" + ENVIRONMENTS
 
 
-__all__ = ["render_settings_file", "toml_value"]
+__all__ = ["render_settings_file", "toml_string", "toml_value"]

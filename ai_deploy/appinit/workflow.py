@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ai_deploy.appinit.lint_test import LintTest
+
 TEMPLATE = Path(__file__).with_name("ai-cicd.yml.in")
 WORKFLOW_PATH = Path(".github") / "workflows" / "ai-cicd.yml"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def render_workflow(app: str, environment: str, python: str) -> str:
+def render_workflow(app: str, environment: str, python: str, lint_test: LintTest) -> str:
     """The workflow for APP (its artifact's and concurrency group's name), deploying to the
-    GitHub environment ENVIRONMENT (also the ai-deploy.toml environment), testing on PYTHON."""
+    GitHub environment ENVIRONMENT (also the ai-deploy.toml environment), testing on PYTHON
+    with the steps of LINT_TEST."""
     for what, value in (("app name", app), ("environment", environment)):
         if not _NAME_RE.fullmatch(value):
             raise ValueError(
@@ -22,9 +25,14 @@ def render_workflow(app: str, environment: str, python: str) -> str:
     if not re.fullmatch(r"3\.\d+", python):
         raise ValueError(f"python {python!r}: expected a version like 3.11")
     text = TEMPLATE.read_text(encoding="utf-8")
-    return (
-        text.replace("@@APP@@", app).replace("@@ENV@@", environment).replace("@@PYTHON@@", python)
-    )
+    for placeholder, value in (
+        ("@@LINT_TEST@@", lint_test.steps()),
+        ("@@APP@@", app),
+        ("@@ENV@@", environment),
+        ("@@PYTHON@@", python),
+    ):
+        text = text.replace(placeholder, value)
+    return text
 
 
 def python_of(app_dir: Path) -> str:

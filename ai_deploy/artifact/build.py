@@ -23,6 +23,7 @@ from typing import BinaryIO, Protocol
 
 from ai_deploy.artifact.errors import ArtifactError
 from ai_deploy.artifact.gitfiles import GitListing, git_listing
+from ai_deploy.artifact.importpath import entry_file, on_disk, where_imported
 from ai_deploy.artifact.lockcheck import check_lock
 from ai_deploy.artifact.naming import shipped_name, source_name
 
@@ -99,13 +100,8 @@ def _excluded(entry_name: str) -> bool:
     )
 
 
-def entry_file(app_module: str) -> str:
-    """`main:app` -> `main.py`; `pkg.app:create` -> `pkg/app.py`."""
-    module = app_module.split(":", 1)[0]
-    return module.replace(".", "/") + ".py"
-
-
-def _check_source(src: Path, entry: str) -> None:
+def _check_source(src: Path, app_module: str) -> str:
+    """SRC checked as a source tree; returns the file APP_MODULE is imported from there."""
     if not src.exists():
         raise ArtifactError(
             f"source directory {src} does not exist: pass the app's directory "
@@ -113,7 +109,8 @@ def _check_source(src: Path, entry: str) -> None:
         )
     if not src.is_dir():
         raise ArtifactError(f"source {src} is not a directory: pass the app's directory")
-    for required in (*REQUIRED_FILES, entry):
+    entry = entry_file(app_module, on_disk(src))
+    for required in (*REQUIRED_FILES, *([entry] if entry else [])):
         path = src / required
         if path.is_symlink():
             # The deploy refuses these as links (a linked uv.lock once emptied the lock hash
@@ -126,11 +123,13 @@ def _check_source(src: Path, entry: str) -> None:
         if not (src / required).is_file():
             fix = "run `uv lock` there and commit it" if required == "uv.lock" else "add one"
             raise ArtifactError(f"{src / required} is missing: the app needs {required}; {fix}")
-    if not (src / entry).is_file():
+    if entry is None or not (src / entry).is_file():
         raise ArtifactError(
-            f"{src / entry} is missing: uvicorn serves the app module from it (app_module; set "
-            "it in ai-deploy.toml or with --app-module MODULE:APP)"
+            f"app_module {app_module!r} is missing from {src}: no {where_imported(app_module)}; "
+            "uvicorn imports the app from the release's root, then src/ (set app_module in "
+            "ai-deploy.toml or pass --app-module MODULE:APP)"
         )
+    return entry
 
 
 def _symlink_target(src_real: Path, path: Path, arcname: str) -> str:
@@ -285,7 +284,8 @@ def build_artifact(
 
     Guarantees:
     + SRC must be a directory holding pyproject.toml and uv.lock, else ArtifactError; neither
-      they nor the entry module of APP_MODULE may be a symbolic link.
+      they nor the entry module of APP_MODULE (looked for where the host imports it: the
+      root, then src/; ai_deploy.artifact.importpath) may be a symbolic link.
     + With LOCK_CHECK, a uv.lock that `uv lock --check` finds stale is refused (ArtifactError
       naming SRC and the fix) before the tree is packed.
     + In a git work tree only what git lists is shipped: nothing it ignores unless it tracks
@@ -311,8 +311,7 @@ def build_artifact(
         )
     if artifact_id is not None:
         validate_artifact_id(artifact_id)
-    entry = entry_file(app_module)
-    _check_source(src, entry)
+    entry = _check_source(src, app_module)
     src_real, out_real = src.resolve(), outdir.resolve()
     if out_real == src_real:
         raise ArtifactError(

@@ -5,8 +5,9 @@ every link is resolved there through the links before it (and once more against 
 tree), so a chain of links that each look contained but climb out together is refused. Also
 refused, each with the member named: absolute paths and `..`, hard links, devices and fifos, a
 member whose path passes through a link, a name repeated with another type, a linked (not
-regular) uv.lock, pyproject.toml or entry module, and an artifact above the limits (expanded
-size, member count, compression ratio), named with its numbers and the setting to change.
+regular) uv.lock, pyproject.toml or entry module (looked for where the host imports it:
+ai_deploy.artifact.importpath), and an artifact above the limits (expanded size, member
+count, compression ratio), named with its numbers and the setting to change.
 The host checks all of it again while extracting (ai_deploy.host.release.extract).
 """
 
@@ -20,12 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ai_deploy.artifact.build import (
-    ArtifactError,
-    entry_file,
-    release_id_from_artifact,
-    sha256_file,
-)
+from ai_deploy.artifact.build import ArtifactError, release_id_from_artifact, sha256_file
+from ai_deploy.artifact.importpath import entry_file, where_imported
 
 __all__ = ["ArtifactLimits", "CheckedArtifact", "check_artifact", "entry_file"]
 
@@ -301,14 +298,15 @@ def check_artifact(
     for required in ("uv.lock", "pyproject.toml"):
         missing = f"has no {required} at its top level: build it from the app root"
         _require_regular(tree, required, missing, where)
-    entry = entry_file(app_module)
-    _require_regular(
-        tree,
-        entry,
-        f"has no {entry} for app_module {app_module!r}: "
-        "is the artifact built from the right directory?",
-        where,
+    entry = entry_file(app_module, lambda rel: tree.kinds.get(tuple(rel.split("/"))))
+    missing = (
+        f"has no {where_imported(app_module)} for app_module {app_module!r} (the host imports "
+        "the app from the release's root, then src/): is the artifact built from the right "
+        "directory, with the right app_module?"
     )
+    if entry is None:
+        raise ArtifactError(f"{where} {missing}")
+    _require_regular(tree, entry, missing, where)
     models = _models(tree, manifest, models_allow_http, where)
     return CheckedArtifact(
         path,

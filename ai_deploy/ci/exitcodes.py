@@ -58,11 +58,13 @@ exit codes:
       35.235.240.0/20 reach port 22; the fix is printed)
   13  SSH to the host did not work, or its host key is not the pinned one
   14  the deploy failed on a host (see its phase and reason); a rollout: a host
-      is locked by another deploy (named), nothing changed
+      is locked by another deploy (named), nothing changed, or the rollout lost a
+      host's lock (named) and changed no host after that
   15  the release was not healthy (on the host or from outside) and the previous
       release was put back and is healthy; a rollout: every host it switched
       serves its previous release again
   16  the release was not healthy and putting the previous release back failed
+      (a rollout: or was not tried, as it had lost a host's lock)
  128+N  stopped by signal N (the window and the key were removed)"""
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ai_deploy.ci import exitcodes
 from ai_deploy.ci.context import Run
+from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.ci.secrets import mask_secret_like
 from ai_deploy.rollout.fleetlock import FleetLockError
 from ai_deploy.rollout.plan import PlanError
@@ -46,6 +47,8 @@ def fleet_env(run: Run) -> dict[str, str]:
 
 
 def fleet_phase(run: Run) -> tuple[int, str]:
+    """The rollout, or with --plan / --dry-run only its plan (and pyinfra's dry diff per host):
+    a preview takes no lock and changes nothing on any host."""
     opts = run.opts
     health = Health(
         opts.health_attempts, opts.health_interval_s, opts.health_timeout_s, opts.health_url
@@ -65,11 +68,11 @@ def fleet_phase(run: Run) -> tuple[int, str]:
         say=_say,
         model_sizes=dict(run.model_sizes),
     )
-    title = "Plan the rollout (nothing changes)" if opts.plan else "Roll out"
+    title = "Plan the rollout (nothing changes)" if opts.preview else "Roll out"
     with run.phases.phase("deploy", title):
         try:
             keep = lambda o: setattr(run, "fleet", o)  # noqa: E731
-            out = plan_only(rollout) if opts.plan else run_rollout(rollout, keep)
+            out = plan_only(rollout) if opts.preview else run_rollout(rollout, keep)
         except PlanError as exc:
             run.phases.fail("deploy")
             return exitcodes.EXIT_CONFIG, str(exc)
@@ -86,9 +89,24 @@ def fleet_phase(run: Run) -> tuple[int, str]:
         run.hosts[:] = [r.host for r in out.results]
         if out.failed_phase:
             run.phases.fail(out.failed_phase)
+    if opts.dry_run:
+        return _dry_diff(run, rollout)
     if opts.plan:
         return exitcodes.EXIT_OK, "plan only: nothing changed"
     return out.code, out.message
+
+
+def _dry_diff(run: Run, rollout: Rollout) -> tuple[int, str]:
+    """pyinfra's own dry run (`--dry`: facts read, nothing executed) over the rollout's hosts."""
+    with run.phases.phase("deploy", "pyinfra's plan per host (nothing is changed)"):
+        data = [f"artifact={rollout.artifact.resolve()}", *rollout.data]
+        result = run_pyinfra_streamed(
+            rollout.inventory, data, rollout.env, dry=True, limit=rollout.chosen
+        )
+        if result.returncode != 0:
+            run.phases.fail("deploy")
+            return exitcodes.EXIT_DEPLOY, f"pyinfra --dry failed (exit {result.returncode})"
+    return exitcodes.EXIT_OK, "dry run: nothing changed"
 
 
 def table_message(run: Run, message: str) -> str:
@@ -96,7 +114,7 @@ def table_message(run: Run, message: str) -> str:
     from ai_deploy.rollout.report import render_table
 
     out: Outcome | None = run.fleet
-    if out is None or run.opts.plan:
+    if out is None or run.opts.preview:
         return message
     return "\n".join([message, "", *render_table(out.results)]).strip()
 

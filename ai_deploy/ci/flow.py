@@ -117,7 +117,7 @@ def _report(
         message=message,
         run_url=ci_output.run_url(run.environ),
     )
-    quiet = run.opts.dry_run or run.opts.plan  # nothing happened: nobody is told
+    quiet = run.opts.preview  # nothing happened: nobody is told
     if not quiet:
         for result in notify(event, env=run.environ):
             state = "sent" if result.ok else f"failed ({result.error or result.status})"
@@ -142,7 +142,7 @@ def _phases(run: Run) -> tuple[int, str]:
     instance_phase(run)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="ai-deploy-ssh-") as tmp:
         run.known_hosts = Path(tmp) / "known_hosts"
-        if run.opts.dry_run:
+        if run.opts.preview:  # --plan on one target: its pyinfra plan, as --dry-run
             return dry_run(run, Path(tmp))
         host_keys_phase(run)
         if iap:

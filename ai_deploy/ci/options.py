@@ -82,6 +82,11 @@ class DeployOptions:
                 setattr(opts, key, value)
         return opts
 
+    @property
+    def preview(self) -> bool:
+        """--plan or --dry-run: nothing changes on any host and no lock is taken."""
+        return self.plan or self.dry_run
+
     def check_access_settings(self) -> None:
         """PhaseFailed("config") naming the setting when the transport or host-key setting has
         a value this tool does not know."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ai_deploy.commands.status import layout_of
 from ai_deploy.commands.when import parse_iso, when_text
 from ai_deploy.host.revisions import Revision, parse_revisions, revisions_script
+from ai_deploy.host.safetext import safe_text
 from ai_deploy.inventory import connected_partly
 
 DEFAULT_LINES = 20
@@ -64,5 +65,5 @@ def show_audit(inventory: str | None, lines: int = DEFAULT_LINES) -> int:
         for name, reason in reached.unreachable.items():
             print(f"{name}: unreachable, not listed: {reason}", file=sys.stderr)
             rc = 1
-    print("\n".join(render(merged(by_host, lines))))
+    print(safe_text("\n".join(render(merged(by_host, lines)))))
     return rc

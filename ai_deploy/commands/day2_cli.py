@@ -1,5 +1,6 @@
-"""The argparse wiring of the day-2 verbs `logs`, `releases`, `audit`, `exec` and `restart`
-(cli.py adds them to its parser), each calling its own module under ai_deploy/commands/."""
+"""The argparse wiring of the day-2 verbs `logs`, `releases`, `audit`, `exec`, `restart` and
+`cache clear` (cli.py adds them to its parser), each calling its own module under
+ai_deploy/commands/."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     return restart(args.inventory)
 
 
+def _cmd_cache_clear(args: argparse.Namespace) -> int:
+    from ai_deploy.commands.cache import clear_cache
+
+    return clear_cache(args.inventory)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -55,8 +62,9 @@ def add_day2_verbs(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     add_inventory: Callable[[argparse.ArgumentParser], None],
 ) -> None:
-    """logs, releases, audit, exec and restart, each with the inventory options ADD_INVENTORY
-    gives and `day2=True` (so that cli.main reaches a GCP instance for them as for status)."""
+    """logs, releases, audit, exec, restart and cache, each with the inventory options
+    ADD_INVENTORY gives and `day2=True` (so that cli.main reaches a GCP instance for them as
+    for status)."""
     logs = sub.add_parser(
         "logs",
         help="the service's log (app_log_dir/APP.log, or APP-error.log with --error), "
@@ -103,11 +111,14 @@ def add_day2_verbs(
 
     exec_ = sub.add_parser(
         "exec",
-        help="run CMD in the current release as the service user, with its .env and venv",
+        help="run CMD in the current release as the service user, with its .env, cache "
+        "variables and venv",
         description="Run CMD on each host in the current release's directory, as app_user, "
-        "with the .env the service reads, VIRTUAL_ENV set and the venv first on PATH (a "
-        "transient systemd unit). Output is prefixed HOST | when there are several hosts; "
-        "the exit status is the first failing host's (0 when all succeed).",
+        "with the .env the service reads, its HOME and cache variables (the cache directory), "
+        "VIRTUAL_ENV set, the venv first on PATH and the app's own package importable as the "
+        "service imports it (PYTHONPATH: the release, then its src/; a transient systemd unit). "
+        "Output is prefixed HOST | when there are several hosts; the exit status is the first "
+        "failing host's (0 when all succeed).",
         usage="ai-deploy exec [-h] [-i INV] -- CMD...",
     )
     add_inventory(exec_)
@@ -123,3 +134,20 @@ def add_day2_verbs(
     )
     add_inventory(restart)
     restart.set_defaults(func=_cmd_restart, day2=True)
+
+    cache = sub.add_parser(
+        "cache", help="the service's persistent cache directory (its HOME, HF_HOME, ...)"
+    )
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    clear = cache_sub.add_parser(
+        "clear",
+        help="empty the cache directory on each host, under the deploy lock",
+        description="Empty the service's cache directory (app_cache_dir, default "
+        "APP_ROOT/cache) on each host under its deploy lock, keeping the directory, and print "
+        "what was removed (entries two levels deep with their sizes) and the space freed; a "
+        "cache-clear line goes into revisions.log. The running service keeps what it has "
+        "loaded. Exit 1 when a host's lock is held or something could not be removed, 2 for "
+        "bad cache settings.",
+    )
+    add_inventory(clear)
+    clear.set_defaults(func=_cmd_cache_clear, day2=True)

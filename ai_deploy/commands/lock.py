@@ -11,14 +11,15 @@ import sys
 from ai_deploy.commands.status import layout_of, lock_line
 from ai_deploy.host.facts import read_tree
 from ai_deploy.host.paths import revisions_line
+from ai_deploy.host.release.identity import this_machine
 from ai_deploy.host.release.lock import (
-    holder_fragment,
     lock_is_stale,
     now_iso,
     read_held,
-    release_script,
+    release_if_held_by,
     remove_if_key,
 )
+from ai_deploy.host.safetext import safe_line
 from ai_deploy.host.settings import Spec, deploy_who
 from ai_deploy.inventory import connected
 
@@ -29,7 +30,7 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
         for h in hosts:
             layout = layout_of(h)
             tree = read_tree(h, layout)
-            print(f"{h.name}: {lock_line(tree)}")
+            print(f"{h.name}: {safe_line(lock_line(tree))}")  # the holder is the host's text
             if action != "release" or (tree.lock is None and tree.lock_raw is None):
                 continue
             held = read_held(h, layout)
@@ -53,7 +54,7 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
                 rc = 1
                 continue
             reason = stale or "forced"
-            print(f"{h.name}: lock released ({reason})")
+            print(f"{h.name}: lock released ({safe_line(reason)})")
             info = json.dumps(tree.lock) if tree.lock else tree.lock_raw
             line = revisions_line(
                 now_iso(),
@@ -68,16 +69,16 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
 
 
 def release_held_by(inventory: str, items: list[str], deployer: str, pid: int) -> int:
-    """Remove each host's lock if it is held by the deploy DEPLOYER/PID (a pyinfra run that was
-    stopped before its gate could release it); any other holder's lock is left alone."""
+    """Remove each host's lock if it is held by exactly the deploy PID of this machine (a
+    pyinfra run, named DEPLOYER, that was stopped before its gate could release it); any other
+    holder's lock is left alone, another pid's or another machine's with the same name too."""
     from pyinfra_cli.util import parse_cli_arg
 
     data = {k: parse_cli_arg(v) for k, _, v in (item.partition("=") for item in items)}
     with connected(inventory, data) as hosts:
         for h in hosts:
             layout = layout_of(h)
-            out = h.run(release_script(layout, holder=holder_fragment(deployer, pid)))
-            if out.stdout[:1] == ["RELEASED"]:
+            if release_if_held_by(h, layout, pid, this_machine()):
                 line = revisions_line(
                     now_iso(),
                     "lock-release",

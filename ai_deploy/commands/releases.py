@@ -9,11 +9,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ai_deploy.commands.sizes import human_size
 from ai_deploy.commands.status import layout_of
 from ai_deploy.commands.when import parse_iso, when_text
 from ai_deploy.host.paths import Layout
 from ai_deploy.host.release.models import models_script, parse_models
 from ai_deploy.host.revisions import Revision, parse_revisions, revisions_script
+from ai_deploy.host.safetext import safe_text
 from ai_deploy.inventory import connected_partly
 
 MARK = "AI-DEPLOY-RELEASE"
@@ -115,18 +117,6 @@ def rows(
     return out
 
 
-def human_size(n: int) -> str:
-    """N bytes as "812 B", "4.0 KiB", "1.5 MiB", "2.0 GiB"."""
-    if n < 1024:
-        return f"{n} B"
-    size, unit = n / 1024, "KiB"
-    for bigger in ("MiB", "GiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{size:.1f} {unit}"
-
-
 def render(host: str, table: list[ReleaseRow], now: float | None = None) -> list[str]:
     lines = [host]
     if not table:
@@ -162,7 +152,7 @@ def show_releases(inventory: str | None, as_json: bool = False) -> int:
             if as_json:
                 report.append({"host": h.name, "releases": [asdict(r) for r in table]})
             else:
-                print("\n".join(render(h.name, table)))
+                print(safe_text("\n".join(render(h.name, table))))
         for name, reason in reached.unreachable.items():
             rc = 1
             if as_json:

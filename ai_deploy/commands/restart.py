@@ -5,7 +5,7 @@ the release does not come back healthy stops the run: the hosts after it are lef
 from __future__ import annotations
 
 from ai_deploy.ci.exitcodes import exit_for_outcomes
-from ai_deploy.commands.hostlines import HostLines
+from ai_deploy.commands.hostlines import HostLines, PrintedRemote
 from ai_deploy.commands.status import layout_of
 from ai_deploy.host.facts import read_tree
 from ai_deploy.host.outcome import FAILED, HostOutcome
@@ -13,22 +13,6 @@ from ai_deploy.host.release.gate import put_in_service
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.host.settings import Spec
 from ai_deploy.inventory import connected
-
-
-class _Printed(PyinfraRemote):
-    """The gate's messages printed as `HOST | message` (no pyinfra run prints them here)."""
-
-    def __init__(self, host: object, out: HostLines) -> None:
-        super().__init__(host)
-        self.out = out
-
-    def say(self, message: str) -> None:
-        for line in message.splitlines():
-            self.out.out(self.name, line)
-
-    def warn(self, message: str) -> None:
-        for line in message.splitlines():
-            self.out.err(self.name, line)
 
 
 def restart_host(remote: PyinfraRemote) -> HostOutcome:
@@ -53,7 +37,7 @@ def restart(inventory: str | None) -> int:
         out = HostLines([h.name for h in hosts])
         for h in hosts:
             out.out(h.name, "restarting behind the health gate")
-            outcome = restart_host(_Printed(h.host, out))
+            outcome = restart_host(PrintedRemote(h.host, out))
             outcomes.append(outcome)
             if outcome.ok:
                 out.out(h.name, f"release {outcome.release} restarted and healthy")

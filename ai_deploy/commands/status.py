@@ -1,7 +1,8 @@
 """`ai-deploy status [--json]`: per host, the current release, kept releases, service, strategy,
-health (with when the app loaded), lock, GPU and the last lines of revisions.log. Every host of
-the inventory is shown, an unreachable one with why; the exit status is 1 when any host is
-unreachable or not healthy (health not 200, or its service not active)."""
+health (with when the app loaded), lock, GPU, the cache directory's size and the last lines of
+revisions.log. Every host of the inventory is shown, an unreachable one with why; the exit
+status is 1 when any host is unreachable or not healthy (health not 200, or its service not
+active)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import json
 import shlex
 from typing import Any
 
+from ai_deploy.commands.sizes import human_size
 from ai_deploy.commands.when import when_text
 from ai_deploy.host import strategies
+from ai_deploy.host.cache import CacheState, parse_state, state_script
 from ai_deploy.host.facts import AppTree, read_tree
 from ai_deploy.host.gpu import parse_probe as parse_gpu_probe
 from ai_deploy.host.gpu import probe_script as gpu_probe_script
@@ -19,12 +22,12 @@ from ai_deploy.host.release.health import parse_probe, probe_script
 from ai_deploy.host.release.lock import describe_lock
 from ai_deploy.host.release.models import models_script, parse_models
 from ai_deploy.host.remote import PyinfraRemote
+from ai_deploy.host.safetext import safe_text
 from ai_deploy.inventory import connected_partly
 
 
 def layout_of(h: PyinfraRemote) -> Layout:
-    d = h.data
-    return Layout(d.app_root, d.app_name, d.app_log_dir)
+    return Layout.from_data(h.data)
 
 
 def strategy_line(tree: AppTree, layout: Layout) -> str:
@@ -39,6 +42,15 @@ def lock_line(tree: AppTree) -> str:
     if tree.lock is None and tree.lock_raw is None:
         return "free"
     return f"held by {describe_lock(tree.lock)}"
+
+
+def cache_line(cache: CacheState) -> str:
+    if not cache.present:
+        return f"{cache.path}: not there yet (the next deploy makes it)"
+    return (
+        f"{cache.path}, {human_size(cache.size_bytes)} "
+        f"({cache.owner}:{cache.group}, mode {cache.mode})"
+    )
 
 
 def health_fields(code: int, body: str) -> dict[str, Any]:
@@ -92,6 +104,7 @@ def host_report(h: PyinfraRemote) -> dict[str, Any]:
         "lock_line": lock_line(tree),
         "gpu": gpu.summary() if gpu.has_gpu else None,
         "models": list(parse_models(h.run(models_script(layout)).stdout).get(tree.current, ())),
+        "cache": parse_state(layout, h.run(state_script(layout)).stdout).to_dict(),
         "revisions": log,
     }
     report["healthy"] = is_healthy(report)
@@ -135,6 +148,8 @@ def render(report: dict[str, Any], now: float | None = None) -> list[str]:
     for m in report.get("models") or []:
         state = "verified" if m["verified"] else "NOT verified"
         lines.append(f"  model:     {m['name']} {m['version']}, {m['size_bytes']} bytes, {state}")
+    if report.get("cache"):
+        lines.append(f"  cache:     {cache_line(CacheState(**report['cache']))}")
     lines.append("  revisions.log:")
     lines += [f"    {line}" for line in report["revisions"] or ["(empty)"]]
     return lines
@@ -152,7 +167,7 @@ def show_status(inventory: str | None, as_json: bool = False) -> int:
                 report = unreachable_report(name, address, reached.unreachable[name])
             reports.append(report)
             if not as_json:
-                print("\n".join(render(report)), flush=True)
+                print(safe_text("\n".join(render(report))), flush=True)
     if as_json:
         print(json.dumps(reports, indent=2))
     return 0 if all(r["healthy"] for r in reports) else 1

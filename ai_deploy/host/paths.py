@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 VENV_COMPLETE = ".ai-deploy-complete"  # a venv holding it was built to the end
 ARTIFACT_SHA256 = ".artifact-sha256"  # in a release: the sha256 of the artifact it came from
@@ -14,15 +16,45 @@ UNIT_DIR = "/etc/systemd/system"
 NGINX_SITES_AVAILABLE = "/etc/nginx/sites-available"
 NGINX_SITES_ENABLED = "/etc/nginx/sites-enabled"
 COLOURS = ("blue", "green")
+CACHE_DIR = "cache"  # under app_root, unless app_cache_dir names another directory
+# What the deploy keeps directly under app_root: a cache directory may not be one of them.
+APP_TREE_NAMES = (
+    "releases",
+    "venvs",
+    "models",
+    "healthy",
+    "colors",
+    "current",
+    "previous",
+    ".incoming",
+    ".staging",
+    LOCK_DIR,
+    ".env",
+    "revisions.log",
+)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Paths and unit names for one app on one host (app_root, app_name and app_log_dir)."""
+    """Paths and unit names for one app on one host (app_root, app_name, app_log_dir and
+    app_cache_dir)."""
 
     app_root: str
     app_name: str
     log_dir: str
+    cache_setting: str | None = None  # app_cache_dir: None for <app_root>/cache
+
+    @classmethod
+    def from_data(cls, data: Any) -> Layout:
+        """The layout of host DATA (pyinfra's host.data, or a mapping of group_data names)."""
+        get = data.get if isinstance(data, Mapping) else lambda name: getattr(data, name, None)
+        cache = get("app_cache_dir")
+        return cls(
+            str(get("app_root")),
+            str(get("app_name")),
+            str(get("app_log_dir")),
+            str(cache) if cache else None,
+        )
 
     # --- the app tree (shell-quoted: for scripts) ---
     @property
@@ -67,6 +99,16 @@ class Layout:
     @property
     def revisions(self) -> str:
         return f"{self.root}/revisions.log"
+
+    @property
+    def cache_dir(self) -> str:
+        """The service's persistent cache directory (its HOME), unquoted: for settings and
+        unit files."""
+        return self.cache_setting or f"{self.app_root.rstrip('/')}/{CACHE_DIR}"
+
+    @property
+    def cache(self) -> str:
+        return shlex.quote(self.cache_dir)
 
     def error_log(self, colour: str | None = None) -> str:
         name = f"{self.app_name}-{colour}" if colour else self.app_name

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ai_deploy.host.paths import Layout
+from ai_deploy.host.release.identity import RUN_ID, Machine, this_machine
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class Spec:
     who: str = field(default_factory=lambda: deploy_who())
     deployer: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    machine: Machine = field(default_factory=this_machine)  # with pid and run_id: the holder
+    run_id: str = RUN_ID
     artifact_remote: str | None = None
     artifact_sha256: str | None = None
     lock_hash: str | None = None

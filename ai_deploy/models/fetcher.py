@@ -10,10 +10,10 @@ fetch trusts it, verify hashes again), .partial/<sha256>.part (0600, dir 0700) r
 Stdout, one line per event, never the token (RESULT's JSON is for programs, the rest for people):
   PRESENT sha path | MISSING sha path | VERIFIED sha path | DAMAGED sha path got=SHA
   PROGRESS sha path bytes total rate_bytes_s eta_s | DONE sha path bytes seconds
-  NOSPACE need=N free=M path=STORE | MISMATCH path expected=SHA got=SHA | ERROR path: why
+  NOSPACE need=N free=M path=STORE | ERROR path: why | MISMATCH path expected=SHA got=SHA
   RESULT {"exit": N, "files": [{"sha256", "path", "state", ...}]}
 Exit: 0 done, 2 bad job, 3 not enough space (before any download), 4 a download did not match
-its sha256 (its partial deleted), 5 any other failure (partials kept for the next run).
+its sha256 or its size (its partial deleted), 5 any other failure (partials kept for the next run).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ DEFAULTS.update(backoff_s=1.0, timeout_s=60.0, progress_every_s=10.0, run=None) 
 DEFAULTS.update(metadata_host="metadata.google.internal", gcs_base="https://storage.googleapis.com")
 TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
 SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+TOKEN = re.compile(r"[\x21-\x7e]+\Z")  # one line of printable ASCII: a header can carry it
 NET_ERRORS = (OSError, http.client.HTTPException)  # timeouts, resets, short reads, refusals
 
 
@@ -77,6 +78,8 @@ def load_job(path: str) -> dict:
     job = dict(DEFAULTS, **given)
     schemes = ("gs://", "https://") + (("http://",) if job["allow_http"] is True else ())
     numbers = ("retries", "reserve_bytes", "backoff_s", "timeout_s", "progress_every_s")
+    token, token_ok = job["token"], job["token"] is None  # a token goes in a header: one line
+    token_ok = token_ok or (isinstance(token, str) and TOKEN.match(token) is not None)
     for bad, why in (  # in order: each rule may count on the ones before
         (lambda: unknown or missing, f"unknown keys {unknown}, missing keys {missing}"),
         (lambda: not os.path.isabs(str(job["store"])), "store must be an absolute path"),
@@ -85,7 +88,8 @@ def load_job(path: str) -> dict:
         (lambda: not re.match(r"[\w.:\[\]-]+\Z", str(job["metadata_host"])), "bad metadata_host"),
         (lambda: any(type(job[k]) not in (int, float) or job[k] < 0 for k in numbers),
          f"each of {', '.join(numbers)} must be a number >= 0"),
-        (lambda: not isinstance(job["token"], (str, type(None))), "token must be a string or null"),
+        (lambda: not token_ok,
+         "token must be a string or null: one line of printable ASCII (not shown)"),
         (lambda: not isinstance(job["files"], list), "files must be a list"),
         (lambda: not all(good_file(item, schemes) for item in job["files"]),
          f"each file needs sha256 (64 hex), size, path, url ({', '.join(schemes)})"),
@@ -179,7 +183,9 @@ class Store:
             say("VERIFIED", sha, path)
             return "verified"
         for name in (self.blob(sha) + ".verified", self.blob(sha)):
-            if os.path.lexists(name):
+            if os.path.isdir(name) and not os.path.islink(name):
+                shutil.rmtree(name)  # a directory where the blob goes, never a file of ours
+            elif os.path.lexists(name):
                 os.unlink(name)
         say("DAMAGED", sha, path, "got=" + got)
         return "damaged"
@@ -208,6 +214,13 @@ class Fetcher:
         self.web, self.gcs = build_opener(Redirects(*schemes)), build_opener(Redirects())
         self.metadata = build_opener(ProxyHandler({}), Redirects())  # never through a proxy
 
+    def shown(self, exc: Exception) -> str:
+        """EXC as words, with no token in them (in any quoting)."""
+        text = f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        for token in (t for t in (self.token, self.job["token"]) if t):  # printable: as written
+            text = text.replace(token, "<token>")
+        return text
+
     def bearer(self, refresh: bool) -> str:
         if self.token and not refresh and time.time() < self.token_until:
             return self.token
@@ -216,7 +229,10 @@ class Fetcher:
         try:
             with self.metadata.open(request, timeout=self.timeout) as response:
                 answer = json.loads(response.read(1 << 16).decode())
-            self.token = str(answer["access_token"])
+            token = answer["access_token"]
+            if not TOKEN.match(token):  # a str (else TypeError, below) of printable ASCII
+                raise Stop(FAILED, "ERROR metadata server: its access_token is not one line")
+            self.token = token
             self.token_until = time.time() + float(answer.get("expires_in", 300)) - 60
             return self.token
         except NET_ERRORS as exc:
@@ -236,6 +252,7 @@ class Fetcher:
                 url = f"{self.gcs_base}/b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
                 url, opener = url + "?alt=media", self.gcs
                 headers["Authorization"] = "Bearer " + self.bearer(refresh)
+            url = re.sub(r"[^\x00-\x7f]", lambda c: quote(c.group()), url)  # as browsers do
             return opener.open(Request(url, headers=headers), None, self.timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
@@ -272,10 +289,12 @@ class Fetcher:
                     time.sleep(min(self.job["backoff_s"] * 2 ** (failures - 1), 30))
             f.flush()
             os.fsync(f.fileno())
-        got = download.digest.hexdigest() if download.have <= size else f"more-than-{size}-bytes"
-        if got != sha:
+        have = download.have
+        got = download.digest.hexdigest() if have <= size else f"more-than-{size}-bytes"
+        if got != sha or have < size:  # short: refused even when its sha256 is the one named
             os.unlink(part)
-            raise Stop(MISMATCH, f"MISMATCH {path} expected={sha} got={got}")
+            short = f" ({have} of {size} bytes)" if have < size else ""
+            raise Stop(MISMATCH, f"MISMATCH {path} expected={sha} got={got}{short}")
         self.store.install(sha)
         seconds = round(time.monotonic() - started, 3)
         say("DONE", sha, path, size, seconds)
@@ -357,8 +376,8 @@ def run(job: dict, results: list) -> int:
             entry["state"] = "failed"  # until the fetch returns
             try:
                 entry.update(fetcher.fetch(item))
-            except OSError as exc:
-                raise Stop(FAILED, f"ERROR {item['path']}: {exc}") from None
+            except (OSError, ValueError) as exc:  # ValueError: a URL or header urllib refuses
+                raise Stop(FAILED, f"ERROR {item['path']}: {fetcher.shown(exc)}") from None
     return OK
 
 
@@ -369,8 +388,9 @@ def main(argv: list) -> int:
     results: list = []
     try:
         code = run(load_job(argv[1]), results)
-    except (Stop, OSError) as exc:
+    except Exception as exc:  # a Stop, the store's OSError, or a fault here (its type only)
         code, line = exc.args if isinstance(exc, Stop) else (FAILED, f"ERROR store: {exc}")
+        line = line if isinstance(exc, (Stop, OSError)) else f"ERROR fetcher: {type(exc).__name__}"
         say(line)
     say("RESULT", json.dumps({"exit": code, "files": results}))
     return code

@@ -123,9 +123,14 @@ def _url_problem(url: str, allow_http: bool) -> str | None:
     if not sep or scheme not in ("https", "http"):
         allowed = "https://, gs:// or http://" if allow_http else "https:// or gs://"
         return f"url {url!r} must start with {allowed}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an IPv6 address without its closing ]
+        return f"url {url!r} is not a valid URL ({exc})"
     if any(c.isspace() for c in url) or "@" in parts.netloc:
         return f"url {url!r}: no whitespace (percent-encode it) and no user@ (it would be logged)"
+    if not (parts.hostname or "").isascii():
+        return f"url {url!r}: write the host name in ASCII (its xn-- form)"
     try:
         return None if parts.hostname and parts.port != 0 else f"url {url!r} has no host"
     except ValueError:

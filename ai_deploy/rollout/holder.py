@@ -5,27 +5,32 @@ It connects to the chosen hosts of the inventory, takes every host's deploy lock
 order (by host name, so two rollouts over overlapping fleets cannot each hold a part), with the
 rollout's token in the lock's info, and reads each host's state. A host already locked stops
 it before anything changes: the locks it took are dropped and the holder is named. While the
-rollout runs, it renews every lease; when its stdin closes (the rollout ended, or died), it
-drops the locks. With `facts` it takes nothing: it reads and prints the state (`--plan`).
+rollout runs, it renews every lease, all hosts at once (ai_deploy.rollout.leases), and says at
+once when one is lost; when its stdin closes (the rollout ended, or died), it drops the locks.
+With `facts` it takes nothing: it reads and prints the state (`--plan`).
 
 stdout protocol: `SETTINGS <json>` (the rollout's settings), `FACTS <json>` per host, then
 `HELD` (or `DONE` for facts); `UNKNOWN`, `UNREACHABLE` or `REFUSED <host>\\t<why>` end it
-with exit 2, 4 or 3; `RELEASED` at the end."""
+with exit 2, 4 or 3; after `HELD`, `LOST <host>\\t<why>` as soon as a host's lease is lost
+(the holder goes on renewing the others); `RELEASED` at the end."""
 
 from __future__ import annotations
 
 import json
+import os
 import select
 import sys
+import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ai_deploy.host.facts import read_tree
 from ai_deploy.host.outcome import DeployFailed
-from ai_deploy.host.release.lease import renew_script
-from ai_deploy.host.release.lock import acquire_lock, release_script
+from ai_deploy.host.release.lock import acquire_lock
 from ai_deploy.host.settings import Spec
 from ai_deploy.inventory import RemoteError, connected_partly
+from ai_deploy.rollout.leases import BoundedRemote, FleetLeases, HeldLock
 from ai_deploy.rollout.plan import HostFacts
 
 SETTINGS = ("rollout_canary", "rollout_batch_size", "rollout_wait_s")
@@ -36,9 +41,13 @@ def _get(data: Any, name: str) -> object:
     return value if isinstance(value, (int, float, str)) or value is None else str(value)
 
 
+_OUT = threading.Lock()  # renewal threads write LOST lines too
+
+
 def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    with _OUT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
@@ -60,21 +69,14 @@ def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
     )
 
 
-def _release_all(taken: list[tuple[Any, Spec]], token: str) -> None:
-    for remote, spec in reversed(taken):
-        remote.run(release_script(spec.layout, token=token))
-
-
-def _wait_for_eof(every_s: float, renew: Any) -> None:
-    """Until stdin closes, call RENEW every EVERY_S seconds."""
-    next_at = time.monotonic() + every_s
+def _wait_for_eof() -> None:
+    """Until stdin closes (select, not a blocking read: under gevent it lets the renewal
+    threads run)."""
+    fd = sys.stdin.fileno()
     while True:
-        ready, _, _ = select.select([sys.stdin], [], [], max(0.0, next_at - time.monotonic()))
-        if ready and not sys.stdin.readline():
+        select.select([fd], [], [])
+        if not os.read(fd, 4096):
             return
-        if time.monotonic() >= next_at:
-            renew()
-            next_at = time.monotonic() + every_s
 
 
 def main(argv: list[str]) -> int:
@@ -95,46 +97,58 @@ def main(argv: list[str]) -> int:
             if name in reached.unreachable:
                 _out(f"UNREACHABLE {name}\t{reached.unreachable[name]}")
                 return 4
-        taken: list[tuple[Any, Spec]] = []
-        specs = {}
-        for name in names:
-            remote = by_name[name]
-            spec = Spec.from_data(remote.data, action="rollout", release_id=release)
-            specs[name] = spec
-            if mode != "hold":
-                continue
-            try:
-                acquire_lock(remote, spec, token=token)
-            except DeployFailed as exc:
-                _release_all(taken, token)
-                _out(f"REFUSED {name}\t{exc}")
-                return 3
-            taken.append((remote, spec))
-        first = by_name[names[0]].data if names else {}
-        _out("SETTINGS " + json.dumps({k: _get(first, k) for k in SETTINGS}))
-        for name in names:
-            _out("FACTS " + _facts(by_name[name], specs[name], reached.addresses[name]).to_json())
+        specs = {
+            name: Spec.from_data(by_name[name].data, action="rollout", release_id=release)
+            for name in names
+        }
         if mode != "hold":
+            _report_state(reached, names, specs, by_name)
             _out("DONE")
             return 0
-        _out("HELD")
-        lease = min(spec.lock_lease_s for _, spec in taken)
-
-        def renew() -> None:
-            for remote, spec in taken:
-                if not remote.run(renew_script(spec, token)).ok:
-                    print(
-                        f"ai-deploy: the rollout's lock on {remote.name} is not ours any more",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-
+        lease_s = min(spec.lock_lease_s for spec in specs.values())
+        leases = FleetLeases(token, lease_s, lambda host, why: _out(f"LOST {host}\t{why}"))
+        bounded = {name: BoundedRemote(by_name[name], leases.bound_s) for name in names}
         try:
-            _wait_for_eof(max(1.0, lease / 4), renew)
+            refused = _take_all([(name, bounded[name], specs[name]) for name in names], leases)
+            if refused:
+                return refused
+            _report_state(reached, names, specs, bounded)
+            _out("HELD")
+            _wait_for_eof()
         finally:
-            _release_all(taken, token)
+            leases.release()
         _out("RELEASED")
         return 0
+
+
+def _take_all(hosts: list[tuple[str, BoundedRemote, Spec]], leases: FleetLeases) -> int:
+    """Every host's lock, in order, each renewed by LEASES from the moment it is taken; 0, or
+    the exit code after REFUSED or UNREACHABLE (the locks taken are dropped)."""
+    for name, remote, spec in hosts:
+        taking = time.monotonic()
+        held = HeldLock(name, remote.inner, spec, renewed_at=taking)
+        try:
+            acquire_lock(remote, spec, token=leases.token)
+        except DeployFailed as exc:
+            leases.release()
+            _out(f"REFUSED {name}\t{exc}")
+            return 3
+        except Exception as exc:  # no answer within the bound: it may hold our lock now
+            leases.release(also=[held])
+            why = f"no answer within {leases.bound_s:.0f} s while taking its lock"
+            _out(f"UNREACHABLE {name}\t{why} ({exc!r})")
+            return 4
+        leases.add(held)
+    return 0
+
+
+def _report_state(
+    reached: Any, names: list[str], specs: dict[str, Spec], remotes: Mapping[str, Any]
+) -> None:
+    first = remotes[names[0]].data if names else {}
+    _out("SETTINGS " + json.dumps({k: _get(first, k) for k in SETTINGS}))
+    for name in names:
+        _out("FACTS " + _facts(remotes[name], specs[name], reached.addresses[name]).to_json())
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 then the canary and each batch put live by one pyinfra run limited to its hosts, each host's
 health checked from outside, the switched hosts watched for rollout_wait_s between steps.
 Any failure stops it and switches every host it switched back to the release that host served
-before, through the same release gate, with the locks still held."""
+before, through the same release gate, with the locks still held. A lock the holder lost (its
+lease taken over, or a host silent for most of a lease) stops it before its next step or
+switch-back, and from then on it changes no host."""
 
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ def run_rollout(r: Rollout, sink: Callable[[Outcome], None] | None = None) -> Ou
         out = _planned(r, fleet, batches, has_canary, wait)
         if sink is not None:
             sink(out)
-        steps = _Steps(r, fleet.facts, out, wait)
+        steps = _Steps(r, fleet, out, wait)
         try:
             steps.run(batches, has_canary)
         except BaseException:
@@ -125,8 +127,8 @@ _HOST_OUTCOME = {
 
 
 class _Steps:
-    def __init__(self, r: Rollout, facts: dict[str, HostFacts], out: Outcome, wait: float):
-        self.r, self.facts, self.out, self.wait = r, facts, out, wait
+    def __init__(self, r: Rollout, fleet: Fleet, out: Outcome, wait: float):
+        self.r, self.fleet, self.facts, self.out, self.wait = r, fleet, fleet.facts, out, wait
         self.by_host = {x.host: x for x in out.results}
         self.switched: list[str] = []  # hosts this rollout put on the new release, in order
         self.running: list[str] = []  # the hosts of the step in progress
@@ -134,6 +136,8 @@ class _Steps:
     def run(self, batches: list[list[str]], has_canary: bool) -> None:
         for number, batch in enumerate(batches):
             label = batch_label(number, has_canary)
+            if self._lost(f"before {label}"):
+                return
             self.running = batch
             self.r.say(f"== {label}: {', '.join(batch)}")
             failure = self._step(batch) or self._outside_health(batch)
@@ -197,11 +201,33 @@ class _Steps:
                 return f"{name}: {why}"
         return ""
 
+    def _lost(self, where: str, due: Sequence[str] = (), failure: str = "") -> bool:
+        """True, with the outcome set, when a lock is lost: the rollout stops WHERE and changes
+        no host any more; DUE: the hosts that were to be switched back (after FAILURE) and
+        are not."""
+        lost = self.fleet.lost_lock()
+        if lost is None:
+            return False
+        self.r.say(f"rollout stopped {where}: {lost}; no host is changed any more")
+        for name in due:
+            self.by_host[name].detail = "not switched back: a lock was lost"
+        self.out.code = exitcodes.EXIT_SWITCH_BACK_FAILED if due else exitcodes.EXIT_DEPLOY
+        self.out.failed_phase = "rollback" if due else "deploy"
+        stopped = f"{lost}; stopped {where}, nothing more changed; {self._serving()}"
+        self.out.message = f"{failure}; {stopped}" if failure else stopped
+        return True
+
+    def _serving(self) -> str:
+        return "now serving: " + ", ".join(
+            f"{x.host}: {x.after or 'unknown'}" for x in self.out.results
+        )
+
     def _watch(self) -> str:
-        """The switched hosts' health, every interval, for the bake time."""
+        """The switched hosts' health, every interval, for the bake time (cut short, with no
+        failure, when a lock is lost: the next step's check stops the rollout)."""
         self.r.say(f"watching {len(self.switched)} host(s) for {self.wait:g} s")
         end = time.monotonic() + self.wait
-        while True:
+        while self.fleet.lost_lock() is None:
             for name in self.switched:
                 url = self.r.health.url_of(self.facts[name])
                 ok, why = check_health(url, 1, 0, self.r.health.timeout_s, lambda _: None)
@@ -211,6 +237,7 @@ class _Steps:
             if time.monotonic() >= end:
                 return ""
             time.sleep(min(self.r.health.interval_s, max(0.0, end - time.monotonic())))
+        return ""
 
     def _switch_back(self, failure: str) -> None:
         """Every switched host back to the release it served before, grouped by that release."""
@@ -223,7 +250,11 @@ class _Steps:
                 continue
             groups.setdefault(before, []).append(name)
         back_ok = True
-        for before, names in groups.items():
+        order = list(groups.items())
+        for number, (before, names) in enumerate(order):
+            due = [name for _, later in order[number:] for name in later]
+            if self._lost(f"before switching back {', '.join(due)}", due, failure):
+                return
             self.r.say(f"switching back {', '.join(names)} to {before}")
             data = [f"rollback={before}", f"rollout_lock_token={self.r.token}"]
             result = run_pyinfra_streamed(
@@ -248,5 +279,4 @@ class _Steps:
             # Hosts went back: the fleet serves the previous release again (15), whatever
             # stopped the rollout; with nothing to switch back, the failing step's code stays.
             self.out.code = exitcodes.EXIT_SWITCHED_BACK
-        where = ", ".join(f"{x.host}: {x.after or 'unknown'}" for x in self.out.results)
-        self.out.message = f"{failure}; now serving: {where}"
+        self.out.message = f"{failure}; {self._serving()}"

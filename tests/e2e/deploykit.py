@@ -30,6 +30,7 @@ from tests.e2e.conftest import Sandbox
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "ai-server"
 PYINFRA = REPO / ".venv" / "bin" / "pyinfra"
+PYTHON = REPO / ".venv" / "bin" / "python"
 APP_ROOT = "/app/ai-server"
 DEPLOY_TIMEOUT_S = 600.0
 
@@ -166,6 +167,34 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> str:
 def assert_failed(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode != 0, result.stdout
     return result.stdout
+
+
+# --- ai-deploy commands ---------------------------------------------------------------------
+
+
+def cli(
+    inventory: Path, verb: str, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`ai-deploy VERB -i INVENTORY ARGS` as users run it (VERB may be two words: "cache
+    clear"), outside GCP; never a traceback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GCP_ZONE", "GCP_INSTANCE")}
+    done = subprocess.run(
+        [str(PYTHON), "-m", "ai_deploy.cli", *verb.split(), "-i", str(inventory), *args],
+        cwd=REPO,
+        env={**env, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def cli_ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
 
 
 # --- what the host serves -------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -21,9 +22,11 @@ import pytest
 from ai_deploy.sandbox import hosts
 from tests.e2e.conftest import Sandbox, require_root
 from tests.e2e.deploykit import (
+    APP_ROOT,
     REPO,
     Artifact,
     assert_ok,
+    cli,
     example_artifact,
     health,
     main_pid,
@@ -31,6 +34,7 @@ from tests.e2e.deploykit import (
     run_deploy,
     serving_release,
 )
+from tests.e2e.deploykit import cli_ok as ok
 
 pytestmark = pytest.mark.e2e
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -54,29 +58,6 @@ def release(host: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Artifact
     assert_ok(run_deploy(host.inventory, artifact.data))
     assert serving_release(host.address) == artifact.release_id
     return artifact
-
-
-def cli(
-    inventory: Path, verb: str, *args: str, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("GCP_ZONE", "GCP_INSTANCE")}
-    done = subprocess.run(
-        [PYTHON, "-m", "ai_deploy.cli", verb, "-i", str(inventory), *args],
-        cwd=REPO,
-        env={**env, "NO_COLOR": "1"},
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        check=False,
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def test_logs_prints_the_last_lines_one_prefix_per_host(host: Sandbox, release: Artifact) -> None:
@@ -233,3 +214,36 @@ def test_status_shows_every_host_when_one_is_unreachable(
     assert reports[host.name]["healthy"] is True
     assert reports["dayverbs-gone"]["reachable"] is False
     assert "unreachable" in reports["dayverbs-gone"]["error"]
+
+
+# What a host writes (an app's log line, a revisions.log entry, a command's output) that would act
+# on the operator's terminal: OSC 52 (writes the clipboard), erase line + carriage return (hides
+# what came before), a right-to-left override (shows text reversed).
+HOSTILE = "\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2K\rall fine\u202eevil"
+TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_host_text_reaches_the_terminal_inert(host: Sandbox, release: Artifact) -> None:
+    log = shlex.quote("/var/log/dojangkok/ai-server.log")  # app_log_dir/app_name.log
+    journal = shlex.quote(f"{APP_ROOT}/revisions.log")
+    who = "mallory\x1b]52;c;cm0gLXJmIH4=\x07"  # releases shows who put a release in service
+    entry = f"2026-12-07T10:00:00Z deploy {release.release_id} ok by={who} reason={HOSTILE}"
+    host.sudo(f"cp -p {log} {log}.keep && cp -p {journal} {journal}.keep")
+    try:
+        host.sudo(f"printf '%s\\n' {shlex.quote(HOSTILE)} >> {log}")
+        host.sudo(f"printf '%s\\n' {shlex.quote(entry)} >> {journal}")
+        shown = {
+            "logs": cli(host.inventory, "logs", "--lines", "3").stdout,
+            "audit": cli(host.inventory, "audit").stdout,
+            "releases": cli(host.inventory, "releases").stdout,
+            "status": cli(host.inventory, "status").stdout,
+            "exec": cli(host.inventory, "exec", "--", "printf", "%s\\n", HOSTILE).stdout,
+        }
+    finally:
+        host.sudo(f"mv {log}.keep {log} && mv {journal}.keep {journal}")
+    for verb, out in shown.items():
+        assert TERMINAL_CONTROLS.search(out) is None, (verb, out)
+    for verb, out in shown.items():  # shown, as escapes
+        assert "\\x1b]52;c;cm0gLXJmIH4=\\x07" in out, (verb, out)
+    for verb in ("logs", "audit", "status", "exec"):
+        assert "\\x1b[2K" in shown[verb] and "all fine\\u202eevil" in shown[verb], verb

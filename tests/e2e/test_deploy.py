@@ -152,6 +152,7 @@ def test_fresh_host_deploy_serves_and_host_state_is_right(
         assert (env.user, env.group) == ("ai-server", "ai-server")
         # app_data_dirs is empty unless the settings name one.
         assert host.check_output(f"ls -A {APP_ROOT} | grep -v '^[.]' | sort").split() == [
+            "cache",
             "current",
             "healthy",
             "releases",
@@ -556,6 +557,6 @@ def test_env_file_content_never_shows_even_with_diff(
         assert mode == "600 ai-server ai-server"
     # Nothing of the content is left in a temporary file beside it.
     left = set(fresh_sandbox.sudo(f"ls -A {APP_ROOT}").split())
-    assert left == {".env", ".incoming", ".staging", "releases", "venvs"}
+    assert left == {".env", ".incoming", ".staging", "cache", "releases", "venvs"}
     staged = fresh_sandbox.sudo(f"grep -rl E2E-SECRET {APP_ROOT}/.staging /tmp || true")
     assert staged.strip() == ""

@@ -3,8 +3,8 @@
 For each strategy the example app, with a /probe endpoint added, is deployed to a fresh host;
 then `systemd-analyze security` scores each of the strategy's units at 3.5 or lower, the app
 still answers /health, and the probe, run inside the service itself, finds that it cannot
-become root or write its code, its venv, the units or /etc, that it can write its data dir,
-and that it opens the GPU stand-in but no other device.
+become root or write its code, its venv, the units or /etc, that it can write its data dir
+and its cache (HOME), and that it opens the GPU stand-in but no other device.
 
 The GPU stand-in (the sandbox has no NVIDIA driver): /dev/nvidia0 is a node with the numbers
 of /dev/net/tun (10:200), a device the container may open and that DevicePolicy=closed does
@@ -95,9 +95,11 @@ def probe() -> dict[str, object]:
         "etc": Path("/etc/probe-file"),
         "data": here.parent.parent / "chroma_db" / "probe-file",
         "tmp": Path("/tmp/probe-file"),
+        "cache": Path.home() / "probe-file",
     }
     return {
         "uid": os.getuid(),
+        "home": str(Path.home()),
         "release_dir": str(here),
         "venv": str(Path(_sys.prefix).resolve()),
         "no_new_privs": status["NoNewPrivs"].strip(),
@@ -194,7 +196,8 @@ def test_hardened_units_score_low_and_the_app_cannot_escape(
 ) -> None:
     """Acceptance: each unit of the strategy at 3.5 or lower; /health answers; from inside the
     running app `sudo -n true` fails, the release, venv, units and /etc are read-only, the data
-    dir is writable and the GPU stand-in opens while a device nobody allowed does not."""
+    dir and the cache (its HOME) are writable and the GPU stand-in opens while a device nobody
+    allowed does not."""
     sandbox = fresh_sandbox
     make_gpu_nodes(sandbox)
     data = (
@@ -231,6 +234,9 @@ def test_hardened_units_score_low_and_the_app_cannot_escape(
         assert write[target] == {"ok": False, "error": "EROFS"}, (target, write)
     assert write["data"] == {"ok": True, "error": ""}, write
     assert write["tmp"] == {"ok": True, "error": ""}, write
+    # HOME is the persistent cache directory, writable in every unit.
+    assert seen["home"] == "/app/ai-server/cache", seen
+    assert write["cache"] == {"ok": True, "error": ""}, write
     devices = seen["devices"]
     assert isinstance(devices, dict)
     assert devices[STAND_IN] == {"ok": True, "error": ""}, devices

@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +98,16 @@ class ModelHost:
         return self.sh(f"ls -1 {STORE}/.partial 2>/dev/null | grep -v '^\\.' || true").split()
 
     def release(
-        self, label: str, model_version: str, *files: tuple[str, Served, str], full: bool = False
+        self,
+        label: str,
+        model_version: str,
+        *files: tuple[str, Served, str],
+        full: bool = False,
+        fails: bool = False,
     ) -> Artifact:
         """The example app reading models/demo-model/<first file> at start, with a models.toml
-        naming FILES as (path in the model, served file, sha256 written in the manifest)."""
+        naming FILES as (path in the model, served file, sha256 written in the manifest);
+        FAILS: the app exits once it has read its model (its health gate fails)."""
         src = copy_example(self.work / label)
         main = src / "main.py"
         first = files[0][0]
@@ -128,6 +135,10 @@ class ModelHost:
                 "    raise SystemExit('the model file is damaged')\n"
                 "with _MODEL.open('rb') as _f:\n",
             )
+        if fails:
+            failing = "\nraise SystemExit('a release that fails')\n\n\n@app.get("
+            text = text.replace("\n\n\n@app.get(", failing, 1)
+            assert failing in text, "main.py changed: adapt the patch"
         main.write_text(f"{text}\n# {label}\n")
         entries = "".join(
             f'  [[models.files]]\n  path = "{p}"\n  url = "{s.url}"\n  sha256 = "{sha}"\n'
@@ -149,18 +160,25 @@ class ModelHost:
         return requests.get(f"http://{self.sandbox.address}:8000/model-file", timeout=5).json()
 
 
-@pytest.fixture(scope="module")
-def mh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelHost]:
-    started, inventory = boot("models")
+@contextmanager
+def model_host(label: str, work: Path) -> Iterator[ModelHost]:
+    """A fresh sandbox host (named after LABEL) with the file server running inside it."""
+    started, inventory = boot(label)
     sandbox = Sandbox(started[0], inventory)
     try:
         sandbox.put(SERVER, "/tmp/model_server.py")
         sandbox.sudo("install -m 0755 /tmp/model_server.py /opt/model_server.py")
-        host = ModelHost(sandbox, tmp_path_factory.mktemp("models"))
+        host = ModelHost(sandbox, work)
         host.start_server()
         yield host
     finally:
         hosts.down([h.name for h in started])
+
+
+@pytest.fixture(scope="module")
+def mh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelHost]:
+    with model_host("models", tmp_path_factory.mktemp("models")) as host:
+        yield host
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +212,10 @@ def test_1_a_model_is_fetched_verified_linked_and_read(mh: ModelHost, weights: S
         "750", "root", "ai-server", "750", "root", "ai-server",
     ]  # fmt: skip
     assert mh.sh(f"test -f {blob}.verified && echo yes").strip() == "yes"
-    link = mh.sh(f"readlink {APP_ROOT}/releases/{first.release_id}/models/demo-model").strip()
-    assert link == "../../../models/demo-model/v1"
+    tree = f"{APP_ROOT}/releases/{first.release_id}/models/demo-model"
+    assert mh.sh(f"stat -c '%F %a %U %G' {tree}").strip() == "directory 750 root ai-server"
+    link = mh.sh(f"readlink {tree}/weights.bin").strip()
+    assert link == f"../../../../models/blobs/{weights.sha256}"  # the release's own link
     assert mh.sh(f"readlink -f {APP_ROOT}/current/models/demo-model/weights.bin").strip() == blob
     # Not world-readable: a user outside the service's group cannot read it.
     probe = f"su -s /bin/sh nobody -c 'head -c1 {blob}' >/dev/null 2>&1 && echo read || echo no"
@@ -323,8 +343,7 @@ def test_7_prune_drops_what_no_kept_release_uses(mh: ModelHost, weights: Served)
     assert served.sha256 in blobs and f"{served.sha256}.verified" in blobs
     assert weights.sha256 not in blobs  # only the first releases used it: all pruned
     assert [b for b in blobs if not b.startswith(served.sha256)] == []
-    versions = mh.sh(f"ls -1 {STORE}/demo-model").split()
-    assert versions == ["v6"]
+    assert mh.sh(f"ls -1 {STORE}").split() == ["blobs"]  # no name/version layer
     assert mh.model_file()["bytes"] == served.size
 
 

@@ -1,5 +1,6 @@
 """A local stand-in for a GitHub-hosted runner, enough to run the workflow `ai-deploy init`
-writes (.github/workflows/ai-cicd.yml) from its YAML, as written.
+writes (.github/workflows/ai-cicd.yml) from its YAML, as written, for a push to a branch
+(`refs/heads/...`) or a pull request into main (`refs/pull/N/merge`, which the repository has).
 
 Jobs run in `needs` order, each on a fresh "runner" (its own workspace, RUNNER_TEMP, HOME and
 uv tool directories). A `run:` step is a script run with GitHub's default Linux shell
@@ -58,6 +59,11 @@ class Contexts:
     sha: str
     ref: str
     token: str
+
+    @property
+    def event(self) -> str:
+        """What triggered the run: a pull request's merge ref, else a push."""
+        return "pull_request" if self.ref.startswith("refs/pull/") else "push"
 
     def value(self, expr: str) -> str:
         found = re.fullmatch(r"(secrets|vars)\.([A-Za-z_][A-Za-z0-9_]*)", expr)
@@ -179,9 +185,10 @@ class Runner:
         on = spec.get("on", spec.get(True))  # YAML 1.1 reads a bare `on` key as True
         spec.pop(True, None)
         self._known(spec, _TOP_KEYS | {"on"}, "the workflow")
-        branches = (on or {}).get("push", {}).get("branches", [])
-        if self.ctx.ref.removeprefix("refs/heads/") not in branches:
-            raise RehearsalError(f"a push to {self.ctx.ref} does not trigger this workflow")
+        branches = ((on or {}).get(self.ctx.event) or {}).get("branches", [])
+        wanted = "main" if self.ctx.event == "pull_request" else self.ctx.ref
+        if wanted.removeprefix("refs/heads/") not in branches:
+            raise RehearsalError(f"a {self.ctx.event} of {self.ctx.ref} does not trigger this")
         needs = {job_id: self._needs(job) for job_id, job in spec["jobs"].items()}
         for job_id in TopologicalSorter(needs).static_order():
             self._run_job(spec, job_id, spec["jobs"][job_id])
@@ -232,6 +239,9 @@ class Runner:
             "RUNNER_TEMP": str(temp),
             **self.runner_env(job_id, spec.get("permissions") or {}),
         }
+        if self.ctx.event == "pull_request":
+            job.env |= {"GITHUB_EVENT_NAME": "pull_request", "GITHUB_BASE_REF": "main"}
+            job.env["GITHUB_REF_NAME"] = self.ctx.ref.removeprefix("refs/pull/")
         job.export({k: self.ctx.substitute(v) for k, v in (spec.get("env") or {}).items()})
         deadline = time.monotonic() + min(float(spec.get("timeout-minutes", 360)) * 60, 3600)
         deadline = min(deadline, time.monotonic() + self.max_job_s)
@@ -326,11 +336,12 @@ class Runner:
 
         branch = self.ctx.ref.removeprefix("refs/heads/")
         url = f"file://{self.app_repo}"
-        subprocess.run(
-            ["git", "clone", "-q", "--no-checkout", "--depth", "1", "-b", branch, url, str(ws)],
-            check=True,
-            capture_output=True,
-        )
+        clone = ["git", "clone", "-q", "--no-checkout", "--depth", "1"]
+        if self.ctx.event == "push":
+            subprocess.run([*clone, "-b", branch, url, str(ws)], check=True, capture_output=True)
+        else:  # a pull request: its merge ref, fetched as actions/checkout does
+            subprocess.run([*clone, url, str(ws)], check=True, capture_output=True)
+            git("fetch", "-q", "--depth", "1", "origin", f"+{self.ctx.ref}:{self.ctx.ref}")
         sparse = inputs.get("sparse-checkout", "").split()
         if sparse:
             cone = inputs.get("sparse-checkout-cone-mode", "true") != "false"

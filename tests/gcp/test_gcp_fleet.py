@@ -46,6 +46,7 @@ from tests.gcp.flowkit_fleet import (
     renew_host_keys,
     table_rows,
 )
+from tests.gcp.flowkit_servers import WebhookReceiver
 
 pytestmark = [pytest.mark.gcp]
 
@@ -256,4 +257,36 @@ def test_an_instance_without_the_target_tag_stops_before_any_rule(
     assert "failed phase: config" in output
     assert fleet.rules_created() == []
     assert mutating_compute_requests(fleet.fake) == []
+    fleet.assert_nothing_left(output)
+
+
+def _deploy_state(fleet: FleetFlow) -> dict[str, str]:
+    """Each instance's releases, links, venvs, lock, revisions.log and service process."""
+    script = (
+        "cd /app/ai-server && ls -1 releases venvs && readlink current previous; "
+        "if [ -e .deploy.lock ]; then echo LOCKED; fi; cat revisions.log; "
+        "systemctl show -p MainPID -p ActiveState ai-server.service"
+    )
+    return {m.instance: guest_output(m.host, script) for m in fleet.members}
+
+
+@pytest.mark.parametrize("preview", ["--dry-run", "--plan"])
+def test_a_preview_of_a_label_fleet_changes_nothing_and_tells_nobody(
+    fleet: FleetFlow, releases: dict[str, Release], preview: str
+) -> None:
+    _deploy_until_served(fleet, releases["fleet"])
+    before = _deploy_state(fleet)
+    assert "LOCKED" not in "".join(before.values())
+    receiver = WebhookReceiver()
+    try:
+        code, output = fleet.deploy(releases["next"].path, preview, env=receiver.env())
+    finally:
+        receiver.stop()
+
+    assert code == 0, output
+    assert releases["next"].release_id in output
+    assert _deploy_state(fleet) == before
+    for m in fleet.members:
+        assert m.release_served() == releases["fleet"].release_id
+    assert receiver.deliveries == [], "a preview sent a notification"
     fleet.assert_nothing_left(output)

@@ -229,8 +229,14 @@ def _app_repository(root: Path, fake: FakeGcp) -> tuple[Path, str]:
     _git(repo, "commit", "-q", "-m", "The AI server")
     target = ["--project", fake.state.project, "--zone", fake.state.instance.zone]
     target += ["--instance", fake.state.instance.name, "--repository", REPOSITORY]
+    init_and_commit(repo, *target)
+    return repo, _git(repo, "rev-parse", "HEAD")
+
+
+def init_and_commit(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ai-deploy init ARGS -e production .` in REPO, its files committed."""
     init = subprocess.run(
-        [sys.executable, "-m", "ai_deploy.cli", "init", *target, "-e", ENVIRONMENT, "."],
+        [sys.executable, "-m", "ai_deploy.cli", "init", *args, "-e", ENVIRONMENT, "."],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -240,7 +246,7 @@ def _app_repository(root: Path, fake: FakeGcp) -> tuple[Path, str]:
     assert init.returncode == 0, init.stderr
     _git(repo, "add", "ai-deploy.toml", ".github/workflows/ai-cicd.yml")
     _git(repo, "commit", "-q", "-m", "Deploy with ai-deploy")
-    return repo, _git(repo, "rev-parse", "HEAD")
+    return init
 
 
 def _failed_steps(jobs: dict[str, Job]) -> str:

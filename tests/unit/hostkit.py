@@ -415,7 +415,10 @@ class FakeHost:
     def spec(self, release_id: str = "", *, action: str = "deploy", **overrides: Any) -> Spec:
         run = {
             k: overrides.pop(k)
-            for k in ("artifact_remote", "artifact_sha256", "lock_hash", "who", "pid", "deployer")
+            for k in (
+                *("artifact_remote", "artifact_sha256", "lock_hash"),
+                *("who", "pid", "deployer", "machine", "run_id"),
+            )
             if k in overrides
         }
         run.setdefault("deployer", DEPLOYER)

@@ -173,3 +173,114 @@ def test_a_token_right_after_a_colour_code_is_redacted() -> None:
     line = "\x1b[33mOPENAI_API_KEY=\x1b[0m\x1b[31msk-abc123def456ghi789\x1b[0m failed"
     assert "sk-abc123def456ghi789" not in redact(line)
     assert "sk-abc123def456ghi789" not in LineRedactor()(line + "\n")
+
+
+# --- the shapes an app's error log really has ----------------------------------------------
+
+NASTY = [
+    # passwords in URLs, split where Python's urllib splits them (the last @ of the authority)
+    ("sqlalchemy: postgresql://app:Pa55word@db.internal:5432/app refused", "Pa55word"),
+    ("redis.exceptions.AuthenticationError redis://:r3d1s-pw@cache:6379/0", "r3d1s-pw"),
+    ("fetching https://deploy:gh-pw-1@git.example.com/x.git", "gh-pw-1"),
+    ("mongodb+srv://svc:p@ss@w0rd@cluster0.example.net/?retryWrites=true", "p@ss@w0rd"),
+    ("amqp://guest:Gu3st%40home@mq:5672//", "Gu3st%40home"),
+    # camelCase and glued names
+    ("config: {'clientSecret': 'cs-1234abcd'}", "cs-1234abcd"),
+    ("dbPassword=hunter2hunter2 rejected", "hunter2hunter2"),
+    ('{"accessToken":"at.12345678"}', "at.12345678"),
+    ("OpenAIApiKey=k3y-material", "k3y-material"),
+    ("PGPASSWORD=pg-s3cret psql -h db", "pg-s3cret"),
+    ("mysql -u root --password hunter2x -h db", "hunter2x"),
+    # Authorization of every scheme, any case
+    ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA=="),
+    ("headers={'authorization': 'Basic YWxhZGRpbjpvcGVu'}", "YWxhZGRpbjpvcGVu"),
+    ("AUTHORIZATION: BEARER abcdefghijklmnopqrstuv", "abcdefghijklmnopqrstuv"),
+    ("sent bearer abcdefghijklmnopqrstuv to the API", "abcdefghijklmnopqrstuv"),
+    ('Authorization: Digest username="u", response="6629fae49393a053"', "6629fae49393a053"),
+    # values with spaces: quoted anywhere, or the rest of a line that is only the assignment
+    ("Settings(db_password='correct horse battery staple', debug=True)", "horse battery"),
+    ('{"password": "two \\"quoted\\" words"}', "quoted"),
+    ('{"msg": "{\\"password\\": \\"inner json words\\"}"}', "json words"),
+    ("PASSWORD=correct horse battery staple", "battery staple"),
+    ("  export API_SECRET=with spaces in it", "spaces in it"),
+    ("- password: my pass phrase", "pass phrase"),
+    # shaped tokens
+    ("HF_HUB_TOKEN missing; tried hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567", "hf_AbCdEfGh"),
+    ("stripe.error: sk_live_51HxYzAbCdEfGhIjKlMn", "sk_live_51HxYz"),
+    ("stripe: rk_test_51HxYzAbCdEfGhIjKlMn", "rk_test_51HxYz"),
+    ("oauth client GOCSPX-AbCdEfGhIjKlMnOpQrStUv", "GOCSPX-AbCdEf"),
+    # signed URLs
+    (
+        "GET https://storage.googleapis.com/b/o?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+        "&X-Goog-Credential=sa%40p.iam&X-Goog-Signature=5e1f0a9b8c7d6e5f&X-Goog-Expires=900",
+        "5e1f0a9b8c7d6e5f",
+    ),
+    ("https://b.s3.amazonaws.com/o?AWSAccessKeyId=AKID&Signature=abc%2Bdef%3D&Expires=1", "abc%2B"),
+    ("https://b.s3.amazonaws.com/o?X-Amz-Security-Token=FwoGZXIvYXdzE&X-Amz-Date=1", "FwoGZXIv"),
+    ("https://acct.blob.core.windows.net/c/b?sv=2022-11-02&sig=Zm9vYmFy%3D&se=2026", "Zm9vYmFy"),
+    # all-capitals values are secrets unless made of placeholder words
+    ("API_KEY=HUNTER2HUNTER2", "HUNTER2HUNTER2"),
+    ("ADMIN_PASSWORD=CORRECTHORSEBATTERY", "CORRECTHORSEBATTERY"),
+]
+
+
+@pytest.mark.parametrize(("line", "secret"), NASTY)
+def test_the_common_shapes_of_secrets_are_redacted(line: str, secret: str) -> None:
+    shown = redact(line)
+    assert secret not in shown, shown
+    assert "***" in shown
+    assert any(secret in found for found in find_secrets(line))
+    assert secret not in LineRedactor()(line + "\n")
+
+
+def test_a_multi_word_value_is_masked_whole_and_by_its_first_word(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mask_secret_like("PASSWORD=correct horse battery staple", GHA)
+    masked = capsys.readouterr().out.splitlines()
+    assert "::add-mask::correct horse battery staple" in masked
+    assert "::add-mask::correct" in masked
+
+
+def test_only_the_password_of_a_url_is_blanked() -> None:
+    assert (
+        redact("connecting to postgresql://app:Pa55word@db:5432/app?sslmode=require")
+        == "connecting to postgresql://app:***@db:5432/app?sslmode=require"
+    )
+    assert redact("redis://:pw-1234@cache:6379/0") == "redis://:***@cache:6379/0"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "prompt_tokens=12 completion_tokens=80 max_tokens=512 total_tokens=92",
+        "tokenizer: loaded from /models/llama/tokenizer.json",
+        "git@github.com:org/repo.git fetched",
+        "ssh root@10.201.0.5 -p 22",
+        "postgresql://localhost:5432/app is up",
+        "postgresql://user:password@localhost/db (the example in the docs)",
+        "DATABASE_URL=postgresql://app:${DB_PASSWORD}@db/app",
+        "password authentication failed for user app",
+        "Basic setup done; Bearer tokens accepted",
+        "Authorization: missing header",
+        "KeyError: 'model_path'",
+        "OPENAI_API_KEY=YOUR_OPENAI_KEY",
+        "export TOKEN=$GITHUB_TOKEN",
+        "password: ********",
+        "signature verified for release 20260101-abcdef",
+        'INFO: 10.0.0.7:51234 - "GET /health HTTP/1.1" 200 OK',
+        "hf_hub_download(repo_id='org/model', filename='model.safetensors')",
+        "loaded 32 layers in 3.2 s (key cache 2.1 GiB)",
+    ],
+)
+def test_ordinary_log_text_is_not_masked_away(line: str) -> None:
+    assert find_secrets(line) == []
+    assert redact(line) == line
+
+
+def test_a_long_line_without_secrets_is_redacted_quickly() -> None:
+    """A base64 blob or a minified line of 60 000 characters (humps everywhere) comes back
+    unchanged without the patterns backtracking for ever (a hang would time the suite out)."""
+    blob = "aB3xY" * 12_000
+    assert redact(blob) == blob
+    assert redact("key " + blob) == "key " + blob

@@ -111,8 +111,10 @@ def test_exec_script_quotes_the_command_and_runs_it_as_the_service_user() -> Non
         "svc",
         "grp",
         ["python", "-c", "print('a b'); import os"],
+        {"HOME": "/app/ai-server/cache", "X": "a 'b'"},
     )
     assert "--uid=svc --gid=grp" in script
+    assert """-E HOME=/app/ai-server/cache -E 'X=a '"'"'b'"'"''""" in script
     assert "EnvironmentFile=-/app/ai-server/.env" in script
     assert 'VIRTUAL_ENV="$d/.venv"' in script
     assert script.rstrip().endswith("""sh python -c 'print('"'"'a b'"'"'); import os'""")

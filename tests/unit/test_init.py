@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ai_deploy.appinit.lint_test import LintTest
 from ai_deploy.appinit.workflow import render_workflow
 from ai_deploy.gcp.iap import IAP_ROLE, create_rule_command
 from ai_deploy.gcp.permissions import IAP_ROLE_ID, WINDOW_ROLE_ID
@@ -62,11 +63,11 @@ def test_init_writes_the_settings_and_the_workflow_and_prints_the_setup(app: Pat
             assert f"\n# {name} = " in settings, name
     assert '# deploy_strategy = "socket"' in settings
     workflow = (app / ".github" / "workflows" / "ai-cicd.yml").read_text()
-    assert workflow == render_workflow("ai-server", "production", "3.10")
+    assert workflow == render_workflow("ai-server", "production", "3.10", LintTest.of(app))
     out = proc.stdout
     assert "wrote ai-deploy.toml, .github/workflows/ai-cicd.yml" in out
     assert "gcloud iam workload-identity-pools create github --project dojangkok-ai" in out
-    assert "assertion.repository == 'dojangkok/ai-server'" in out
+    assert "assertion.repository_id == '$REPOSITORY_ID'" in out  # see test_init_setup.py
     assert f"gcloud iam roles create {WINDOW_ROLE_ID} --project dojangkok-ai" in out
     assert "- compute.firewalls.create" in out
     assert "gcloud compute instances add-tags ai-server-prod" in out
@@ -169,7 +170,7 @@ def test_a_new_teams_layout_is_found_and_used_by_the_build(tmp_path: Path) -> No
         text=True,
         check=False,
     )
-    assert refused.returncode != 0 and "nowhere.py is missing" in refused.stderr
+    assert refused.returncode != 0 and "no nowhere.py or src/nowhere.py" in refused.stderr
 
 
 def test_init_without_a_fastapi_app_says_what_it_looked_for(app: Path) -> None:

@@ -144,6 +144,9 @@ def test_the_message_names_the_entry_as_documented() -> None:
         ({"url": "https://example.com/a b"}, "no whitespace"),
         ({"url": "https:///w"}, "has no host"),
         ({"url": "https://example.com:99999/w"}, "has a bad port"),
+        ({"url": "https://[::1/w"}, "is not a valid URL (Invalid IPv6 URL)"),
+        ({"url": "https://[::1"}, "is not a valid URL"),
+        ({"url": "https://exämple.com/w"}, "write the host name in ASCII"),
         ({"url": "https://example.com/" + "x" * 2048}, "at most 2048 characters"),
         ({"url": None}, "missing 'url'"),
         ({"sha265": SHA_A, "sha256": None}, "unknown key 'sha265' (did you mean 'sha256'?"),
@@ -164,6 +167,8 @@ def test_a_bad_file_entry_is_refused_naming_it(changes: dict[str, Any], expected
         f"gs://{'a' * 63}/w",
         "gs://" + ".".join(["a" * 63] * 3) + ".abcdefghijklmnopqrstuvwxyz0123/w",  # 222 long
         "https://example.com:8443/a/b?signature=x",
+        "https://[::1]:8443/w",
+        "https://example.com/modèles/poids.bin",  # sent percent-encoded by the fetcher
     ],
 )
 def test_good_urls_pass(url: str) -> None:

@@ -15,13 +15,13 @@ import pytest
 from hostkit import DEPLOYER, FakeHost
 
 from ai_deploy.host.outcome import DeployFailed
+from ai_deploy.host.release.identity import RUN_ID, Machine, this_machine
 from ai_deploy.host.release.lease import LeasedRemote
 from ai_deploy.host.release.lock import (
     acquire_lock,
-    holder_fragment,
     read_held,
+    release_if_held_by,
     release_lock,
-    release_script,
     take_script,
 )
 
@@ -124,9 +124,17 @@ def test_lock_waits_and_is_taken_when_the_holder_finishes(host: FakeHost) -> Non
     assert any("waiting up to 30 s for alice@ci" in m for m in host.remote.said)
 
 
+HERE = this_machine()
+
+
+def test_this_machine_is_known_here() -> None:
+    # The tests below that take a lock over by its pid need this machine to be named.
+    assert HERE.known, HERE
+
+
 def test_lock_taken_over_when_its_pid_on_this_deployer_is_dead(host: FakeHost) -> None:
     pid = dead_pid()
-    plant_lock(host, deployer=DEPLOYER, pid=pid)
+    plant_lock(host, deployer="renamed-since", pid=pid, **HERE.as_info())
     token = acquire_lock(host.remote, host.spec("r2"))
     assert lock_info(host)["token"] == token
     assert any(f"pid {pid} on this machine) is no longer running" in w for w in host.remote.warned)
@@ -134,10 +142,49 @@ def test_lock_taken_over_when_its_pid_on_this_deployer_is_dead(host: FakeHost) -
 
 
 def test_lock_kept_when_its_pid_on_this_deployer_is_alive(host: FakeHost) -> None:
-    plant_lock(host, deployer=DEPLOYER, pid=os.getpid(), token="feedfacefeedface")
+    alive = os.getppid()  # another process of this machine, alive while the test runs
+    plant_lock(host, deployer=DEPLOYER, pid=alive, token="feedfacefeedface", **HERE.as_info())
     with pytest.raises(DeployFailed, match="is locked by alice@ci"):
         acquire_lock(host.remote, host.spec("r2"))
     assert lock_info(host)["token"] == "feedfacefeedface"
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        {"machine_id": "0" * 32, "boot_id": HERE.boot_id, "pid_ns": HERE.pid_ns},  # a clone
+        {"machine_id": HERE.machine_id, "boot_id": "f" * 32, "pid_ns": HERE.pid_ns},  # rebooted
+        {"machine_id": HERE.machine_id, "boot_id": HERE.boot_id, "pid_ns": "pid:[1]"},  # container
+        {"machine_id": "", "boot_id": "", "pid_ns": ""},  # a machine that could not name itself
+        {},  # written before holders named their machine
+    ],
+    ids=["machine-id", "boot-id", "pid-namespace", "unknown", "unnamed"],
+)
+def test_fresh_lease_kept_from_a_rival_with_the_same_host_name_and_a_dead_pid_elsewhere(
+    host: FakeHost, elsewhere: dict[str, str]
+) -> None:
+    # Same host name (a container on the host's network, a laptop's default name) and a pid
+    # that is dead here: the pid is another machine's, so only the lease's age may end it.
+    pid = dead_pid()
+    plant_lock(host, deployer=DEPLOYER, pid=pid, token="feedfacefeedface", **elsewhere)
+    with pytest.raises(DeployFailed, match=f"from {DEPLOYER} pid {pid}"):
+        acquire_lock(host.remote, host.spec("r2"))
+    assert lock_info(host)["token"] == "feedfacefeedface"
+    assert host.remote.warned == []
+
+
+def test_lock_taken_over_when_its_pid_here_is_now_this_deploys(host: FakeHost) -> None:
+    # A lock left by an earlier run whose pid this very deploy has now: that run is gone.
+    plant_lock(host, deployer=DEPLOYER, pid=os.getpid(), run_id="0" * 16, **HERE.as_info())
+    token = acquire_lock(host.remote, host.spec("r2", pid=os.getpid()))
+    assert lock_info(host)["token"] == token
+    assert any("that pid is this deploy's now" in w for w in host.remote.warned)
+
+
+def test_lock_names_its_holder_uniquely(host: FakeHost) -> None:
+    acquire_lock(host.remote, host.spec("r1", pid=4242))
+    info = lock_info(host)
+    assert Machine.from_info(info) == HERE and info["run_id"] == RUN_ID and info["pid"] == 4242
 
 
 def test_lock_kept_when_a_dead_pid_is_on_another_deployer(host: FakeHost) -> None:
@@ -281,13 +328,51 @@ def test_takeover_moves_only_the_lock_judged_stale(host: FakeHost) -> None:
     assert out.stdout == ["ACQUIRED"] and lock_info(host)["token"] == "ffffffffffffffff"
 
 
-def test_lock_released_by_holder_only_when_deployer_and_pid_match(host: FakeHost) -> None:
+@pytest.mark.parametrize("other", [424, 42, 4, 4243, 14242])
+def test_stopped_deploys_cleanup_releases_only_its_exact_pid(host: FakeHost, other: int) -> None:
+    # pid 424's cleanup must not release pid 4242's lock (a prefix), nor 4242 inside 14242.
     token = acquire_lock(host.remote, host.spec("r1", pid=4242))
-    other = holder_fragment(DEPLOYER, 4243)
-    assert host.remote.run(release_script(host.layout, holder=other)).stdout == []
+    assert not release_if_held_by(host.remote, host.layout, other, HERE)
     assert lock_info(host)["token"] == token
-    mine = holder_fragment(DEPLOYER, 4242)
-    assert host.remote.run(release_script(host.layout, holder=mine)).stdout == ["RELEASED"]
+    assert release_if_held_by(host.remote, host.layout, 4242, HERE)
+    assert not lock_dir(host).exists()
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        Machine("0" * 32, HERE.boot_id, HERE.pid_ns),
+        Machine(HERE.machine_id, "f" * 32, HERE.pid_ns),
+        Machine(HERE.machine_id, HERE.boot_id, "pid:[1]"),
+    ],
+    ids=["machine-id", "boot-id", "pid-namespace"],
+)
+def test_stopped_deploys_cleanup_leaves_the_same_pid_of_another_machine(
+    host: FakeHost, elsewhere: Machine
+) -> None:
+    # Written as acquire_lock writes it, by pid 4242 of a machine with the same host name.
+    token = acquire_lock(host.remote, host.spec("r1", pid=4242, machine=elsewhere))
+    assert not release_if_held_by(host.remote, host.layout, 4242, HERE)
+    assert lock_info(host)["token"] == token
+    assert release_if_held_by(host.remote, host.layout, 4242, elsewhere)  # its own machine's
+
+
+def test_stopped_deploys_cleanup_on_a_machine_that_cannot_name_itself_releases_nothing(
+    host: FakeHost,
+) -> None:
+    unknown = Machine("", "", "")
+    acquire_lock(host.remote, host.spec("r1", pid=4242, machine=unknown))
+    assert not release_if_held_by(host.remote, host.layout, 4242, unknown)
+    assert lock_dir(host).exists()
+
+
+def test_lock_released_only_by_its_exact_token(host: FakeHost) -> None:
+    spec = host.spec("r1")
+    token = acquire_lock(host.remote, spec)
+    for part in (token[:8], token[1:], token[:-1]):
+        release_lock(host.remote, spec, part)
+        assert lock_info(host)["token"] == token
+    release_lock(host.remote, spec, token)
     assert not lock_dir(host).exists()
 
 

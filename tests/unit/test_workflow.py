@@ -214,10 +214,13 @@ def _job(text: str, job: str) -> str:
 
 
 def test_the_example_is_what_init_writes_for_the_example_app() -> None:
+    from ai_deploy.appinit.lint_test import LintTest
     from ai_deploy.appinit.workflow import render_workflow
 
+    checks = LintTest.of(REPO / "examples" / "ai-server")
+    assert checks.test == "uv run --frozen pytest"  # it has tests and pytest in its lock
     assert WORKFLOW.read_text(encoding="utf-8") == render_workflow(
-        "ai-server", "production", "3.10"
+        "ai-server", "production", "3.10", checks
     )
 
 

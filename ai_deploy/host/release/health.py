@@ -10,11 +10,16 @@ from dataclasses import dataclass
 
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.remote import Remote, tail
+from ai_deploy.host.safetext import safe_line
 from ai_deploy.host.settings import Spec
 
 
 @dataclass(frozen=True)
 class Health:
+    """OK, and REASON: what the gate saw, never the app's words. The reason reaches the deploy's
+    outcome, hence Slack, Discord, the job summary, the error annotation and revisions.log
+    ("outcomes only"); what the app answered is said in the CI log alone (see _said_body)."""
+
     ok: bool
     reason: str
 
@@ -93,7 +98,8 @@ def wait_healthy(
         state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}"
         restarts = int(props.get("NRestarts", "0") or 0)
         if code == 200:
-            return Health(True, f"{url} answered 200 after {clock() - started:.1f} s: {body[:120]}")
+            _said_body(remote, url, code, body)
+            return Health(True, f"{url} answered 200 after {clock() - started:.1f} s")
         if (
             props.get("ActiveState") == "failed"
             or restarts > baseline_restarts
@@ -106,7 +112,8 @@ def wait_healthy(
         if code >= 500:
             errors += 1
             if errors >= spec.fail_after_errors:
-                return Health(False, f"{url} answered {code} {errors} times in a row: {body[:120]}")
+                _said_body(remote, url, code, body)
+                return Health(False, f"{url} answered {code} {errors} times in a row")
         else:
             errors = 0
         now = clock()
@@ -121,6 +128,14 @@ def wait_healthy(
             )
             next_note = now + 5
         sleep(spec.interval_s)
+
+
+def _said_body(remote: Remote, url: str, code: int, body: str) -> None:
+    """The start of what the app answered, in the run's log only (redacted there in CI): it is
+    the app's text (a link, a stack trace, a key), so it never goes into a reason."""
+    if body.strip():
+        say = remote.say if code == 200 else remote.warn
+        say(f"{url} answered {code}: {safe_line(body[:120])}")
 
 
 def error_log_tail(remote: Remote, spec: Spec, n: int = 20, colour: str | None = None) -> list[str]:

@@ -14,20 +14,23 @@ import time
 from collections.abc import Callable
 
 from ai_deploy.host.outcome import DeployFailed
-from ai_deploy.host.release.lock import LEASE_FILE, guard_path
+from ai_deploy.host.release.lock import LEASE_FILE, guard_path, token_needle
 from ai_deploy.host.remote import Remote, Result
 from ai_deploy.host.settings import Spec
 
 LOST = "ai-deploy: lease-lost"  # on stderr when a renewal finds the lock is not ours
+SKIPPED = "ai-deploy: lease-guard-busy"  # on stderr when a renewal could not take the guard
 RENEWALS_PER_LEASE = 6  # renewal interval: lock_lease_s / this (30 s for the default 180 s)
 
 
 def renew_script(spec: Spec, token: str) -> str:
     """Renew the lease held with TOKEN; exits 97 with LOST on stderr when it is not ours. A
-    guard that stays taken skips this renewal (the next one comes soon) rather than failing."""
+    guard that stays taken skips this renewal (SKIPPED on stderr: the lease was not renewed, the
+    next try comes soon) rather than failing."""
     lock = spec.layout.lock
     return (
-        f"( flock -w 5 9 || exit 0; if grep -qF {shlex.quote(token)} {lock}/info 2>/dev/null; "
+        f"( flock -w 5 9 || {{ echo {shlex.quote(SKIPPED)} >&2; exit 0; }}; "
+        f"if grep -qF -- {shlex.quote(token_needle(token))} {lock}/info 2>/dev/null; "
         f"then touch {lock}/{LEASE_FILE}; else echo {shlex.quote(LOST)} >&2; exit 97; fi ) "
         f"9>>{guard_path(spec.layout)}"
     )
@@ -84,7 +87,8 @@ class LeasedRemote:
             if LOST in result.stderr:
                 self.lost = True
                 raise self._lost()
-            self.renewed_at = self.clock()
+            if SKIPPED not in result.stderr:
+                self.renewed_at = self.clock()
         return result
 
     def renew(self) -> None:

@@ -2,10 +2,12 @@
 holder inside (`info`) and a `lease` file whose mtime the holder renews while it works
 (ai_deploy.host.release.lease).
 
-A lease not renewed for lock_lease_s, or whose deploy on this very machine is gone, may be taken
-over from any machine. Every change to the lock happens under `flock` on a guard file beside it,
-and a takeover is a compare-and-swap: it moves the lock only while its info and lease time are
-still those that were judged stale, so two deploys taking over one stale lock cannot both win.
+A lease not renewed for lock_lease_s may be taken over from any machine; a fresh one only when
+its holder (ai_deploy.host.release.identity: machine id, boot id, pid namespace, pid, run) is a
+deploy of this very machine that is gone. Every change to the lock happens under `flock` on a
+guard file beside it, and a takeover is a compare-and-swap: it moves the lock only while its
+info and lease time are still those that were judged stale, so two deploys taking over one
+stale lock cannot both win.
 Ages are measured with the host's clock alone, so deployers' clocks never matter."""
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime, timezone
 
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.paths import Layout
+from ai_deploy.host.release.identity import Machine
 from ai_deploy.host.remote import Remote, tail
 from ai_deploy.host.settings import Spec
 
@@ -79,10 +82,38 @@ def lock_is_stale(info: dict[str, object] | None, lease_age_s: float, spec: Spec
             f"its lease was not renewed for {lease_age_s:.0f} s "
             f"(lock_lease_s is {spec.lock_lease_s:.0f} s)"
         )
-    pid = int(info.get("pid", 0) or 0)  # type: ignore[arg-type]
-    if info.get("deployer") == spec.deployer and pid > 0 and not _pid_alive(pid):
+    pid = _pid_of(info)
+    if pid is None or not Machine.from_info(info).same_as(spec.machine):
+        return None  # a pid of another machine (or boot, or container) says nothing here
+    if pid == spec.pid and info.get("run_id") != spec.run_id:
+        return f"its deploy (pid {pid} on this machine) is gone: that pid is this deploy's now"
+    if not _pid_alive(pid):
         return f"its deploy (pid {pid} on this machine) is no longer running"
     return None
+
+
+def _pid_of(info: dict[str, object]) -> int | None:
+    pid = info.get("pid")
+    return pid if type(pid) is int and pid > 0 else None
+
+
+def holder_fields(pid: int, machine: Machine) -> dict[str, object]:
+    """The fields of a lock's info that name its holder's process, in the order acquire_lock
+    writes them (holder_needle relies on it)."""
+    return {"pid": pid, **machine.as_info()}
+
+
+def holder_needle(pid: int, machine: Machine) -> str:
+    """What a lock's info holds when its holder is exactly the deploy PID on MACHINE: the pid
+    is followed by the machine's fields, so pid 424 never matches 4242's lock, nor a lock of
+    another machine, boot or pid namespace with that pid."""
+    return json.dumps(holder_fields(pid, machine))[1:-1]
+
+
+def token_needle(token: str) -> str:
+    """What a lock's info holds for TOKEN, quotes included, so that only that very token
+    matches (`grep -F`), never one it is a prefix of."""
+    return json.dumps({"token": token})[1:-1]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -165,7 +196,8 @@ def acquire_lock(
         {
             "who": spec.who,
             "deployer": spec.deployer,
-            "pid": spec.pid,
+            **holder_fields(spec.pid, spec.machine),
+            "run_id": spec.run_id,
             "action": spec.action,
             "release": spec.release_id,
             "started": int(clock()),
@@ -220,7 +252,7 @@ def join_script(layout: Layout, token: str) -> str:
     return guarded(
         layout,
         _state_functions(lock)
-        + f"if grep -qF -- {shlex.quote(token)} {lock}/info 2>/dev/null; then\n"
+        + f"if grep -qF -- {shlex.quote(token_needle(token))} {lock}/info 2>/dev/null; then\n"
         f"  touch {lock}/{LEASE_FILE} && echo JOINED && exit 0\nfi\n"
         f'echo HELD; echo "KEY $(key)"; echo "AGE $(age)"; cat {lock}/info 2>/dev/null; echo\n',
     )
@@ -274,22 +306,25 @@ def remove_if_key(remote: Remote, layout: Layout, key: str) -> bool:
     return bool(out.stdout) and out.stdout[0] == "REMOVED"
 
 
-def release_script(layout: Layout, *, token: str | None = None, holder: str | None = None) -> str:
-    """Under the guard, remove the lock if its info holds TOKEN (or the HOLDER string: a
-    `"deployer": ..., "pid": ...` fragment); prints RELEASED when it did."""
+def release_script(layout: Layout, *, token: str | None = None, needle: str | None = None) -> str:
+    """Under the guard, remove the lock if its info holds TOKEN (or NEEDLE, a holder_needle);
+    prints RELEASED when it did."""
     lock = layout.lock
-    needle = shlex.quote(token if token is not None else str(holder))
+    text = token_needle(token) if token is not None else str(needle)
     return guarded(
         layout,
-        f"if grep -qF -- {needle} {lock}/info 2>/dev/null; then\n"
+        f"if grep -qF -- {shlex.quote(text)} {lock}/info 2>/dev/null; then\n"
         f"  rm -rf {lock} && echo RELEASED\nfi\ntrue\n",
     )
 
 
-def holder_fragment(deployer: str, pid: int) -> str:
-    """The part of a lock's info that names its deployer and pid, exactly as acquire_lock
-    writes it (for release_script's HOLDER)."""
-    return json.dumps({"deployer": deployer, "pid": pid})[1:-1]
+def release_if_held_by(remote: Remote, layout: Layout, pid: int, machine: Machine) -> bool:
+    """Remove the lock (one round trip) if its holder is exactly the deploy PID on MACHINE,
+    a machine that could name itself; True when it did."""
+    if not machine.known:
+        return False
+    out = remote.run(release_script(layout, needle=holder_needle(pid, machine)))
+    return out.stdout[:1] == ["RELEASED"]
 
 
 def release_lock(remote: Remote, spec: Spec, token: str) -> None:

@@ -1,11 +1,20 @@
 """The model files of a release (its models.toml, checked on the deployer): fetched by the host
 itself into a store shared by every release, verified, and linked for the release to open.
 
-    app_root/models/blobs/<sha256>          each file once, 0640 root:app_group, after its
-    app_root/models/blobs/<sha256>.verified  sha256 matched (the record written after that)
-    app_root/models/<name>/<version>/<path>  links to ../blobs/<sha256>
-    releases/<id>/models/<name>              link to the model's version directory
-    releases/<id>/.ai-deploy-models.json     what the release uses (for prune and status)
+    app_root/models/blobs/<sha256>            each file once, 0640 root:app_group, after its
+    app_root/models/blobs/<sha256>.verified   sha256 matched (the record written after that)
+    releases/<id>/models/<name>/<path>        links to ../../(..)/models/blobs/<sha256>
+    releases/<id>/.ai-deploy-models.json      what the release uses (for prune and status)
+
+A release's model files are the bytes its manifest named for as long as it exists: its
+models/<name> tree is its own (made before it goes live, never changed by another release's
+deploy), and each link names a blob by its sha256, which no name or version can re-point. Two
+releases may ship the same name and version with other bytes, or a path that is a file in one and
+a directory in the other: each keeps its own. Prune keeps every blob a kept release's record
+names. (Releases made before this layout link models/<name> to a shared
+app_root/models/<name>/<version>/ directory; prune keeps those while a release links there, and
+a new deploy of such a release gives it a tree of its own.) The record is the deploy's: one an
+artifact ships is removed when the release is extracted.
 
 The download is ai_deploy/models/fetcher.py, copied to app_root/.ai-deploy-tools/ and run with
 the host's python3 in the background (a private partial file per blob, resumed with HTTP Range,
@@ -24,7 +33,7 @@ import json
 import secrets
 import shlex
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ai_deploy.host.outcome import DeployFailed
@@ -85,16 +94,24 @@ def _write(path: str, data: bytes, mode: str) -> str:
     )
 
 
-def ensure_models(remote: Remote, spec: Spec, workdir: str) -> None:
+def ensure_models(remote: Remote, spec: Spec, workdir: str, *, fresh: bool = False) -> None:
     """Every model file of SPEC's release in the store and verified, linked under WORKDIR.
     With models_verify, the files present are hashed again first and a damaged one dropped,
-    so it is fetched again."""
+    so it is fetched again. FRESH: WORKDIR was just extracted from the artifact, so a record
+    found there is the artifact's, not the deploy's: it is removed (or replaced)."""
+    record = shlex.quote(f"{workdir}/{RECORD}")
     if not spec.models:
+        if fresh:
+            found = remote.run(
+                f"if [ -e {record} ] || [ -L {record} ]; then rm -rf -- {record}; echo gone; fi"
+            )
+            if found.stdout:
+                remote.say(f"the artifact's own {RECORD} was removed (the deploy writes it)")
         return
     if spec.models_verify:
         _run_fetcher(remote, spec, "verify")
     _run_fetcher(remote, spec, "fetch")
-    _link(remote, spec, workdir)
+    _link(remote, spec, workdir, fresh)
 
 
 def check_after_failed_start(remote: Remote, spec: Spec) -> None:
@@ -212,26 +229,33 @@ def _failure(status: str, lines: list[str]) -> str:
     return f"the model files could not be fetched (exit {status}): {why}"
 
 
-def _link(remote: Remote, spec: Spec, workdir: str) -> None:
-    """models/<name>/<version>/<path> -> blobs, WORKDIR/models/<name> -> that version, and the
-    release's record of what it uses."""
-    base = store(spec)
+def _link(remote: Remote, spec: Spec, workdir: str, fresh: bool) -> None:
+    """WORKDIR/models/<name>/<path> -> the blob of the sha256 the manifest names, for every file:
+    a tree of the release's own, with links already right left as they are; a path a directory
+    holds is refused (ln -T), never given a link inside it. Then the release's record."""
     group = shlex.quote(spec.app_group)
-    script = ["set -e", f"install -d -o root -g {group} -m 0750 {shlex.quote(workdir)}/models"]
+    top = f"{workdir}/models"
+    script = ["set -e", f"install -d -o root -g {group} -m 0750 {shlex.quote(top)}"]
     for m in spec.models:
-        version = f"{base}/{m.name}/{m.version}"
+        tree = shlex.quote(f"{top}/{m.name}")
+        # A release made before this layout links it to a version directory other releases share.
+        script.append(f"[ ! -L {tree} ] || rm -f -- {tree}")
+        dirs = sorted({str(PurePosixPath(top, m.name, f.path).parent) for f in m.files})
+        script.append(f"install -d -o root -g {group} -m 0750 {' '.join(map(shlex.quote, dirs))}")
         for f in m.files:
-            target = f"{version}/{f.path}"
-            up = "../" * (f.path.count("/") + 2)
-            script += [
-                f"install -d -o root -g {group} -m 0750 {shlex.quote(str(Path(target).parent))}",
-                f"ln -sfn {up}blobs/{f.sha256} {shlex.quote(target)}",
-            ]
-        script.append(
-            f"ln -sfn ../../../models/{m.name}/{m.version} {shlex.quote(workdir)}/models/{m.name}"
-        )
-    record = json.dumps(release_record(spec.models)).encode()
-    script.append(_write(f"{workdir}/{RECORD}", record, "0644"))
+            # From the link's directory up to app_root: the path's own dirs, then <name>,
+            # models, <id>, releases.
+            target = "../" * (f.path.count("/") + 4) + f"models/blobs/{f.sha256}"
+            link = shlex.quote(f"{top}/{m.name}/{f.path}")
+            script.append(f'[ "$(readlink -- {link})" = {target} ] || ln -sfT {target} {link}')
+    record = f"{workdir}/{RECORD}"
+    data = json.dumps(release_record(spec.models)).encode()
+    if fresh:  # one the artifact shipped, whatever it is
+        script.append(f"rm -rf -- {shlex.quote(record)}")
+    script.append(
+        f"printf '%s' {base64.b64encode(data).decode()} | base64 -d | "
+        f"cmp -s - {shlex.quote(record)} 2>/dev/null || {{ {_write(record, data, '0644')}; }}"
+    )
     done = remote.run("\n".join(script))
     if not done.ok:
         raise DeployFailed("models", f"could not link the model files:\n{tail(done.stderr)}")
@@ -241,12 +265,16 @@ MARK = "AI-DEPLOY-MODELS"
 
 
 def models_script(layout: Layout) -> str:
-    """Shell printing each kept release's models record and the verified files in the store
-    (for parse_models)."""
+    """Shell printing each kept release's models record, where each file in its models/ tree
+    leads (links followed), and the verified files in the store (for parse_models)."""
     r = layout.root
     return f"""cd {layout.releases} 2>/dev/null || exit 0
 for id in *; do
-  [ -f "$id/{RECORD}" ] && echo "{MARK} models $id $(tr -d '\\n' < "$id/{RECORD}")"
+  [ -f "$id/{RECORD}" ] || continue
+  echo "{MARK} models $id $(tr -d '\\n' < "$id/{RECORD}")"
+  find -L "$id/models" -type f 2>/dev/null | while IFS= read -r f; do
+    printf '%s\\t%s\\n' "{MARK} file $f" "$(readlink -f -- "$f")"
+  done
 done
 for v in {r}/models/blobs/*.verified; do [ -e "$v" ] && echo "{MARK} verified ${{v##*/}}"; done
 true
@@ -254,30 +282,51 @@ true
 
 
 def parse_models(lines: list[str]) -> dict[str, tuple[dict[str, Any], ...]]:
-    """Each release's models from list_script's lines: name, version, size, and whether every
-    file of it is in the store, verified."""
-    verified = {
-        line.split()[2].removesuffix(".verified")
-        for line in lines
-        if line.startswith(f"{MARK} verified ")
-    }
-    found: dict[str, tuple[dict[str, Any], ...]] = {}
+    """Each release's models from models_script's lines: name, version, size, and whether each
+    file of it is in the store, verified, and what the release's own link leads to. A record
+    that is not the deploy's shape never raises: what cannot be read is not verified."""
+    verified: set[str] = set()
+    leads: dict[str, str] = {}  # <id>/models/<name>/<path> -> the blob's sha256 it leads to
+    records: dict[str, Any] = {}
     for line in lines:
-        if not line.startswith(f"{MARK} models "):
+        if not line.startswith(f"{MARK} "):
             continue
-        _, _, release, text = line.split(" ", 3)
-        try:
-            record = json.loads(text)
-        except ValueError:
-            continue
-        found[release] = tuple(
-            {
-                "name": m.get("name"),
-                "version": m.get("version"),
-                "size_bytes": sum(int(f.get("size", 0)) for f in m.get("files", [])),
-                "verified": all(f.get("sha256") in verified for f in m.get("files", [])),
-            }
-            for m in record
-            if isinstance(m, dict)
-        )
+        kind, _, rest = line.removeprefix(f"{MARK} ").partition(" ")
+        if kind == "verified":
+            verified.add(rest.strip().removesuffix(".verified"))
+        elif kind == "file":
+            path, _, target = rest.partition("\t")
+            folder, _, sha = target.rpartition("/")
+            leads[path] = sha if folder.endswith("/models/blobs") else ""
+        elif kind == "models":
+            release, _, text = rest.partition(" ")
+            try:
+                records[release] = json.loads(text)
+            except ValueError:
+                continue
+    found: dict[str, tuple[dict[str, Any], ...]] = {}
+    for release, record in records.items():
+        models = record if isinstance(record, list) else []
+        rows = [_model_row(release, m, verified, leads) for m in models if isinstance(m, dict)]
+        found[release] = tuple(rows)
     return found
+
+
+def _model_row(
+    release: str, model: dict[str, Any], verified: set[str], leads: dict[str, str]
+) -> dict[str, Any]:
+    files = model.get("files") if isinstance(model.get("files"), list) else []
+    sizes = [f.get("size") if isinstance(f, dict) else None for f in files]
+    known = [n for n in sizes if type(n) is int and n >= 0]
+
+    def good(f: Any) -> bool:
+        if not isinstance(f, dict) or f.get("sha256") not in verified:
+            return False
+        return leads.get(f"{release}/models/{model.get('name')}/{f.get('path')}") == f["sha256"]
+
+    return {
+        "name": str(model.get("name")),
+        "version": str(model.get("version")),
+        "size_bytes": sum(known),
+        "verified": bool(files) and len(known) == len(files) and all(map(good, files)),
+    }

@@ -49,7 +49,7 @@ def prepare_release(remote: Remote, spec: Spec, token: str, have_release: bool) 
     workdir = release if have_release else tmp
     lock_hash = lock_hash or _lock_hash(remote, spec, workdir)
     try:
-        ensure_models(remote, spec, workdir)
+        ensure_models(remote, spec, workdir, fresh=not have_release)
     except DeployFailed:
         if not have_release:
             remote.run(f"rm -rf {tmp}; rm -f {shlex.quote(spec.artifact_remote or '')}")

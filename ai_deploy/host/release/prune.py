@@ -1,8 +1,9 @@
 """Old releases and unused venvs removed: the newest `releases_keep` stay, and current and
 previous always do, with every venv a kept release links to (and the healthy records of the
-releases that are kept), and every model file and model version a kept release uses (its
-.ai-deploy-models.json and models/<name> links say which); partial downloads of files no kept
-release uses go too."""
+releases that are kept), and every model file a kept release uses (its .ai-deploy-models.json
+says which; an older release's shared models/<name>/<version> directory stays while its
+models/<name> link names it); partial downloads of files no kept release uses, and anything
+else in the blob store that is not a kept file (a directory included), go too."""
 
 from __future__ import annotations
 
@@ -31,16 +32,17 @@ done
 for h in $(ls -1 ../healthy 2>/dev/null); do [ -d "$h" ] || rm -f -- "../healthy/$h"; done
 [ -d ../models ] || exit 0
 blobs=$(cat ./*/{RECORD} 2>/dev/null | grep -o '"sha256": "[0-9a-f]*"' | cut -d'"' -f4 | sort -u)
-for b in ../models/blobs/* ../models/.partial/*; do
-  [ -e "$b" ] || continue
-  n=${{b##*/}}; sha=${{n%%.*}}
-  echo "$blobs" | grep -qx "$sha" && continue
-  rm -f -- "$b"
-  case "$n" in *.*) ;; *) echo "removed model file $sha" ;; esac
-done
 versions=$(for l in ./*/models/*; do
   [ -L "$l" ] && t=$(readlink "$l") && echo "${{t#../../../models/}}"
 done | sort -u)
+for b in ../models/blobs/* ../models/.partial/*; do
+  [ -e "$b" ] || [ -L "$b" ] || continue
+  n=${{b##*/}}; sha=${{n%%.*}}
+  echo "$blobs" | grep -qx "$sha" && continue
+  case "$b" in ../models/blobs/*) echo "$versions" | grep -qx "blobs/$n" && continue ;; esac
+  rm -rf -- "$b"
+  case "$n" in *.*) ;; *) echo "removed model file $n" ;; esac
+done
 for d in ../models/*/*/; do
   v=${{d#../models/}}; v=${{v%/}}; case "$v" in blobs/*|.*) continue ;; esac
   echo "$versions" | grep -qx "$v" || {{ rm -rf -- "$d" && echo "removed model version $v"; }}

@@ -1,5 +1,9 @@
 """venvs/<lock hash>: one venv per distinct uv.lock, shared by the releases that have that lock.
 
+It holds the locked dependencies only (`--no-install-project`): the app's own code is imported
+from each release (its root, then src/: ai_deploy.artifact.importpath), which is what lets
+releases with the same lock share it whatever the app's layout.
+
 A venv is built by the unprivileged build user (building a package runs its code), aside in
 venvs/.build-<hash>-<token>, in the background with its output in a log that is polled with
 short commands (so the caller's lock lease stays fresh); then, as root, it is made root's and
