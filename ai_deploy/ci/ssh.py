@@ -88,9 +88,8 @@ def provided_identity(
     user = environ.get(SSH_USER_ENV, "").strip()
     user_source = SSH_USER_ENV
     if not user:
-        user, user_source = settings_user or default_user, sources.get("ssh_user", "default")
-        if not settings_user:
-            user_source = "default"
+        user = settings_user or default_user
+        user_source = sources.get("ssh_user", "the settings") if settings_user else "default"
     given = key_variable(environ)
     if given is not None:
         name, value = given
