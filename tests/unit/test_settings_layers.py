@@ -291,3 +291,33 @@ def test_config_stops_on_a_missing_file_naming_it(app_dir: Path) -> None:
         f"ssh_key = {app_dir / 'keys' / 'id_deploy'} (from ai-deploy.toml "
         "[environments.production]): no such file"
     ) in proc.stderr
+
+
+def test_a_host_outside_gcp_gets_the_variables_key_else_the_environments(
+    app_dir: Path, tmp_path: Path
+) -> None:
+    """`deploy --no-gcp --host`: the run's own SSH check uses the same key the settings name."""
+    from ai_deploy.ci.options import PhaseFailed
+    from ai_deploy.ci.ssh import provided_identity
+
+    toml_key = str(app_dir / "keys" / "id_deploy")
+    production = "ai-deploy.toml [environments.production]"
+    sources = {"ssh_user": production, "ssh_key": production}
+    run = tmp_path / "run"
+    run.mkdir()
+    from_toml = provided_identity({}, run, "deploy", toml_key, sources, "ai-deploy")
+    assert (from_toml.user, str(from_toml.key)) == ("deploy", toml_key)
+    assert from_toml.described == (
+        f"user deploy ({production}), key {toml_key} (ssh_key from {production})"
+    )
+    text = {"AI_DEPLOY_SSH_PRIVATE_KEY": KEY_TEXT, "AI_DEPLOY_SSH_USER": "ci"}
+    from_text = provided_identity(text, run, "deploy", toml_key, sources, "ai-deploy")
+    assert from_text.user == "ci" and from_text.key.read_text() == KEY_TEXT
+    assert stat.S_IMODE(from_text.key.stat().st_mode) == 0o600
+    assert from_text.described == (
+        "user ci (AI_DEPLOY_SSH_USER), the key text in AI_DEPLOY_SSH_PRIVATE_KEY"
+    )
+    assert provided_identity({}, run, None, toml_key, {}, "ai-deploy").user_source == "default"
+    with pytest.raises(PhaseFailed, match=r"no SSH key .* set ssh_key in ai-deploy.toml") as exc:
+        provided_identity({}, run, "deploy", None, {}, "ai-deploy")
+    assert exc.value.phase == "config"
