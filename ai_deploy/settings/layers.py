@@ -173,7 +173,8 @@ def apply_settings(inventory: Any, run: RunLayers | None = None) -> None:
         every = [top, Layer(DERIVED_SOURCE, derived()), *below]
         setattr(host, LAYERS_ATTR, every)
         problems += [f"{host.name}: {p}" for p in missing_files(merged(every), _sources(every))]
-        if host.data.get(KNOWN_HOSTS) == str(run.known_hosts):
+        over_ssh = "ssh" in getattr(host.connector_cls, "__name__", "").lower()
+        if over_ssh and host.data.get(KNOWN_HOSTS) == str(run.known_hosts):
             _prepare_known_hosts(run.known_hosts)
     if problems:
         raise SettingsError(sorted(set(problems), key=problems.index))

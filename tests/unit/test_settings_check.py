@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -267,8 +268,12 @@ def test_ci_check_is_a_config_failure_and_names_the_settings_file(tmp_path: Path
     assert environ[PATH_ENV] == str((tmp_path / "ai-deploy.toml").resolve())
 
 
-def test_deploy_py_check_reads_each_pyinfra_data_layer() -> None:
+def test_deploy_py_check_reads_each_pyinfra_data_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pyinfra.api import Inventory
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # its known_hosts, not the user's
 
     defaults = group_data_defaults()
     inv = Inventory(
@@ -291,6 +296,8 @@ def test_deploy_py_check_reads_each_pyinfra_data_layer() -> None:
 
 def _run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("AI_DEPLOY_")}
+    # Host keys learnt go to ai-deploy's known_hosts under here, never the user's.
+    environ["XDG_CONFIG_HOME"] = str(Path(tempfile.gettempdir()) / "ai-deploy-test-config")
     return subprocess.run(
         cmd,
         cwd=cwd,

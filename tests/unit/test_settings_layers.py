@@ -120,7 +120,8 @@ def test_precedence_lowest_first_all_py_toml_environment_variables_data(app_dir:
 
 def test_group_data_of_a_group_named_like_the_projects_applies(app_dir: Path) -> None:
     inventory = Inventory((["h1"], {}), prod=(["h1"], {}))
-    apply_settings(inventory, run_layers({}, app_dir.parent))  # no ai-deploy.toml there
+    config = {"XDG_CONFIG_HOME": str(app_dir.parent / "config")}
+    apply_settings(inventory, run_layers(config, app_dir.parent))  # no ai-deploy.toml there
     data = inventory.get_host("h1").data
     assert data.health_deadline_s == 600
     assert source_in(data, "health_deadline_s") == "group_data/prod.py"
