@@ -224,7 +224,7 @@ TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-
 
 
 def test_host_text_reaches_the_terminal_inert(host: Sandbox, release: Artifact) -> None:
-    log = shlex.quote("/var/log/dojangkok/ai-server.log")  # app_log_dir/app_name.log
+    log = shlex.quote("/var/log/ai-server/ai-server.log")  # app_log_dir/app_name.log
     journal = shlex.quote(f"{APP_ROOT}/revisions.log")
     who = "mallory\x1b]52;c;cm0gLXJmIH4=\x07"  # releases shows who put a release in service
     entry = f"2026-12-07T10:00:00Z deploy {release.release_id} ok by={who} reason={HOSTILE}"
