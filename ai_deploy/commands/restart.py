@@ -1,10 +1,17 @@
 """`ai-deploy restart`: restart the current release on each host, one host at a time, behind the
 same gate as a deploy (lock, restart, health check, revisions.log line `restart`). A host where
-the release does not come back healthy stops the run: the hosts after it are left as they are."""
+the release does not come back healthy stops the run: the hosts after it are left as they are.
+It prints each host's verdict, warnings and errors (each step of the gate too with -v) and ends
+with the same closing lines as a deploy: the phase times and one summary."""
 
 from __future__ import annotations
 
-from ai_deploy.ci.exitcodes import exit_for_outcomes
+import time
+
+from ai_deploy.ci import output as ci_output
+from ai_deploy.ci.exitcodes import EXIT_OK, exit_for_outcomes
+from ai_deploy.ci.notify import DeployEvent
+from ai_deploy.commands.closing import print_closing
 from ai_deploy.commands.hostlines import HostLines
 from ai_deploy.commands.status import layout_of
 from ai_deploy.host.facts import read_tree
@@ -16,13 +23,17 @@ from ai_deploy.inventory import connected
 
 
 class _Printed(PyinfraRemote):
-    """The gate's messages printed as `HOST | message` (no pyinfra run prints them here)."""
+    """The gate's messages printed as `HOST | message` (no pyinfra run prints them here): its
+    progress only when verbose, its warnings always."""
 
     def __init__(self, host: object, out: HostLines) -> None:
         super().__init__(host)
         self.out = out
+        self.verbose = ci_output.verbose()
 
     def say(self, message: str) -> None:
+        if not self.verbose:
+            return
         for line in message.splitlines():
             self.out.out(self.name, line)
 
@@ -48,11 +59,15 @@ def restart_host(remote: PyinfraRemote) -> HostOutcome:
 
 
 def restart(inventory: str | None) -> int:
+    started = time.monotonic()
     outcomes: list[HostOutcome] = []
-    with connected(inventory) as hosts:
+    phases = ci_output.Phases()
+    service = DeployEvent.service
+    title = "Restart behind the health gate, one host at a time"
+    with phases.phase("restart", title), connected(inventory) as hosts:
         out = HostLines([h.name for h in hosts])
+        service = str(hosts[0].data.app_name) if hosts else service
         for h in hosts:
-            out.out(h.name, "restarting behind the health gate")
             outcome = restart_host(_Printed(h.host, out))
             outcomes.append(outcome)
             if outcome.ok:
@@ -63,4 +78,8 @@ def restart(inventory: str | None) -> int:
             if skipped:
                 out.err(h.name, f"stopping here; not restarted: {', '.join(skipped)}")
             break
-    return exit_for_outcomes(outcomes, [o.host for o in outcomes])
+    code = exit_for_outcomes(outcomes, [o.host for o in outcomes])
+    if code != EXIT_OK:
+        phases.fail("restart")
+    print_closing("restart", service, code, outcomes, phases, started)
+    return code
