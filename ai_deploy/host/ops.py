@@ -15,6 +15,7 @@ from pyinfra.facts.server import Command
 
 from ai_deploy.host import strategies
 from ai_deploy.host.event_hooks import ERROR, tell
+from ai_deploy.host.events import SAY, HostEvent, send
 from ai_deploy.host.facts import AppTree, AppTreeFact
 from ai_deploy.host.outcome import ALREADY_SERVING, FAILED, HostOutcome, report
 from ai_deploy.host.release.gate import put_in_service
@@ -109,6 +110,7 @@ def release_in_service(spec: Spec, restart: bool = False):
             )
         )
         host.noop(f"release {spec.release_id} is already serving")
+        send(HostEvent(host.name, SAY, f"release {spec.release_id} is already serving"))
         return
     tell(host, _plan(spec, tree, have_release, restart))
     yield FunctionCommand(_put_in_service, (spec, have_release), {})
