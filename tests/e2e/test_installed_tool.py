@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy.sandbox.paths import ssh_key_path
 from testkit.variants import crash_at_import
 from tests.e2e.conftest import Sandbox
 from tests.e2e.deploykit import (
@@ -22,6 +21,7 @@ from tests.e2e.deploykit import (
     build_variant,
     host_snapshot,
     revisions,
+    run_cli,
     serving_release,
 )
 
@@ -68,27 +68,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _run(tool: Path, cwd: Path, *args: str) -> tuple[int, str]:
-    env = dict(
-        os.environ,
-        AI_DEPLOY_SSH_USER="ubuntu",
-        AI_DEPLOY_SSH_PRIVATE_KEY=ssh_key_path().read_text(),
-        NO_COLOR="1",
-        TERM="dumb",
-    )
-    for name in ("GITHUB_ACTIONS", "GCP_PROJECT_ID", "GCP_ZONE", "GCP_INSTANCE"):
-        env.pop(name, None)
-    proc = subprocess.run(
-        [str(tool), *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=900,
-    )
-    print(f"$ ai-deploy {' '.join(args)}\n{proc.stdout}\n(exit {proc.returncode})")
-    return proc.returncode, proc.stdout
+    return run_cli(tool, cwd, *args)
 
 
 def test_installed_tool_deploys_plans_and_reports_from_any_directory(

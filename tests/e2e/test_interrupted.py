@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy.sandbox.paths import ssh_key_path
 from tests.e2e.conftest import Sandbox
 from tests.e2e.deploykit import (
     APP_ROOT,
@@ -22,6 +21,7 @@ from tests.e2e.deploykit import (
     Artifact,
     assert_ok,
     build_variant,
+    cli_env,
     deploy_command,
     read_host,
     revisions,
@@ -139,15 +139,7 @@ def test_sigterm_to_ai_deploy_no_gcp_stops_pyinfra_and_frees_the_host(
     base = build_variant(workdir, "term-base")
     serve(sandbox, base)
     slow = build_variant(workdir, "term-slow", patch_main=slow_start(30))
-    env = dict(
-        os.environ,
-        AI_DEPLOY_SSH_USER="ubuntu",
-        AI_DEPLOY_SSH_PRIVATE_KEY=ssh_key_path().read_text(),
-        NO_COLOR="1",
-        TERM="dumb",
-    )
-    for name in ("GITHUB_ACTIONS", "GCP_PROJECT_ID", "GCP_ZONE", "GCP_INSTANCE"):
-        env.pop(name, None)
+    env = cli_env()
     proc = subprocess.Popen(
         [
             str(REPO / ".venv/bin/ai-deploy"),

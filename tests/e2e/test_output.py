@@ -6,23 +6,25 @@ ending with the same summary as a deploy."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from ai_deploy.sandbox.paths import ssh_key_path
 from testkit.variants import crash_at_import
 from tests.e2e.conftest import Sandbox
-from tests.e2e.deploykit import REPO, Artifact, build_variant, main_pid, serving_release
+from tests.e2e.deploykit import (
+    REPO,
+    Artifact,
+    build_variant,
+    main_pid,
+    run_cli,
+    serving_release,
+)
 
 pytestmark = pytest.mark.e2e
 
 AI_DEPLOY = REPO / ".venv" / "bin" / "ai-deploy"
 MAX_LINES = 40  # a healthy single-host deploy, by default
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.fixture(scope="module")
@@ -36,29 +38,8 @@ def good(work: Path) -> Artifact:
 
 
 def _ai_deploy(*args: str, **extra_env: str) -> tuple[int, list[str]]:
-    """`ai-deploy ARGS` outside CI, stdout and stderr together, as lines."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GCP_", "GITHUB_"))}
-    env.pop("AI_DEPLOY_VERBOSE", None)
-    env.update(
-        AI_DEPLOY_SSH_USER="ubuntu",
-        AI_DEPLOY_SSH_PRIVATE_KEY=ssh_key_path().read_text(),
-        NO_COLOR="1",
-        TERM="dumb",
-        **extra_env,
-    )
-    proc = subprocess.run(
-        [str(AI_DEPLOY), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=900,
-    )
-    out = _ANSI.sub("", proc.stdout)
-    print(f"$ ai-deploy {' '.join(args)}\n{out}(exit {proc.returncode})")
-    return proc.returncode, out.splitlines()
+    code, out = run_cli(AI_DEPLOY, REPO, *args, **extra_env)
+    return code, out.splitlines()
 
 
 def _deploy(
