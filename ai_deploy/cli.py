@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser(
         "rollback",
         help="put the previous (or the named) release back in service, behind the health gate",
+        description="Put the previous (or the named) release back in service on each host, "
+        "behind the deploy's health gate. Prints what changed and the gate's verdict per host "
+        "(-v: pyinfra's whole stream), then the phase times and one summary; exit codes as for "
+        "deploy (2, 14, 15, 16).",
     )
     rollback.add_argument("release", nargs="?", metavar="RELEASE", help="default: previous")
     _add_inventory(rollback)
