@@ -143,7 +143,7 @@ def _feed(progress: HostProgress, text: str) -> None:
     progress.feed(event)
 
 
-def _stop(proc: subprocess.Popen[str]) -> bool:
+def _stop(proc: subprocess.Popen[bytes]) -> bool:
     """Stop pyinfra and anything it started; True when it was still running (so it may have
     left its lock behind)."""
     if proc.poll() is not None:

@@ -8,14 +8,18 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from ai_deploy.ci import flow, pyinfra_run, secretlike
 from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.notify import DeployEvent, Outcome
+from ai_deploy.ci.options import DeployOptions
 from ai_deploy.ci.progress import HostProgress
 from ai_deploy.host.events import CHANGED, ERROR, SAY, WARN, HostEvent
+from ai_deploy.rollout.report import HostResult
+from ai_deploy.rollout.run import Outcome as RolloutOutcome
 
 pytestmark = pytest.mark.unit
 
@@ -97,7 +101,7 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _child(tmp: str) -> tuple[subprocess.Popen[bytes], int]:
+def _child(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     events_in, events_out = os.pipe()
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD % SECRET],
@@ -113,9 +117,9 @@ def _child(tmp: str) -> tuple[subprocess.Popen[bytes], int]:
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_the_relay_prints_events_or_the_stream_never_both(
-    verbose: bool, tmp_path: object, capsys: pytest.CaptureFixture[str]
+    verbose: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    proc, events_in = _child(str(tmp_path))
+    proc, events_in = _child(tmp_path)
     try:
         tail, errors = pyinfra_run._relay(proc, events_in, verbose)
     finally:
@@ -177,12 +181,8 @@ def test_every_command_ends_with_the_phase_times_and_one_headline() -> None:
 
 
 def _failed_run(plan: bool) -> flow.Run:
-    from ai_deploy.ci.options import DeployOptions
-    from ai_deploy.rollout.report import HostResult
-    from ai_deploy.rollout.run import Outcome as RolloutOutcome
-
     env = {"AI_DEPLOY_VERBOSE": "0"}
-    opts = DeployOptions(artifact=__import__("pathlib").Path("a.tar.gz"), plan=plan)
+    opts = DeployOptions(artifact=Path("a.tar.gz"), plan=plan)
     run = flow.Run(opts, env, ci_output.Phases(env=env))
     run.release, run.hosts = "r2", ["a", "b"]
     results = [
