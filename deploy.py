@@ -1,8 +1,9 @@
 """Converge hosts to the AI server's target state (see README): run with
 `pyinfra INVENTORY deploy.py [--data artifact=PATH | --data rollback=previous|RELEASE]`."""
 
-from pyinfra import config, host
+from pyinfra import config, host, state
 
+from ai_deploy.host.event_hooks import send_events
 from ai_deploy.settings.pyinfra_hooks import check_host
 from tasks.env import env_file_present
 from tasks.gpu import gpu_driver_ready
@@ -13,6 +14,8 @@ from tasks.uv import uv_installed
 
 # Unknown or ill-typed settings stop the run here, before this host's first operation.
 check_host(host)
+# What changed on each host, as data for `ai-deploy` (its default output).
+send_events(state)
 # Uploads are staged in a directory private to this deploy, made first by app_layout_present.
 config.TEMP_DIR = upload_staging_dir(host.data.app_root)
 app_layout_present()

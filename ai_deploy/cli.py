@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from ai_deploy.commands.day2_cli import add_day2_verbs
 from ai_deploy.commands.deploy import add_deploy_parser
+from ai_deploy.commands.verbosity import add_verbose, apply_verbose
 
 
 def _cmd_sandbox_up(args: argparse.Namespace) -> int:
@@ -159,9 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser(
         "rollback",
         help="put the previous (or the named) release back in service, behind the health gate",
+        description="Put the previous (or the named) release back in service on each host, "
+        "behind the deploy's health gate. Prints what changed and the gate's verdict per host "
+        "(-v: pyinfra's whole stream), then the phase times and one summary; exit codes as for "
+        "deploy (2, 14, 15, 16).",
     )
     rollback.add_argument("release", nargs="?", metavar="RELEASE", help="default: previous")
     _add_inventory(rollback)
+    add_verbose(rollback)
     rollback.set_defaults(func=_cmd_rollback, day2=True)
 
     status = sub.add_parser(
@@ -281,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already been")
     args = build_parser().parse_args(argv)
     _settings_from_here(args)
+    apply_verbose(args)
     try:
         if getattr(args, "day2", False):
             from ai_deploy.ci.reach import run_reached, through_gcp

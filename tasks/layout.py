@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import OperationError, deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import User, Users
 from pyinfra.operations import apt, files, server
 
 from ai_deploy.host.cache import cache_problems
+from ai_deploy.host.event_hooks import WARN, tell
 from ai_deploy.host.facts import UserCanSudo
 from ai_deploy.host.paths import Layout
 from ai_deploy.project import template
@@ -38,10 +39,12 @@ def _system_users() -> None:
             present=True,
         )
     if host.get_fact(UserCanSudo, user=d.app_user, _sudo=True):
-        logger.warning(
-            f"{host.print_prefix}app_user {d.app_user} can sudo: the service (and anything "
+        tell(
+            host,
+            f"app_user {d.app_user} can sudo: the service (and anything "
             "that takes it over) can become root; set app_user to a user of its own "
-            "(the default, ai-server)"
+            "(the default, ai-server)",
+            WARN,
         )
 
 

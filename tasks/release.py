@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import OperationError, deploy
 from pyinfra.operations import files
 
 from ai_deploy.artifact.build import ArtifactError
 from ai_deploy.artifact.check import ArtifactLimits, CheckedArtifact, check_artifact
+from ai_deploy.host.event_hooks import tell
 from ai_deploy.host.facts import AppTreeFact
 from ai_deploy.host.ops import release_in_service
 from ai_deploy.host.settings import Spec
@@ -88,7 +89,7 @@ def release_serving(restart: bool = False) -> None:
     elif tree.current:
         spec = _spec("restart", tree.current)
     else:
-        logger.info(f"{host.print_prefix}no release deployed yet (pass --data artifact=PATH)")
+        tell(host, "no release deployed yet (pass --data artifact=PATH)")
         return
     release_in_service(
         name=f"Ensure release {spec.release_id} serves and is healthy",

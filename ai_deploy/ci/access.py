@@ -47,9 +47,13 @@ def host_keys_phase(run: Run) -> None:
     from ai_deploy.gcp.hostkeys import enable_hint, published_host_keys
 
     opts = run.opts
+    published = bool(run.session is not None and opts.zone and opts.instance)
+    if not published and opts.host_keys != "require":  # no instance to ask: no phase to show
+        run.pinned = ()
+        return
     with run.phases.phase("host-keys", "Pin the instance's SSH host keys"):
         pinned: tuple = ()
-        if run.session is not None and opts.zone and opts.instance:
+        if published:
             project = run.session.project
             hint = enable_hint(project, opts.zone, opts.instance)
             try:

@@ -100,12 +100,15 @@ def _run(run: Run) -> int:
 def _report(
     run: Run, outcome: Outcome, message: str, duration: float, *, error_title: str | None = None
 ) -> None:
-    """The ::error annotation (when ERROR_TITLE), notifications, the job summary and the last
-    lines. Anything key- or token-like in MESSAGE is masked (::add-mask::) before anything is
-    printed, and only the redacted text goes to the log, the webhooks and the summary."""
-    message = mask_secret_like(table_message(run, message), run.environ)
+    """The ::error annotation (when ERROR_TITLE; the error said once, without the rollout's
+    table, printed already), notifications and the job summary (the table under MESSAGE), and
+    the closing lines. Anything key- or token-like in MESSAGE is masked (::add-mask::) before
+    anything is printed, and only the redacted text goes to the log, the webhooks and the
+    summary."""
+    said = mask_secret_like(message, run.environ)
+    message = mask_secret_like(table_message(run, said), run.environ)
     if error_title is not None:
-        ci_output.error(message, title=error_title, env=run.environ)
+        ci_output.error(said, title=error_title, env=run.environ)
     failed = None if outcome is Outcome.SUCCESS else (run.phases.failed or "health")
     event = DeployEvent(
         outcome=outcome,
@@ -124,10 +127,13 @@ def _report(
             _say(f"notification to {result.notifier}: {state}")
     if not run.opts.plan:
         ci_output.write_step_summary(event, run.phases.durations, env=run.environ)
-    what = "plan" if run.opts.plan else "dry run"
-    _say(event.headline if not quiet else f"{what} finished in {duration:.1f} s")
-    if message and outcome is not Outcome.SUCCESS:
-        print(f"ai-deploy: {message}", file=sys.stderr)
+    if quiet:
+        what = "plan" if run.opts.plan else "dry run"
+        ended = "finished" if outcome is Outcome.SUCCESS else "failed"
+        _say(f"{what} {ended} in {duration:.1f} s")
+        return
+    for line in ci_output.closing_lines(event, run.phases.durations):
+        _say(line)
 
 
 def _phases(run: Run) -> tuple[int, str]:
@@ -202,9 +208,11 @@ def deploy_phase(run: Run) -> tuple[int, str]:
             f"{o.host}: {o.status}" + (f" in {o.phase}" if o.phase else "") + _first_line(o.reason)
             for o in result.outcomes.values()
         ]
+        tail = result.unexplained_tail()
+        if tail:
+            detail = mask_secret_like("\n".join(tail), run.environ)
+            _say(f"last lines of the pyinfra run:\n{detail}")
         if not result.outcomes:
-            detail = "\n".join(line for line in result.tail[-12:] if line.strip())
-            _say(f"last lines of the pyinfra run:\n{mask_secret_like(detail, run.environ)}")
             reasons = [
                 f"pyinfra failed (exit {result.returncode}) before a host reported; its last "
                 "lines are in the CI log"

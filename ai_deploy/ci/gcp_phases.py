@@ -49,11 +49,13 @@ def instance_phase(run: Run) -> None:
     from ai_deploy.gcp.compute import get_instance_nat_ip
 
     opts = run.opts
+    if opts.host and opts.ssh_transport != "iap":  # named: nothing to find, no phase to show
+        run.address = opts.host
+        run.hosts.append(run.address)
+        return
     with run.phases.phase("instance", "Find the instance's address"):
         if opts.ssh_transport == "iap":
             _iap_target(run)
-        elif opts.host:
-            run.address = opts.host
         elif run.session is None or not (opts.zone and opts.instance):
             raise PhaseFailed("config", "set GCP_ZONE and GCP_INSTANCE, or pass --host ADDRESS")
         else:
@@ -99,12 +101,12 @@ def ssh_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
     from ai_deploy.gcp.sshkeys import SSH_MODE_ENV, SshSettings, ephemeral_ssh_key
 
     opts = run.opts
-    with run.phases.phase("ssh", "Authorize an SSH key"):
+    key_is_new = run.session is not None and bool(opts.instance and opts.zone)
+    with run.phases.phase("ssh", "Authorize an SSH key" if key_is_new else "Check SSH"):
         try:
             settings = SshSettings.from_env(run.environ)
         except GcpError as exc:  # a login name or key setting that cannot work
             raise PhaseFailed("config", str(exc)) from exc
-        key_is_new = run.session is not None and bool(opts.instance and opts.zone)
         tried = ""  # the provided key's source, for a refusal's message
         if key_is_new:
             try:

@@ -64,6 +64,7 @@ class DeployEvent:
       so no payload or summary built from the event can carry it
     + run_url: link to the CI run, if any
     + service: the service's name as people know it
+    + action: what ran: deploy (the default), rollback or restart
     """
 
     outcome: Outcome
@@ -74,6 +75,7 @@ class DeployEvent:
     message: str = ""
     run_url: str | None = None
     service: str = "ai-server"
+    action: str = "deploy"
 
     def __post_init__(self) -> None:
         try:
@@ -90,7 +92,8 @@ class DeployEvent:
         """One line: what happened, to which release, where and how long it took."""
         outcome = Outcome(self.outcome)
         line = (
-            f"{_EMOJI[outcome]} {self.service} deploy {_VERB[outcome]}: release {self.release} "
+            f"{_EMOJI[outcome]} {self.service} {self.action} {_VERB[outcome]}: "
+            f"release {self.release} "
             f"on {plural(len(self.hosts), 'host')} in {_duration(self.duration_s)}"
         )
         if self.failed_phase and outcome is not Outcome.SUCCESS:

@@ -26,8 +26,10 @@ from ai_deploy.ci.secretlike import redact
 __all__ = [
     "GITHUB_ACTIONS_ENV",
     "STEP_SUMMARY_ENV",
+    "VERBOSE_ENV",
     "Phases",
     "add_mask",
+    "closing_lines",
     "commands_stopped",
     "error",
     "escape_data",
@@ -36,6 +38,7 @@ __all__ = [
     "in_github_actions",
     "render_step_summary",
     "run_url",
+    "verbose",
     "warning",
     "write_step_summary",
 ]
@@ -44,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 GITHUB_ACTIONS_ENV = "GITHUB_ACTIONS"
 STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+VERBOSE_ENV = "AI_DEPLOY_VERBOSE"  # set by -v; a CI job may set it for every step
 
 _MAX_SUMMARY_MESSAGE_CHARS = 4000
 _OUTCOME_MARK = {
@@ -66,6 +70,13 @@ def in_github_actions(env: Mapping[str, str] | None = None) -> bool:
     """True when running as a GitHub Actions step (GITHUB_ACTIONS is exactly "true")."""
     environ = os.environ if env is None else env
     return environ.get(GITHUB_ACTIONS_ENV) == "true"
+
+
+def verbose(env: Mapping[str, str] | None = None) -> bool:
+    """True when pyinfra's whole stream is wanted (`-v`, or AI_DEPLOY_VERBOSE set to 1, true,
+    yes or on) instead of each host's events."""
+    environ = os.environ if env is None else env
+    return environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def escape_data(text: str) -> str:
@@ -258,6 +269,19 @@ class Phases:
         """Mark NAME failed (when it ended with a failing result rather than an exception)."""
         if self.failed is None:
             self.failed = name
+
+
+def closing_lines(
+    event: DeployEvent, phases: Mapping[str, float] | Sequence[tuple[str, float]] = ()
+) -> list[str]:
+    """How deploy, rollback and restart end: each phase that ran with its time (the failed one
+    marked), then EVENT's headline (outcome, release, hosts, total time)."""
+    rows = list(phases.items()) if isinstance(phases, Mapping) else list(phases)
+    times = [
+        f"{name} {_seconds(seconds)}" + (" (failed)" if name == event.failed_phase else "")
+        for name, seconds in rows
+    ]
+    return ([f"phases: {', '.join(times)}"] if times else []) + [event.headline]
 
 
 def _cell(text: str) -> str:

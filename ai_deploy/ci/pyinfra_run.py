@@ -1,11 +1,15 @@
-"""deploy.py run by pyinfra from the CI entry: output streamed live (every line redacted of
-key- and token-like values and registered secrets first, see ai_deploy.ci.secretlike), each
-host's outcome read back as data from the run's result file."""
+"""deploy.py run by pyinfra from the CI entry, each host's outcome read back as data from the
+run's result file. What it prints by default is each host's events (ai_deploy.ci.progress: what
+changed, the gate's progress, errors); with `-v` (AI_DEPLOY_VERBOSE) pyinfra's whole stream
+instead. Every line printed is redacted of key- and token-like values and registered secrets
+first (ai_deploy.ci.secretlike)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -18,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ai_deploy.ci import output as ci_output
+from ai_deploy.ci.progress import HostProgress
 from ai_deploy.ci.secretlike import LineRedactor
 from ai_deploy.gcp import deferred_termination
+from ai_deploy.host.events import EVENTS_FD_ENV, HostEvent
 from ai_deploy.host.outcome import RESULT_FILE_ENV, HostOutcome, read_outcomes
 from ai_deploy.inventory import pyinfra_command
 from ai_deploy.project import project_dir
@@ -33,8 +39,16 @@ LOCK_CLEANUP_S = 4.0
 @dataclass(frozen=True)
 class PyinfraRun:
     returncode: int
-    tail: list[str]  # the last lines of its output, redacted as printed
+    tail: list[str]  # the last lines of its output, redacted
     outcomes: dict[str, HostOutcome]  # by host name, as the hosts reported them
+    explained: bool = True  # its output was printed whole, or an error of a host was
+
+    def unexplained_tail(self, lines: int = 12) -> list[str]:
+        """The last LINES of pyinfra's output when the run failed and nothing printed says
+        why (a failure before any host reported, with pyinfra's stream not shown); else none."""
+        if self.returncode == 0 or self.explained:
+            return []
+        return [line for line in self.tail if line.strip()][-lines:]
 
 
 def run_pyinfra_streamed(
@@ -45,48 +59,91 @@ def run_pyinfra_streamed(
     dry: bool = False,
     limit: Sequence[str] = (),
 ) -> PyinfraRun:
-    """Run deploy.py on INVENTORY (only the hosts named in LIMIT, when given) with its output
-    streamed live.
+    """Run deploy.py on INVENTORY (only the hosts named in LIMIT, when given), printing as it
+    goes each host's events, or pyinfra's whole stream when verbose (ENV's AI_DEPLOY_VERBOSE;
+    always for DRY, whose stream is the plan).
 
     An exception here (SIGINT, SIGTERM or SIGHUP raised as one) stops pyinfra first (SIGINT,
     then SIGTERM, then SIGKILL to its whole process group, with further signals held back
     meanwhile), then releases the host lock that run held if it is still there, so the cleanup
     that follows does not race a deploy still running and the next deploy can start at once."""
-    tail: deque[str] = deque(maxlen=60)
+    verbose = dry or ci_output.verbose(env)
+    events_in, events_out = os.pipe()
     with tempfile.TemporaryDirectory(prefix="ai-deploy-result-") as tmp:
         result_file = Path(tmp) / "outcomes.jsonl"
-        proc = subprocess.Popen(
-            pyinfra_command(inventory, data, dry=dry, limit=limit),
-            cwd=project_dir(),
-            env={**env, RESULT_FILE_ENV: str(result_file)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # stopped by us, in order, never by the terminal's Ctrl-C
-        )
         try:
-            assert proc.stdout is not None
+            proc = subprocess.Popen(
+                pyinfra_command(inventory, data, dry=dry, limit=limit),
+                cwd=project_dir(),
+                env={**env, RESULT_FILE_ENV: str(result_file), EVENTS_FD_ENV: str(events_out)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(events_out,),
+                start_new_session=True,  # stopped by us, in order, never by the terminal's Ctrl-C
+            )
+        finally:
+            os.close(events_out)  # pyinfra holds the only writer: its exit ends the stream
+        try:
             # Inside stop-commands GitHub would ignore an ::add-mask::, so a host's output
             # (an app's traceback with its API key) is redacted here, before it is printed.
-            redacted = LineRedactor()
             with ci_output.commands_stopped():
-                for raw in proc.stdout:
-                    line = redacted(raw)
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                    tail.append(line.rstrip("\n"))
+                tail, errors = _relay(proc, events_in, verbose)
             rc = proc.wait()
         except BaseException:
             with deferred_termination(redeliver=False):
                 if _stop(proc):
                     _release_lock_of(proc.pid, inventory, data, env)
             raise
-        return PyinfraRun(rc, list(tail), read_outcomes(result_file))
+        finally:
+            os.close(events_in)
+        return PyinfraRun(rc, tail, read_outcomes(result_file), verbose or errors > 0)
 
 
-def _stop(proc: subprocess.Popen[str]) -> bool:
+def _relay(proc: subprocess.Popen[bytes], events_fd: int, verbose: bool) -> tuple[list[str], int]:
+    """Read pyinfra's output and its events until both end: the output printed when VERBOSE,
+    else the events. Returns the output's last lines (redacted) and the errors printed."""
+    assert proc.stdout is not None
+    tail: deque[str] = deque(maxlen=60)
+    redacted = LineRedactor()
+    progress = HostProgress()
+    pending = {proc.stdout.fileno(): b"", events_fd: b""}
+    with selectors.DefaultSelector() as sel:
+        for fd in pending:
+            sel.register(fd, selectors.EVENT_READ)
+        while pending:
+            for key, _ in sel.select():
+                fd = int(key.fd)
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    *lines, pending[fd] = (pending[fd] + chunk).split(b"\n")
+                else:  # the end: what is left is its last line, when there is one
+                    sel.unregister(fd)
+                    lines = [rest] if (rest := pending.pop(fd)) else []
+                for raw in lines:
+                    text = raw.decode("utf-8", errors="replace").rstrip("\r")
+                    if fd == events_fd:
+                        if not verbose:
+                            _feed(progress, text)
+                        continue
+                    line = redacted(text)
+                    tail.append(line)
+                    if verbose:
+                        sys.stdout.write(line + "\n")
+                        sys.stdout.flush()
+    progress.flush()
+    return list(tail), progress.errors
+
+
+def _feed(progress: HostProgress, text: str) -> None:
+    try:
+        event = HostEvent.from_json(text)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        return  # not ours: the stream carries events only, so this is never seen
+    progress.feed(event)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> bool:
     """Stop pyinfra and anything it started; True when it was still running (so it may have
     left its lock behind)."""
     if proc.poll() is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ai_deploy.commands.verbosity import add_verbose
+
 
 def _cmd_logs(args: argparse.Namespace) -> int:
     from ai_deploy.commands.logs import show_logs
@@ -133,6 +135,7 @@ def add_day2_verbs(
         "not come back healthy stops the run; exit codes as for deploy (14, 15, 16).",
     )
     add_inventory(restart)
+    add_verbose(restart, "each step of the health gate, not only each host's verdict")
     restart.set_defaults(func=_cmd_restart, day2=True)
 
     cache = sub.add_parser(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ai_deploy.ci.exitcodes import TABLE
+from ai_deploy.commands.verbosity import add_verbose
 
 
 def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -27,6 +28,7 @@ def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser
     )
     deploy.add_argument("--artifact", required=True, metavar="PATH", help="the release tar.gz")
     add_inventory(deploy)
+    add_verbose(deploy)
     deploy.add_argument("--host", metavar="ADDRESS", help="deploy to this address (no lookup)")
     deploy.add_argument(
         "--no-gcp",

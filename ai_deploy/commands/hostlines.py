@@ -32,13 +32,16 @@ class HostLines:
 
 class PrintedRemote(PyinfraRemote):
     """A host's messages (the gate's, the lock's) printed as `HOST | message`: no pyinfra run
-    prints them for a command."""
+    prints them for a command. PROGRESS false: only warnings are printed."""
 
-    def __init__(self, host: object, out: HostLines) -> None:
+    def __init__(self, host: object, out: HostLines, *, progress: bool = True) -> None:
         super().__init__(host)
         self.out = out
+        self.progress = progress
 
     def say(self, message: str) -> None:
+        if not self.progress:
+            return
         for line in message.splitlines():
             self.out.out(self.name, line)
 

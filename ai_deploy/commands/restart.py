@@ -1,10 +1,17 @@
 """`ai-deploy restart`: restart the current release on each host, one host at a time, behind the
 same gate as a deploy (lock, restart, health check, revisions.log line `restart`). A host where
-the release does not come back healthy stops the run: the hosts after it are left as they are."""
+the release does not come back healthy stops the run: the hosts after it are left as they are.
+It prints each host's verdict, warnings and errors (each step of the gate too with -v) and ends
+with the same closing lines as a deploy: the phase times and one summary."""
 
 from __future__ import annotations
 
-from ai_deploy.ci.exitcodes import exit_for_outcomes
+import time
+
+from ai_deploy.ci import output as ci_output
+from ai_deploy.ci.exitcodes import EXIT_OK, exit_for_outcomes
+from ai_deploy.ci.notify import DeployEvent
+from ai_deploy.commands.closing import print_closing
 from ai_deploy.commands.hostlines import HostLines, PrintedRemote
 from ai_deploy.commands.status import layout_of
 from ai_deploy.host.facts import read_tree
@@ -32,12 +39,16 @@ def restart_host(remote: PyinfraRemote) -> HostOutcome:
 
 
 def restart(inventory: str | None) -> int:
+    started = time.monotonic()
     outcomes: list[HostOutcome] = []
-    with connected(inventory) as hosts:
+    phases = ci_output.Phases()
+    service = DeployEvent.service
+    title = "Restart behind the health gate, one host at a time"
+    with phases.phase("restart", title), connected(inventory) as hosts:
         out = HostLines([h.name for h in hosts])
+        service = str(hosts[0].data.app_name) if hosts else service
         for h in hosts:
-            out.out(h.name, "restarting behind the health gate")
-            outcome = restart_host(PrintedRemote(h.host, out))
+            outcome = restart_host(PrintedRemote(h.host, out, progress=ci_output.verbose()))
             outcomes.append(outcome)
             if outcome.ok:
                 out.out(h.name, f"release {outcome.release} restarted and healthy")
@@ -47,4 +58,8 @@ def restart(inventory: str | None) -> int:
             if skipped:
                 out.err(h.name, f"stopping here; not restarted: {', '.join(skipped)}")
             break
-    return exit_for_outcomes(outcomes, [o.host for o in outcomes])
+    code = exit_for_outcomes(outcomes, [o.host for o in outcomes])
+    if code != EXIT_OK:
+        phases.fail("restart")
+    print_closing("restart", service, code, outcomes, phases, started)
+    return code

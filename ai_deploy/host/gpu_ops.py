@@ -10,9 +10,10 @@ import shlex
 import time
 from typing import Any
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FactBase, FunctionCommand, OperationError, StringCommand, operation
 
+from ai_deploy.host.event_hooks import ERROR, tell
 from ai_deploy.host.gpu import GpuReport, parse_probe, probe_script
 
 REBOOT_MARKER = "/run/ai-deploy-before-reboot"
@@ -29,11 +30,11 @@ class GpuFact(FactBase[GpuReport]):
 
 
 def _say(h: Any, message: str) -> None:
-    logger.info(f"{h.print_prefix}{message}")
+    tell(h, message)
 
 
 def _fail(h: Any, message: str) -> bool:
-    h.log_styled(message, fg="red", log_func=logger.error)
+    tell(h, message, ERROR)
     return False
 
 

@@ -14,6 +14,8 @@ from pyinfra.facts.files import File, Sha256File
 from pyinfra.facts.server import Command
 
 from ai_deploy.host import strategies
+from ai_deploy.host.event_hooks import ERROR, tell
+from ai_deploy.host.events import SAY, HostEvent, send
 from ai_deploy.host.facts import AppTree, AppTreeFact
 from ai_deploy.host.outcome import ALREADY_SERVING, FAILED, HostOutcome, report
 from ai_deploy.host.release.gate import put_in_service
@@ -72,7 +74,7 @@ def _put_in_service(state: Any, host: Any, spec: Spec, have_release: bool) -> bo
         )
     report(result)
     if not result.ok:
-        host.log_styled(f"{result.phase} failed: {result.reason}", fg="red", log_func=logger.error)
+        tell(host, f"{result.phase} failed: {result.reason}", ERROR)
     return result.ok
 
 
@@ -108,8 +110,9 @@ def release_in_service(spec: Spec, restart: bool = False):
             )
         )
         host.noop(f"release {spec.release_id} is already serving")
+        send(HostEvent(host.name, SAY, f"release {spec.release_id} is already serving"))
         return
-    logger.info(f"{host.print_prefix}{_plan(spec, tree, have_release, restart)}")
+    tell(host, _plan(spec, tree, have_release, restart))
     yield FunctionCommand(_put_in_service, (spec, have_release), {})
 
 

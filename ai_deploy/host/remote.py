@@ -49,16 +49,14 @@ class PyinfraRemote:
         return Result(ok, list(output.stdout_lines), list(output.stderr_lines))
 
     def say(self, message: str) -> None:
-        from pyinfra import logger
+        from ai_deploy.host.event_hooks import tell
 
-        for line in message.splitlines():
-            logger.info(f"{self.host.print_prefix}{line}")
+        tell(self.host, message)
 
     def warn(self, message: str) -> None:
-        from pyinfra import logger
+        from ai_deploy.host.event_hooks import WARN, tell
 
-        for line in message.splitlines():
-            logger.warning(f"{self.host.print_prefix}{line}")
+        tell(self.host, message, WARN)
 
 
 def tail(lines: list[str], n: int = 15) -> str:

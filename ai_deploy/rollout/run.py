@@ -157,6 +157,9 @@ class _Steps:
         result = run_pyinfra_streamed(
             self.r.inventory, [*data, *self.r.data], self.r.env, limit=batch
         )
+        tail = result.unexplained_tail()
+        if tail:
+            self.r.say("\n".join(["last lines of the pyinfra run:", *tail]))
         failures = []
         for name in batch:
             res, o = self.by_host[name], result.outcomes.get(name)

@@ -191,7 +191,8 @@ def wait_ready(host: Host, timeout: float = BOOT_TIMEOUT_S) -> None:
 
 
 # Early-boot oneshots that, with several hosts booting at once on a loaded machine, were seen to
-# fail once and work when started again (systemd-remount-fs, systemd-sysusers).
+# fail once and work when started again (systemd-remount-fs, systemd-sysusers,
+# systemd-user-sessions).
 _RETRIED_UNITS = re.compile(r"^systemd-[a-z-]+\.service$")
 
 

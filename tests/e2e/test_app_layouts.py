@@ -18,8 +18,7 @@ from ai_deploy.artifact.build import release_id_from_artifact
 from ai_deploy.host.uvbin import uv_binary
 from ai_deploy.project import group_data_defaults
 from tests.e2e.conftest import Sandbox
-from tests.e2e.deploykit import grand_total, health, serving_release
-from tests.e2e.usercli import run_as_user
+from tests.e2e.deploykit import grand_total, health, run_cli, serving_release
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +64,7 @@ def _local_uv() -> Path:
 
 def _cli(cwd: Path, *args: str) -> str:
     """`ai-deploy ARGS` run in CWD (its ai-deploy.toml applies), as a user runs it."""
-    code, out = run_as_user([sys.executable, "-m", "ai_deploy.cli", *args], cwd)
+    code, out = run_cli(Path(sys.executable).parent / "ai-deploy", cwd, *args)
     assert code == 0, out
     return out
 
@@ -103,9 +102,10 @@ def _build(app: App, label: str) -> tuple[Path, str]:
     return artifact, release_id_from_artifact(artifact)
 
 
-def _deploy(app: App, sandbox: Sandbox, artifact: Path, *data: str) -> str:
+def _deploy(app: App, sandbox: Sandbox, artifact: Path, *data: str, verbose: bool = False) -> str:
     return _cli(
-        app.path, "deploy", "--no-gcp", "--host", sandbox.address, "--artifact", str(artifact),
+        app.path, "deploy", *(["-v"] if verbose else []), "--no-gcp", "--host", sandbox.address,
+        "--artifact", str(artifact),
         "--data", f"env_file={app.env_file}", *(x for d in data for x in ("--data", d)),
     )  # fmt: skip
 
@@ -159,7 +159,7 @@ def test_a_uv_init_package_app_serves_execs_and_shares_its_venv(app: App, sandbo
     ).split()
     pid = sandbox.sudo(f"systemctl show -p MainPID --value {unit}").strip()
     assert int(pid) > 0
-    again = _deploy(app, sandbox, second)
+    again = _deploy(app, sandbox, second, verbose=True)  # pyinfra's stream: its Grand total
     assert sandbox.sudo(f"systemctl show -p MainPID --value {unit}").strip() == pid, again
     totals = grand_total(again)
     assert (totals.success, totals.error) == (0, 0) and totals.no_change > 0, again

@@ -21,9 +21,9 @@ from tests.e2e.deploykit import (
     build_variant,
     host_snapshot,
     revisions,
+    run_cli,
     serving_release,
 )
-from tests.e2e.usercli import run_as_user
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _run(tool: Path, cwd: Path, *args: str) -> tuple[int, str]:
-    return run_as_user([str(tool), *args], cwd)
+    return run_cli(tool, cwd, *args)
 
 
 def test_installed_tool_deploys_plans_and_reports_from_any_directory(

@@ -21,6 +21,7 @@ from tests.e2e.deploykit import (
     Artifact,
     assert_ok,
     build_variant,
+    cli_env,
     deploy_command,
     read_host,
     revisions,
@@ -28,7 +29,6 @@ from tests.e2e.deploykit import (
     serving_release,
     start_deploy,
 )
-from tests.e2e.usercli import user_env
 
 pytestmark = pytest.mark.e2e
 
@@ -139,7 +139,7 @@ def test_sigterm_to_ai_deploy_no_gcp_stops_pyinfra_and_frees_the_host(
     base = build_variant(workdir, "term-base")
     serve(sandbox, base)
     slow = build_variant(workdir, "term-slow", patch_main=slow_start(30))
-    env = user_env()
+    env = cli_env()
     proc = subprocess.Popen(
         [
             str(REPO / ".venv/bin/ai-deploy"),

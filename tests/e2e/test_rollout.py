@@ -190,7 +190,8 @@ def test_1_a_good_release_reaches_all_four_canary_first_then_changes_nothing(
     assert no_lock_anywhere(fleet)
 
     pids = {h.name: main_pid(h) for h in fleet.hosts}
-    again = rollout(fleet, fleet.good, "--canary", "1", "--batch-size", "2")
+    # -v: pyinfra's whole stream, with its results table for each step
+    again = rollout(fleet, fleet.good, "--canary", "1", "--batch-size", "2", "-v")
     assert again.returncode == 0, again.stdout[-3000:]
     totals = [line.split() for line in again.stdout.splitlines() if "Grand total" in line]
     # Operations: all, succeeded (changed), failed, no change.

@@ -535,7 +535,7 @@ def test_sigterm_mid_deploy_removes_rule_and_key(
 ) -> None:
     release = make_release("flow")
     process = flow.start(
-        "--artifact", str(release.path), "--health-interval", "1", "--data", flow.env_data()
+        "--artifact", str(release.path), "--health-interval", "1", "--data", flow.env_data(), "-v"
     )
     process.wait_for(r"^--> Starting operation: ", timeout=240)
     children = [

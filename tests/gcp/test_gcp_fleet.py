@@ -215,7 +215,7 @@ def test_sigterm_during_the_rollout_leaves_nothing_and_no_lock(
     release = releases["next"]
     process = fleet.start(
         "--artifact", str(release.path), "--health-interval", "1",
-        "--canary", "1", "--batch-size", "1", "--data", f"env_file={fleet.env_file}",
+        "--canary", "1", "--batch-size", "1", "--data", f"env_file={fleet.env_file}", "-v",
     )  # fmt: skip
     batch = process.wait_for(r"^== batch 1: ", timeout=480)
     # The locks, the window and the keys are held for the whole rollout.

@@ -152,7 +152,7 @@ def test_a_run_that_failed_before_any_host_reported_prints_its_tail_masked_in_th
 ) -> None:
     run = _run(tmp_path, hooks)
     tail = ["Traceback (most recent call last):", f"KeyError: 'OPENAI_API_KEY={SECRET}'"]
-    result = PyinfraRun(returncode=1, tail=tail, outcomes={})
+    result = PyinfraRun(returncode=1, tail=tail, outcomes={}, explained=False)
     monkeypatch.setattr(flow, "run_pyinfra_streamed", lambda *a, **k: result)
     _, message = flow.deploy_phase(run)
     assert "Traceback" not in message and SECRET not in message

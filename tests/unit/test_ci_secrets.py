@@ -160,7 +160,9 @@ def test_pyinfra_output_is_redacted_before_it_is_printed(
     monkeypatch.setattr(
         pyinfra_run, "pyinfra_command", lambda *a, **k: [sys.executable, str(script)]
     )
-    result = pyinfra_run.run_pyinfra_streamed("inventory.py", [], dict(os.environ))
+    # -v: pyinfra's own stream is printed (by default only the hosts' events are)
+    env = dict(os.environ, AI_DEPLOY_VERBOSE="1")
+    result = pyinfra_run.run_pyinfra_streamed("inventory.py", [], env)
     out = capsys.readouterr().out
     assert result.returncode == 0
     assert "sk-abc123def456ghi789" not in out and "MIIEowIBAAKCAQEA" not in out

@@ -19,7 +19,8 @@ from tests.unit.test_workflow import run_actionlint, run_zizmor
 pytestmark = pytest.mark.unit
 
 FILLED = (
-    "--project", "proj-1", "--zone", "asia-northeast3-a", "--instance", "vm-1", "--repository", "o/r",
+    "--project", "proj-1", "--zone", "asia-northeast3-a", "--instance", "vm-1",
+    "--repository", "o/r",
 )  # fmt: skip
 
 
