@@ -72,28 +72,30 @@ def run_deploy(
     return proc
 
 
-def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of `ai-deploy` run outside CI on sandbox hosts: their SSH user and key,
-    no GCP or GitHub Actions variables, no colours, the default (short) output; EXTRA on top."""
-    skip = ("GCP_", "GITHUB_", "AI_DEPLOY_VERBOSE")
+def cli_env(ssh: bool = True, **extra: str) -> dict[str, str]:
+    """The environment of `ai-deploy` run outside CI on sandbox hosts: their SSH user and key
+    (with SSH false: no AI_DEPLOY_ variable at all, the app's settings file says how to reach
+    them), no GCP or GitHub Actions variables, no colours, the default (short) output; EXTRA on
+    top."""
+    skip = ("GCP_", "GITHUB_", "AI_DEPLOY_VERBOSE", *(() if ssh else ("AI_DEPLOY_",)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
-    env.update(
-        AI_DEPLOY_SSH_USER="ubuntu",
-        AI_DEPLOY_SSH_PRIVATE_KEY=ssh_key_path().read_text(),
-        NO_COLOR="1",
-        TERM="dumb",
-        **extra,
-    )
+    if ssh:
+        env.update(
+            AI_DEPLOY_SSH_USER="ubuntu", AI_DEPLOY_SSH_PRIVATE_KEY=ssh_key_path().read_text()
+        )
+    env.update(NO_COLOR="1", TERM="dumb", **extra)
     return env
 
 
-def run_cli(tool: Path, cwd: Path, *args: str, **extra_env: str) -> tuple[int, str]:
-    """TOOL (an `ai-deploy`) with ARGS in CWD and cli_env(EXTRA_ENV): its exit code and its
-    stdout and stderr together, also printed for the test's log."""
+def run_cli(
+    tool: Path, cwd: Path, *args: str, ssh: bool = True, **extra_env: str
+) -> tuple[int, str]:
+    """TOOL (an `ai-deploy`) with ARGS in CWD and cli_env(SSH, EXTRA_ENV): its exit code and
+    its stdout and stderr together, also printed for the test's log."""
     proc = subprocess.run(
         [str(tool), *args],
         cwd=cwd,
-        env=cli_env(**extra_env),
+        env=cli_env(ssh, **extra_env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -7,9 +7,7 @@ named after the app; nothing named ai-server is created."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import requests
 from ai_deploy.artifact.build import build_artifact, release_id_from_artifact
 from ai_deploy.sandbox.paths import ssh_key_path
 from tests.e2e.conftest import Sandbox
-from tests.e2e.deploykit import REPO, copy_example, grand_total, read_host
+from tests.e2e.deploykit import REPO, copy_example, grand_total, read_host, run_cli
 
 pytestmark = pytest.mark.e2e
 AI_DEPLOY = str(REPO / ".venv" / "bin" / "ai-deploy")
@@ -59,22 +57,8 @@ def app(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _ai_deploy(app: Path, *args: str) -> tuple[int, str]:
     """`ai-deploy ARGS` from the app's directory, with no SSH (or GCP, or CI) variables."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AI_DEPLOY_", "GCP_", "GITHUB_"))
-    }
-    env.update(NO_COLOR="1", TERM="dumb", XDG_CONFIG_HOME=str(app.parent / "config"))
-    proc = subprocess.run(
-        [AI_DEPLOY, *args],
-        cwd=app,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=900,
-    )
-    print(f"$ ai-deploy {' '.join(args)}\n{proc.stdout}\n(exit {proc.returncode})")
-    return proc.returncode, proc.stdout
+    config = str(app.parent / "config")  # ai-deploy's known_hosts goes under here
+    return run_cli(Path(AI_DEPLOY), app, *args, ssh=False, XDG_CONFIG_HOME=config)
 
 
 def _health(sandbox: Sandbox) -> str:
