@@ -47,7 +47,9 @@ def _in_project() -> Iterator[str]:
 
 
 @contextmanager
-def _loaded(inventory: str | None, data: Mapping[str, Any] | None) -> Iterator[tuple[Any, Any]]:
+def _loaded(
+    inventory: str | None, data: Mapping[str, Any] | None, *, connecting: bool = True
+) -> Iterator[tuple[Any, Any]]:
     """(state, inventory) of INVENTORY with DATA as --data, each host's data assembled by
     ai_deploy.settings.layers; paths in DATA and the settings file are taken from the working
     directory before the load moves into the project (pyinfra reads group_data/ from there)."""
@@ -73,7 +75,7 @@ def _loaded(inventory: str | None, data: Mapping[str, Any] | None) -> Iterator[t
         with ctx_state.use(state):
             try:
                 inv = make_inventory(inv_path, override_data=override, cwd=cwd)
-                apply_settings(inv, run)
+                apply_settings(inv, run, connecting=connecting)
             except SystemExit as exc:  # an inventory file that stops with a message
                 raise RemoteError(str(exc.code)) from None
             except SettingsError as exc:
@@ -87,7 +89,7 @@ def host_settings(inventory: str | None, data: Mapping[str, Any] | None = None) 
     --data), by host name, read as the pyinfra run reads it; nothing is connected. This imports
     pyinfra's CLI, which patches the standard library with gevent (see
     ai_deploy.ci.settings_probe)."""
-    with _loaded(inventory, data) as (_, inv):
+    with _loaded(inventory, data, connecting=False) as (_, inv):
         return {h.name: h.data for h in inv}
 
 

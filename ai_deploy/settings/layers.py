@@ -149,10 +149,13 @@ def source_of(name: str, layers: list[Layer]) -> str:
     return next((layer.source for layer in layers if name in layer.values), "nowhere")
 
 
-def apply_settings(inventory: Any, run: RunLayers | None = None) -> None:
+def apply_settings(
+    inventory: Any, run: RunLayers | None = None, *, connecting: bool = True
+) -> None:
     """Give every host of INVENTORY (a pyinfra Inventory) its data as this module's docstring
     layers it; once per inventory. SettingsError naming the setting, its source and the path,
-    for each file setting whose file is not there (before anything is connected)."""
+    for each file setting whose file is not there (before anything is connected). CONNECTING:
+    ai-deploy's known_hosts is made ready (and named) for the hosts that will use it."""
     if getattr(inventory, MARK, False):
         return
     from pyinfra.api.host import HostData
@@ -174,7 +177,7 @@ def apply_settings(inventory: Any, run: RunLayers | None = None) -> None:
         setattr(host, LAYERS_ATTR, every)
         problems += [f"{host.name}: {p}" for p in missing_files(merged(every), _sources(every))]
         over_ssh = "ssh" in getattr(host.connector_cls, "__name__", "").lower()
-        if over_ssh and host.data.get(KNOWN_HOSTS) == str(run.known_hosts):
+        if connecting and over_ssh and host.data.get(KNOWN_HOSTS) == str(run.known_hosts):
             _prepare_known_hosts(run.known_hosts)
     if problems:
         raise SettingsError(sorted(set(problems), key=problems.index))
