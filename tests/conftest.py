@@ -90,6 +90,20 @@ def network_jail(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """ai-deploy keeps the host keys it learns in $XDG_CONFIG_HOME/ai-deploy/known_hosts: the
+    tests, and every command they start, keep theirs apart from the user's (sandbox addresses
+    come back with other host keys when the base image is rebuilt)."""
+    old = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg-config"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = old
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test carries exactly one level marker, taken from its folder when not given."""
     for item in items:

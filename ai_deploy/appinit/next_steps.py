@@ -155,9 +155,10 @@ def next_steps(t: Target, written: list[str]) -> str:
         ]
     lines += [
         "",
-        "4. The app's secrets: put its .env on the VM once, at APP_ROOT/.env (/app/ai-server/.env",
-        "   by default; the deploy keeps it, 0600, owned by the service user), or set env_default",
-        "   or env_allow_empty in ai-deploy.toml. A host without one stops the deploy, saying so.",
+        '4. The app\'s secrets: name a local file in ai-deploy.toml (env_file = ".env", relative',
+        "   to it; never commit it), or put it on the VM once at <app_root>/.env (/app/<app_name>/",
+        "   .env by default). The deploy keeps it, 0600, owned by the service user; env_default or",
+        "   env_allow_empty cover a host with none, which otherwise stops the deploy, saying so.",
         "",
         "5. First deploy: merge to main (the workflow builds, deploys and checks /health), or",
         f"   from here: ai-deploy artifact build . -o dist && GCP_PROJECT_ID={p} "

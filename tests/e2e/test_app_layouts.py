@@ -80,9 +80,9 @@ def _lock_on_host(sandbox: Sandbox, app: Path) -> None:
     (app / "uv.lock").write_text(sandbox.ssh(f"cat {work}/uv.lock"))
 
 
-@pytest.fixture(scope="module")
-def app(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    root = tmp_path_factory.mktemp("layout")
+def make_uv_init_app(sandbox: Sandbox, root: Path) -> Path:
+    """ROOT/sentiment-svc as `uv init --package` makes it, its API importing a sibling module,
+    fastapi and uvicorn added (locked on SANDBOX, which reaches the package index)."""
     path = root / "sentiment-svc"
     _uv(root, "init", "--no-config", "--package", "--vcs", "none", "--author-from", "none",
         "--python", "3.11", str(path))  # fmt: skip
@@ -90,6 +90,13 @@ def app(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     (path / "src" / PKG / "api.py").write_text(API)
     _uv(path, "add", "--frozen", "fastapi", "uvicorn")
     _lock_on_host(sandbox, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def app(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    root = tmp_path_factory.mktemp("layout")
+    path = make_uv_init_app(sandbox, root)
     env_file = root / "app.env"
     env_file.write_text("GREETING=hello\n")
     yield App(path, env_file, _cli(path, "init"))
