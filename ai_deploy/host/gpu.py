@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -53,7 +54,7 @@ echo "release $(uname -r)"
 
 def probe_script(sysfs_pci: str = SYSFS_PCI) -> str:
     """The read-only probe, reading PCI devices from SYSFS_PCI (the real sysfs by default)."""
-    return PROBE_SCRIPT.replace("SYSFS_PCI", sysfs_pci)
+    return PROBE_SCRIPT.replace("SYSFS_PCI", shlex.quote(sysfs_pci))
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ai_deploy.settings.rules import rule_problem
 from ai_deploy.settings.schema import Declared
 
 _SCALARS = (str, int, float, bool)
@@ -76,7 +77,15 @@ def _fits(spec: Declared, value: Any) -> bool:
 def value_problem(spec: Declared, value: Any, raw: str | None = None) -> str | None:
     """Why VALUE does not fit SPEC ("expected an integer, got 'eighty'"), or None when it does.
     RAW: the `--data` text VALUE was read from; pyinfra hands a string setting given "570" the
-    integer 570, which is accepted when it reads back as the same text."""
+    integer 570, which is accepted when it reads back as the same text. A value of the right
+    kind must also keep its setting's rule (ai_deploy.settings.rules)."""
+    why = _kind_problem(spec, value, raw)
+    if why is None and spec.kind == "str" and raw is not None and _is_number(value):
+        value = raw
+    return why or rule_problem(spec.name, value)
+
+
+def _kind_problem(spec: Declared, value: Any, raw: str | None) -> str | None:
     if _fits(spec, value):
         return None
     if raw is not None and spec.kind in ("str", "choice") and _is_number(value):

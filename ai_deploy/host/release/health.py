@@ -3,6 +3,7 @@ itself until it is healthy, has failed, or runs out of time."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ PROBE = """
 python3 - <<'EOF'
 import urllib.request, urllib.error
 try:
-    with urllib.request.urlopen("http://127.0.0.1:{port}{path}", timeout=2) as r:
+    with urllib.request.urlopen({url}, timeout=2) as r:
         print("HTTP", r.status, r.read(300).decode(errors="replace").replace("\\n", " "))
 except urllib.error.HTTPError as e:
     print("HTTP", e.code, e.read(300).decode(errors="replace").replace("\\n", " "))
@@ -43,7 +44,8 @@ systemctl show -p ActiveState -p SubState -p NRestarts -p ExecMainStatus -p Main
 
 
 def probe_script(service: str, port: int, path: str) -> str:
-    return PROBE.format(service=shlex.quote(service), port=int(port), path=path)
+    url = json.dumps(f"http://127.0.0.1:{int(port)}{path}")  # a Python literal, never code
+    return PROBE.format(service=shlex.quote(service), url=url)
 
 
 def parse_probe(lines: list[str]) -> tuple[dict[str, str], int, str]:
