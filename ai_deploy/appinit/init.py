@@ -28,7 +28,9 @@ def _app_name(app_dir: Path) -> str:
         if pyproject.is_file()
         else None
     )
-    return found.group(1) if found else app_dir.resolve().name
+    name = found.group(1) if found else app_dir.resolve().name
+    # app_name's rule (ai_deploy.settings.rules): lower case, [a-z0-9._-], a letter or digit first
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("._-") or "app"
 
 
 def repository_of(app_dir: Path) -> str | None:

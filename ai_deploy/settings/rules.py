@@ -12,8 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_MODULE = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # Path characters with no meaning to systemd (%, $, \, quotes, whitespace), nginx (;, {, }, #)
 # or a shell (quotes, $, `, ;, |, &, <, >, *, ?).
@@ -69,7 +67,10 @@ def _user(value: str) -> str | None:
 
 
 def _module(value: str) -> str | None:
-    return None if _MODULE.fullmatch(value) else "module.path:attribute, each part an identifier"
+    module, sep, attr = value.partition(":")
+    parts = [*module.split("."), *attr.split(".")]
+    ok = sep and all(part.isidentifier() for part in parts)
+    return None if ok else "module.path:attribute, each part an identifier"
 
 
 def _host_name(value: str) -> bool:

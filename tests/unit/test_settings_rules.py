@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ai_deploy.appinit.init import _app_name
 from ai_deploy.ci.options import PhaseFailed
 from ai_deploy.ci.settings_probe import check_settings
 from ai_deploy.host.gpu import probe_script as gpu_probe_script
@@ -74,7 +75,7 @@ def _refused(name: str, value: object) -> None:
     assert f"--data: {name}: expected " in problems[0]
 
 
-@pytest.mark.parametrize("name", PATHS + ("gpu_sysfs_pci",))
+@pytest.mark.parametrize("name", (*PATHS, "gpu_sysfs_pci"))
 @pytest.mark.parametrize("value", BAD_PATHS)
 def test_a_path_setting_refuses_anything_but_a_clean_absolute_path(name: str, value: str) -> None:
     _refused(name, value)
@@ -126,7 +127,9 @@ def test_app_module_is_a_module_path_and_an_attribute(value: str) -> None:
     _refused("app_module", value)
 
 
-@pytest.mark.parametrize("value", ["main:app", "my_pkg.server:create_app", "a.b.c:obj.attr"])
+@pytest.mark.parametrize(
+    "value", ["main:app", "my_pkg.server:create_app", "a.b.c:obj.attr", "\U0001d44epp.server:app"]
+)
 def test_ordinary_app_modules_pass(value: str) -> None:
     assert _problems("app_module", value) == []
 
@@ -249,6 +252,17 @@ def test_the_defaults_keep_every_rule() -> None:
     assert check_values("group_data/all.py", group_data_defaults()) == []
     assert _problems("gpu_driver_branch", "570") == []
     assert check_data(["gpu_driver_branch=570", "uv_python=3.12", "app_root=/srv/a"]) == []
+
+
+@pytest.mark.parametrize(
+    ("project", "name"), [("My_App", "my_app"), ("Big Model (v2)", "big-model-v2"), ("_x", "x")]
+)
+def test_init_writes_an_app_name_that_keeps_the_rule(
+    tmp_path: Path, project: str, name: str
+) -> None:
+    (tmp_path / "pyproject.toml").write_text(f'[project]\nname = "{project}"\n')
+    assert _app_name(tmp_path) == name
+    assert _problems("app_name", name) == []
 
 
 def test_every_place_settings_are_given_applies_the_rules(tmp_path: Path) -> None:
