@@ -87,6 +87,13 @@ def _host(value: str) -> str | None:
     return None if _host_name(value) else "an IP address or a host name (letters, digits, - and .)"
 
 
+def _host_port(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if sep and port.isdigit() and not _host(host.removeprefix("[").removesuffix("]")):
+        return None
+    return None if not _host(value) else "a host name or IP address, with :PORT if need be"
+
+
 def _url_path(value: str) -> str | None:
     if value.startswith("/") and not _UNSAFE_IN_PATH.search(value):
         return None
@@ -150,7 +157,7 @@ SCALAR_RULES: dict[str, Callable[[str], str | None]] = {
     "gpu_sysfs_pci": _abs_path,
     "app_module": _module,
     "app_host": _host,
-    "models_metadata_host": _host,
+    "models_metadata_host": _host_port,
     "health_path": _url_path,
     "gpu_installer_url": _url,
     "models_gcs_url": _url,

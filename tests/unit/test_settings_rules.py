@@ -155,6 +155,13 @@ def test_a_host_is_an_ip_address_or_a_host_name(name: str, value: str) -> None:
 @pytest.mark.parametrize("value", ["0.0.0.0", "127.0.0.1", "::", "::1", "localhost", "a.b-c.io"])
 def test_ordinary_hosts_pass(value: str) -> None:
     assert _problems("app_host", value) == []
+    assert _problems("models_metadata_host", value) == []
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:8080", "metadata.google.internal:80", "[::1]:80"])
+def test_the_metadata_host_may_name_a_port(value: str) -> None:
+    assert _problems("models_metadata_host", value) == []
+    _refused("app_host", value)
 
 
 @pytest.mark.parametrize(
