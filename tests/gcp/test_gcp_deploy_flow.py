@@ -448,8 +448,9 @@ def test_pyinfra_failure_removes_rule_and_key(
     release = make_release("flow")
     # A log directory the host cannot create (procfs): the run fails on the host, mid-deploy.
     unmakeable = "/proc/ai-deploy-no-such-dir"
-    code, output = flow.deploy(release, "--data", flow.env_data(), "--data",
-                               f"app_log_dir={unmakeable}")  # fmt: skip
+    code, output = flow.deploy(
+        release, "-v", "--data", flow.env_data(), "--data", f"app_log_dir={unmakeable}"
+    )  # fmt: skip (-v: pyinfra's stream)
     assert code == 14, output
     assert f"[{flow.host.address}] Connected" in output  # pyinfra got in through the window
     assert f"Ensure the log directory {unmakeable} exists" in output
