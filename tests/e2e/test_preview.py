@@ -7,10 +7,8 @@ is in tests/gcp/test_gcp_fleet.py."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,15 @@ import pytest
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.paths import ssh_key_path
 from tests.e2e.conftest import Sandbox, boot
-from tests.e2e.deploykit import APP_ROOT, REPO, Artifact, build_variant, read_host, serving_release
+from tests.e2e.deploykit import (
+    APP_ROOT,
+    REPO,
+    Artifact,
+    build_variant,
+    read_host,
+    run_cli,
+    serving_release,
+)
 from tests.gcp.flowkit_servers import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
@@ -52,38 +58,24 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         app_dir = work / "app"
         app_dir.mkdir()
         addresses = ", ".join(f'"{s.address}"' for s in sandboxes)
-        (app_dir / "ai-deploy.toml").write_text(f"[environments.staging]\nhosts = [{addresses}]\n")
+        (app_dir / "ai-deploy.toml").write_text(
+            f"[environments.staging]\nhosts = [{addresses}]\n"
+            f'ssh_user = "ubuntu"\nssh_key = "{ssh_key_path()}"\n'
+        )
         yield Pair(sandboxes, inventory, served, newer, env_file, app_dir)
     finally:
         hosts.down([h.name for h in started])
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GCP_", "GITHUB_"))}
-    return {**env, "NO_COLOR": "1", "TERM": "dumb", **(extra or {})}
-
-
 def _ai_deploy(
-    pair: Pair, artifact: Artifact, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+    pair: Pair, artifact: Artifact, *args: str, cwd: Path = REPO, ssh: bool, **env: str
 ) -> tuple[int, str]:
-    argv = [
-        str(AI_DEPLOY), "deploy", "--artifact", str(artifact.path), "--no-gcp",
+    """`ai-deploy deploy` of ARTIFACT with ARGS; SSH false: no AI_DEPLOY_ variable at all."""
+    return run_cli(
+        AI_DEPLOY, cwd, "deploy", "--artifact", str(artifact.path), "--no-gcp",
         "--health-interval", "1", "--health-attempts", "20",
-        "--data", f"env_file={pair.env_file}", *args,
-    ]  # fmt: skip
-    proc = subprocess.run(
-        argv,
-        cwd=cwd,
-        env=_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=900,
-    )
-    out = _ANSI.sub("", proc.stdout)
-    print(f"$ ai-deploy deploy {' '.join(args)}\n{out}\n(exit {proc.returncode})")
-    return proc.returncode, out
+        "--data", f"env_file={pair.env_file}", *args, ssh=ssh, **env,
+    )  # fmt: skip
 
 
 def _state(h: Sandbox) -> str:
@@ -107,7 +99,7 @@ def _states(pair: Pair) -> dict[str, str]:
 
 
 def test_1_both_hosts_serve_a_release(pair: Pair) -> None:
-    code, out = _ai_deploy(pair, pair.served, "-i", str(pair.inventory))
+    code, out = _ai_deploy(pair, pair.served, "-i", str(pair.inventory), ssh=False)
     assert code == 0, out
     for h in pair.hosts:
         assert serving_release(h.address) == pair.served.release_id
@@ -121,25 +113,15 @@ def test_2_a_preview_changes_nothing_and_tells_nobody(
     before = _states(pair)
     assert "LOCKED" not in "".join(before.values())
     receiver = WebhookReceiver()
-    env = receiver.env()
-    cwd = REPO
+    cwd, ssh = REPO, False  # the inventory, or the toml's environment, says how to reach hosts
     if target == "inventory":
         args: tuple[str, ...] = ("-i", str(pair.inventory))
     elif target == "environment":
-        # An environment's hosts, reached through the prod inventory with the sandbox's key.
-        args, cwd = ("-e", "staging"), pair.app_dir
-        env |= {
-            "AI_DEPLOY_SSH_USER": "ubuntu",
-            "AI_DEPLOY_SSH_PRIVATE_KEY": str(ssh_key_path()),  # a path
-            "AI_DEPLOY_SSH_KNOWN_HOSTS": str(pair.inventory.parent / "known_hosts"),
-            "AI_DEPLOY_SSH_STRICT_HOST_KEYS": "yes",
-        }
+        args, cwd = ("-e", "staging"), pair.app_dir  # its hosts, ssh_user and ssh_key
     else:
-        args = ("--host", pair.hosts[0].address)
-        key = ssh_key_path().read_text()
-        env |= {"AI_DEPLOY_SSH_USER": "ubuntu", "AI_DEPLOY_SSH_PRIVATE_KEY": key}
+        args, ssh = ("--host", pair.hosts[0].address), True  # the key from the environment
     try:
-        code, out = _ai_deploy(pair, pair.newer, *args, preview, cwd=cwd, env=env)
+        code, out = _ai_deploy(pair, pair.newer, *args, preview, cwd=cwd, ssh=ssh, **receiver.env())
     finally:
         receiver.stop()
 
