@@ -40,7 +40,8 @@ def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser
     deploy.add_argument(
         "--dry-run",
         action="store_true",
-        help="print pyinfra's plan for each host (same user, key and settings); change nothing",
+        help="the plan, then pyinfra's dry run for each host (same user, key and settings); "
+        "changes nothing on any host, takes no lock, notifies nobody",
     )
     deploy.add_argument(
         "--data", action="append", default=[], metavar="KEY=VALUE", help="passed to pyinfra"
@@ -72,7 +73,9 @@ def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser
         help="after each step, watch its hosts' health this long (default rollout_wait_s: 0)",
     )
     fleet.add_argument(
-        "--plan", action="store_true", help="print hosts, steps and releases; change nothing"
+        "--plan",
+        action="store_true",
+        help="print hosts, steps and releases; change nothing, take no lock",
     )
     fleet.add_argument(
         "--json", action="store_true", help="the result as JSON on stdout, the rest on stderr"
