@@ -1,6 +1,14 @@
-"""The access phases of the CI entry that do not open a window: the instance's host keys read
-from its guest attributes and pinned for the run, and SSH through Identity-Aware Proxy (the
-standing rule checked, gcloud's tunnel on a local port for the run)."""
+"""Access for every `ai-deploy deploy`: the run's targets found, and the way to each opened for
+the rollout, one function per transport, everything undone on every way out (each undo is a
+context on the run's stack).
+
+- GCP instances (GCP_INSTANCE, or a label or filter: ai_deploy.ci.fleet_access): their host
+  keys pinned, then the firewall window for this runner (direct) or, through Identity-Aware
+  Proxy, the standing rule checked and one gcloud tunnel per instance; one key for the run
+  authorized on every instance (ssh-keys metadata, OS Login, or a provided key).
+- A plain SSH host (`--host`): the user and key given (variables, ai-deploy.toml), SSH checked;
+  in GCP mode through the firewall window for this runner.
+- The inventory's hosts (`-i`, `-e`): reached as the inventory says; nothing to open."""
 
 from __future__ import annotations
 
@@ -8,114 +16,168 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ai_deploy.ci.context import Run
+from ai_deploy.ci.fleet_access import (
+    fleet_host_keys_phase,
+    fleet_instances_phase,
+    fleet_keys_phase,
+    instance_filter_of,
+)
+from ai_deploy.ci.gcp_phases import auth_phase, firewall_phase, runner_ip_phase
 from ai_deploy.ci.options import PhaseFailed
+from ai_deploy.ci.ssh import Identity, provided_identity, wait_for_ssh
 
 
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _iap_target(run: Run) -> None:
-    """Through IAP the SSH target is the instance's name (the tunnel finds it); the outside
-    health check goes to its external address, or to AI_DEPLOY_HEALTH_URL without one."""
+def open_access(run: Run, stack: ExitStack, tmp: Path) -> None:
+    """The run's targets and the way to each, open until STACK closes."""
+    opts = run.opts
+    found_by = instance_filter_of(run)
+    if opts.use_gcp and opts.instance:
+        _gcp_instances(run, stack, tmp, None)
+    elif opts.host:
+        _plain_host(run, stack, tmp)
+    elif found_by is not None:
+        _gcp_instances(run, stack, tmp, found_by)
+    else:
+        if opts.ssh_transport == "iap":
+            raise PhaseFailed(
+                "config",
+                "AI_DEPLOY_SSH_TRANSPORT=iap reaches GCP instances: set GCP_INSTANCE (and "
+                "GCP_ZONE), or GCP_INSTANCE_FILTER / AI_DEPLOY_INSTANCES_LABEL",
+            )
+        if opts.use_gcp and (opts.project or run.environ.get("GCP_PROJECT_ID")):
+            auth_phase(run)
+
+
+def _gcp_instances(run: Run, stack: ExitStack, tmp: Path, found_by: str | None) -> None:
+    iap = run.opts.ssh_transport == "iap"
+    auth_phase(run)
+    if not iap:
+        runner_ip_phase(run)
+    if found_by is None:
+        instance_phase(run)
+    else:
+        fleet_instances_phase(run, found_by)
+    if iap:
+        iap_phase(run)
+        iap_tunnels_phase(run, stack)
+    fleet_host_keys_phase(run, tmp)
+    if not iap:
+        firewall_phase(run, stack)
+    fleet_keys_phase(run, stack, tmp)
+
+
+def instance_phase(run: Run) -> None:
+    """GCP_INSTANCE in GCP_ZONE as the run's one target, named by the instance; SSH and the
+    outside health check go to its external address (or --host). Through IAP, SSH goes to the
+    tunnel and the health check to the external address, or AI_DEPLOY_HEALTH_URL."""
     from ai_deploy.gcp.compute import get_instance
 
     opts = run.opts
-    if run.session is None or not (opts.zone and opts.instance) or opts.host:
+    iap = opts.ssh_transport == "iap"
+    if not opts.zone or (iap and opts.host):
+        raise PhaseFailed(
+            "config",
+            "set GCP_ZONE and GCP_INSTANCE, or pass --host ADDRESS"
+            if not iap
+            else "AI_DEPLOY_SSH_TRANSPORT=iap reaches a GCP instance: set GCP_PROJECT_ID, "
+            "GCP_ZONE and GCP_INSTANCE (and no --host, --no-gcp)",
+        )
+    with run.phases.phase("instance", "Find the instance's address"):
+        try:
+            info = get_instance(run.session.credentials, run.session.project, opts.zone,
+                                opts.instance)  # fmt: skip
+        except Exception as exc:
+            why = f"could not read instance {opts.instance}: {exc}"
+            raise PhaseFailed("instance", why) from exc
+        address = opts.host or info.nat_ip or ""
+        if not address and not (iap and opts.health_url):
+            raise PhaseFailed(
+                "config" if iap else "instance",
+                f"instance {opts.instance} has no external address for the outside health "
+                "check: set AI_DEPLOY_HEALTH_URL to where its health endpoint answers"
+                if iap
+                else f"could not read instance {opts.instance}: it has no external IP",
+            )
+        run.targets = [(opts.instance, opts.zone, address)]
+        run.hosts[:] = [opts.instance]
+        if iap:
+            where = f"instance {opts.instance} (zone {opts.zone})"
+            _say(f"SSH through IAP to {where}; no firewall window")
+        else:
+            _say(f"target: {opts.instance} ({opts.zone}) at {address}")
+
+
+def _plain_host(run: Run, stack: ExitStack, tmp: Path) -> None:
+    """`--host ADDRESS`: one target reached with the given user and key."""
+    from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.sshkeys import SshSettings
+
+    opts = run.opts
+    if opts.ssh_transport == "iap":
         raise PhaseFailed(
             "config",
             "AI_DEPLOY_SSH_TRANSPORT=iap reaches a GCP instance: set GCP_PROJECT_ID, GCP_ZONE "
             "and GCP_INSTANCE (and no --host, --no-gcp)",
         )
-    try:
-        info = get_instance(run.session.credentials, run.session.project, opts.zone, opts.instance)
-    except Exception as exc:
-        raise PhaseFailed("instance", f"could not read instance {opts.instance}: {exc}") from exc
-    if not info.nat_ip and not opts.health_url:
+    if opts.host_keys == "require":
         raise PhaseFailed(
             "config",
-            f"instance {opts.instance} has no external address for the outside health check: "
-            "set AI_DEPLOY_HEALTH_URL to where its health endpoint answers",
+            'AI_DEPLOY_HOST_KEYS "require" needs the instance\'s published keys: set GCP_ZONE '
+            "and GCP_INSTANCE",
         )
-    run.address, run.health_address = opts.instance, info.nat_ip or ""
-    _say(f"SSH through IAP to instance {opts.instance} (zone {opts.zone}); no firewall window")
+    if opts.use_gcp:
+        auth_phase(run)
+        runner_ip_phase(run)
+        firewall_phase(run, stack)
+    address = opts.host or ""
+    run.targets, run.hosts[:] = [(address, "", address)], [address]
+    try:
+        default_user = SshSettings.from_env(run.environ).user
+    except GcpError as exc:  # a login name or key setting that cannot work
+        raise PhaseFailed("config", str(exc)) from exc
+    with run.phases.phase("ssh", "Check SSH"):
+        who = outside_gcp_identity(run, tmp, default_user)
+        run.user, run.key = who.user, who.key
+        run.known_hosts = tmp / "known_hosts"
+        run.known_hosts.touch()
+        wait_for_ssh(address, run.user, run.key, run.known_hosts, opts.ssh_wait_s,
+                     key_is_new=False, key_source=who.described)  # fmt: skip
 
 
-def host_keys_phase(run: Run) -> None:
-    """Pin the host keys the instance's guest agent publishes (guest attributes `hostkeys/`);
-    where none are published, AI_DEPLOY_HOST_KEYS says whether first use is accepted."""
-    from ai_deploy.gcp.hostkeys import enable_hint, published_host_keys
-
-    opts = run.opts
-    published = bool(run.session is not None and opts.zone and opts.instance)
-    if not published and opts.host_keys != "require":  # no instance to ask: no phase to show
-        run.pinned = ()
-        return
-    with run.phases.phase("host-keys", "Pin the instance's SSH host keys"):
-        pinned: tuple = ()
-        if published:
-            project = run.session.project
-            hint = enable_hint(project, opts.zone, opts.instance)
-            try:
-                found = published_host_keys(
-                    run.session.credentials, project, opts.zone, opts.instance
-                )
-                why = (
-                    f"instance {opts.instance} publishes no host keys (guest attributes are off "
-                    f"or its guest agent has not written them; {hint})"
-                )
-            except Exception as exc:  # e.g. a role without compute.instances.getGuestAttributes
-                found = None
-                why = f"could not read the host keys of {opts.instance} ({exc})"
-            if found is None:
-                if opts.host_keys == "require":
-                    raise PhaseFailed(
-                        "ssh", f'{why}; stopping, since AI_DEPLOY_HOST_KEYS is "require"'
-                    )
-                _say(
-                    f"{why}: the host key is accepted on first use "
-                    '(AI_DEPLOY_HOST_KEYS is "accept-new")'
-                )
-            else:
-                pinned = found
-                for key in pinned:
-                    _say(f"pinned host key {key.key_type} {key.fingerprint}")
-        elif opts.host_keys == "require":
-            raise PhaseFailed(
-                "config",
-                'AI_DEPLOY_HOST_KEYS "require" needs the instance\'s published keys: set GCP_ZONE '
-                "and GCP_INSTANCE",
-            )
-        run.pinned = pinned
+def outside_gcp_identity(run: Run, tmp: Path, default_user: str) -> Identity:
+    """The user and key for a host outside GCP, from the variables or the run's settings."""
+    s = run.settings
+    return provided_identity(
+        run.environ,
+        tmp,
+        s.ssh_user if s else None,
+        s.ssh_key if s else None,
+        s.ssh_sources if s else {},
+        default_user,
+    )
 
 
-def access_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
-    """Where SSH connects: the host, or (IAP) the local port of gcloud's tunnel, open until the
-    run ends; known_hosts holds the pinned keys under that name."""
-    from ai_deploy.ci.ssh import prepare_access
+def iap_tunnels_phase(run: Run, stack: ExitStack) -> None:
+    """One gcloud IAP tunnel per target, each on its own local port until STACK closes."""
     from ai_deploy.ci.tunnel import iap_tunnel
 
-    opts = run.opts
-    if opts.ssh_transport != "iap":
-        run.access = prepare_access(tmp, run.address, pinned=run.pinned)
-        run.known_hosts = run.access.known_hosts
-        return
-    assert run.session is not None and opts.zone and opts.instance
-    with run.phases.phase("ssh", "Open the IAP tunnel"):
-        tunnel = stack.enter_context(
-            iap_tunnel(
-                opts.instance,
-                opts.zone,
-                run.session.project,
-                wait_s=opts.ssh_wait_s,
-                environ=run.environ,
-                say=_say,
+    with run.phases.phase("ssh", "Open the IAP tunnel" + ("s" if len(run.targets) > 1 else "")):
+        for name, zone, _ in run.targets:
+            tunnel = stack.enter_context(
+                iap_tunnel(
+                    name,
+                    zone,
+                    run.session.project,
+                    wait_s=run.opts.ssh_wait_s,
+                    environ=run.environ,
+                    say=_say,
+                )
             )
-        )
-    run.access = prepare_access(
-        tmp, tunnel.host, port=tunnel.port, pinned=run.pinned, through_iap=True
-    )
-    run.known_hosts = run.access.known_hosts
+            run.tunnels[name] = (tunnel.host, tunnel.port)
 
 
 def iap_phase(run: Run) -> None:

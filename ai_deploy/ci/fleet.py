@@ -1,12 +1,15 @@
-"""`ai-deploy deploy` over a fleet: the hosts of the inventory (or those picked with --hosts)
-when no single target is named (no --host, no GCP_INSTANCE). The rollout (ai_deploy.rollout)
-takes every lock, prints the plan, goes canary first then batch by batch, and switches every
-host it switched back on any failure; `--plan` prints the plan and changes nothing."""
+"""The rollout step of every `ai-deploy deploy`: over the run's targets (one `--host`, one
+GCP_INSTANCE, the instances of a label or filter) or the hosts of the inventory (or those
+picked with --hosts). The rollout (ai_deploy.rollout) takes every lock, prints the plan, goes
+canary first then batch by batch, and switches every host it switched back on any failure; a
+single target is a rollout of one with no canary. `--plan` prints the plan and changes nothing;
+`--dry-run` adds pyinfra's own dry diff per host."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ai_deploy.ci import exitcodes
@@ -19,30 +22,33 @@ from ai_deploy.rollout.run import Health, Outcome, Rollout, plan_only, run_rollo
 from ai_deploy.settings.ssh import handed_ssh_env
 
 
-def is_fleet(run: Run) -> bool:
-    """No single target named: the rollout goes over the inventory's hosts, or the instances
-    a label or filter finds (ai_deploy.ci.fleet_access)."""
-    opts = run.opts
-    return not opts.host and not opts.instance
-
-
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def masked_say(run: Run) -> Callable[[str], None]:
+    """How the rollout speaks in this run: anything key- or token-like in a line (a host's
+    log tail may hold the app's secrets) masked (::add-mask::) and redacted before printing."""
+    return lambda message: _say(mask_secret_like(message, run.environ))
+
+
 def fleet_env(run: Run) -> dict[str, str]:
     """The environment of the pyinfra runs: the inventory names the hosts and how to reach
-    them (the listed instances by name, when a label or filter found them); a key or
-    known_hosts file given to `ai-deploy` still goes through."""
+    them, or (targets named by the run) the targets by name, each at its endpoint, with the
+    run's user, key and known_hosts; a key given to `ai-deploy` still goes through."""
     if not run.targets:
         return handed_ssh_env(run.environ, key=run.key)
+    endpoints = []
+    for name, _, address in run.targets:
+        host, port = run.endpoint(name, address)
+        endpoints.append(f"{name}={host}:{port}")
     return handed_ssh_env(
         {**run.environ, "AI_DEPLOY_HOSTS": ",".join(name for name, _, _ in run.targets)},
         user=run.user,
         key=run.key,
         known_hosts=run.known_hosts,
         strict=run.strict_host_keys,
-        endpoints=",".join(f"{n}={a}:22" for n, _, a in run.targets),
+        endpoints=",".join(endpoints),
     )
 
 
@@ -51,7 +57,11 @@ def fleet_phase(run: Run) -> tuple[int, str]:
     a preview takes no lock and changes nothing on any host."""
     opts = run.opts
     health = Health(
-        opts.health_attempts, opts.health_interval_s, opts.health_timeout_s, opts.health_url
+        opts.health_attempts,
+        opts.health_interval_s,
+        opts.health_timeout_s,
+        opts.health_url,
+        addresses={name: address for name, _, address in run.targets},
     )
     rollout = Rollout(
         inventory=run.inventory,
@@ -65,7 +75,7 @@ def fleet_phase(run: Run) -> tuple[int, str]:
         canary=opts.canary,
         batch_size=opts.batch_size,
         wait_s=opts.batch_wait_s,
-        say=_say,
+        say=masked_say(run),
         model_sizes=dict(run.model_sizes),
     )
     title = "Plan the rollout (nothing changes)" if opts.preview else "Roll out"

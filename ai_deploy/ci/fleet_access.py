@@ -8,13 +8,10 @@ AI_DEPLOY_ADDRESS chooses (external, or internal from inside the VPC)."""
 
 from __future__ import annotations
 
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from ai_deploy.ci.context import Run
-from ai_deploy.ci.fleet import fleet_phase
-from ai_deploy.ci.gcp_phases import auth_phase, firewall_phase, runner_ip_phase
 from ai_deploy.ci.options import PhaseFailed
 
 
@@ -98,7 +95,7 @@ def fleet_host_keys_phase(run: Run, tmp: Path) -> None:
             if not found:
                 missing.append(name)
                 continue
-            lines += [key.known_hosts_line(address) for key in found]
+            lines += [key.known_hosts_line(run.known_hosts_name(name, address)) for key in found]
             run.pinned_of[name] = tuple(found)
             _say(f"pinned {len(found)} host key(s) of {name}")
         if missing and run.opts.host_keys == "require":
@@ -161,6 +158,7 @@ def fleet_keys_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
         assert run.known_hosts is not None
         for name, _, address in run.targets:
             pinned = run.pinned_of.get(name, ())
+            host, port = run.endpoint(name, address)
             wait_for_ssh(
                 address,
                 run.user,
@@ -168,30 +166,6 @@ def fleet_keys_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
                 run.known_hosts,
                 run.opts.ssh_wait_s,
                 key_is_new=settings.mode != "provided",
-                access=SshAccess(run.known_hosts, address, pinned=pinned),
+                access=SshAccess(run.known_hosts, host, port, pinned, name in run.tunnels),
             )
             _say(f"SSH to {name} works")
-
-
-def run_fleet(run: Run) -> tuple[int, str]:
-    """A rollout: over the instances a label or filter finds (each reached through the run's
-    window and key), else over the inventory's hosts as it reaches them."""
-    found_by = instance_filter_of(run)
-    if run.opts.use_gcp and (found_by or run.opts.project or run.environ.get("GCP_PROJECT_ID")):
-        auth_phase(run)
-    if found_by is None:
-        return fleet_phase(run)
-    if run.opts.ssh_transport == "iap":
-        raise PhaseFailed(
-            "config",
-            "a fleet through IAP is not supported yet: use AI_DEPLOY_SSH_TRANSPORT=direct, "
-            "or deploy one instance at a time with GCP_INSTANCE",
-        )
-    runner_ip_phase(run)
-    fleet_instances_phase(run, found_by)
-    # --plan reads each host's state too: through the same window and key
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="ai-deploy-ssh-") as tmp:
-        fleet_host_keys_phase(run, Path(tmp))
-        firewall_phase(run, stack)
-        fleet_keys_phase(run, stack, Path(tmp))
-        return fleet_phase(run)

@@ -1,12 +1,13 @@
-"""`ai-deploy deploy`: everything the CI job does around the pyinfra run, one function a phase.
+"""`ai-deploy deploy`: one engine for every target kind, one function a phase.
 
-check the artifact → authenticate to GCP → find the runner's address → find the instance's
-address → open the firewall window → authorize an SSH key and wait for it → run pyinfra (each
-host reports its outcome as data) → check health from outside → on an outside failure, roll
-back through the same window. The window and the key are context managers on one stack, so
-they are removed on every way out, SIGINT, SIGTERM and SIGHUP included (pyinfra is stopped
-first and the host lock it held released).
-Notifications and the job summary come last and never change the exit code."""
+check the artifact and settings → the targets and the way to each (ai_deploy.ci.access: the
+window or IAP tunnels, host keys, the run's key) → the rollout (ai_deploy.ci.fleet and
+ai_deploy.rollout: every lock taken, canary and batches, each host checked from outside, a
+switch-back of exactly the hosts this run switched, each to what it served before, with every
+lock still held; one target is a rollout of one) → the report. Access contexts sit on one
+stack, so they are removed on every way out, SIGINT, SIGTERM and SIGHUP included (pyinfra is
+stopped first and the locks released). The exit code comes from the hosts' outcomes
+(ai_deploy.ci.exitcodes); notifications and the job summary come last and never change it."""
 
 from __future__ import annotations
 
@@ -24,22 +25,11 @@ from ai_deploy.artifact.check import check_artifact
 from ai_deploy.artifact.checksum import check_sidecar
 from ai_deploy.ci import exitcodes
 from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.access import access_phase, host_keys_phase, iap_phase
+from ai_deploy.ci.access import open_access
 from ai_deploy.ci.context import Run
-from ai_deploy.ci.dryrun import dry_run
-from ai_deploy.ci.fleet import is_fleet, print_json, table_message
-from ai_deploy.ci.fleet_access import run_fleet
-from ai_deploy.ci.gcp_phases import (  # re-exported: ai_deploy.ci.reach runs them too
-    auth_phase,
-    firewall_phase,
-    instance_phase,
-    runner_ip_phase,
-    ssh_phase,
-)
-from ai_deploy.ci.health import check_health
+from ai_deploy.ci.fleet import fleet_phase, print_json, table_message
 from ai_deploy.ci.notify import DeployEvent, Outcome, notify
 from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, PhaseFailed
-from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.ci.secrets import mask_secret_like, mask_secrets
 from ai_deploy.ci.settings_probe import check_settings, read_settings
 from ai_deploy.gcp import Terminated, raise_on_termination
@@ -137,30 +127,13 @@ def _report(
 
 
 def _phases(run: Run) -> tuple[int, str]:
+    """One list of steps for every target kind: check → targets and access (all undone on
+    every way out) → the rollout, which holds every host's lock from before its first change
+    to after its last switch-back and checks each host from outside → its outcome."""
     check_artifact_phase(run)
-    if is_fleet(run):
-        return run_fleet(run)
-    iap = run.opts.ssh_transport == "iap"
-    if run.opts.use_gcp:
-        auth_phase(run)
-        if not iap:
-            runner_ip_phase(run)
-    instance_phase(run)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="ai-deploy-ssh-") as tmp:
-        run.known_hosts = Path(tmp) / "known_hosts"
-        if run.opts.preview:  # --plan on one target: its pyinfra plan, as --dry-run
-            return dry_run(run, Path(tmp))
-        host_keys_phase(run)
-        if iap:
-            iap_phase(run)
-        elif run.session is not None and run.runner_ip is not None:
-            firewall_phase(run, stack)
-        access_phase(run, stack, Path(tmp))
-        ssh_phase(run, stack, Path(tmp))
-        code, message = deploy_phase(run)
-        if code != exitcodes.EXIT_OK:
-            return code, message
-        return health_phase(run)
+        open_access(run, stack, Path(tmp))
+        return fleet_phase(run)
 
 
 def check_artifact_phase(run: Run) -> None:
@@ -190,74 +163,3 @@ def check_artifact_phase(run: Run) -> None:
         run.release, run.lock_hash = art.release_id, art.lock_hash
         run.model_sizes = {f.sha256: f.size for m in art.models for f in m.files}
         _say(f"release {run.release} ({art.members} members, sha256 {art.sha256[:16]}...; {said})")
-
-
-def deploy_phase(run: Run) -> tuple[int, str]:
-    """pyinfra with the artifact; the exit code follows from what each host reported."""
-    with run.phases.phase("deploy", "Deploy with pyinfra"):
-        data = [f"artifact={run.opts.artifact.resolve()}", *run.opts.data]
-        result = run_pyinfra_streamed(run.inventory, data, run.pyinfra_env())
-        code = exitcodes.exit_for_outcomes(result.outcomes.values(), [run.address])
-        if code == exitcodes.EXIT_OK and result.returncode != 0:
-            code = exitcodes.EXIT_DEPLOY
-        if code == exitcodes.EXIT_OK:
-            return code, ""
-        # The message goes to Slack, Discord and the job summary: outcomes only. Host output
-        # (an app's error-log tail may hold its secrets) stays in the CI log, already redacted.
-        reasons = [
-            f"{o.host}: {o.status}" + (f" in {o.phase}" if o.phase else "") + _first_line(o.reason)
-            for o in result.outcomes.values()
-        ]
-        tail = result.unexplained_tail()
-        if tail:
-            detail = mask_secret_like("\n".join(tail), run.environ)
-            _say(f"last lines of the pyinfra run:\n{detail}")
-        if not result.outcomes:
-            reasons = [
-                f"pyinfra failed (exit {result.returncode}) before a host reported; its last "
-                "lines are in the CI log"
-            ]
-        run.phases.fail("deploy")
-        return code, "; ".join(reasons)
-
-
-def _first_line(reason: str) -> str:
-    """The first line of a host's reason, cut short: what went wrong, never the log lines
-    that may follow it."""
-    line = reason.strip().splitlines()[0].strip() if reason.strip() else ""
-    return f" ({line[:197] + '...' if len(line) > 200 else line})" if line else ""
-
-
-def health_phase(run: Run) -> tuple[int, str]:
-    """The outside health check; a failure rolls back through the same window."""
-    opts, url = run.opts, run.health_url
-    with run.phases.phase("health", "Check health from outside"):
-        ok, why = check_health(
-            url, opts.health_attempts, opts.health_interval_s, opts.health_timeout_s, _say
-        )
-        _say(why)
-    if ok:
-        return exitcodes.EXIT_OK, f"release {run.release} is healthy at {url}"
-    with run.phases.phase("rollback", "Roll back to the previous release"):
-        result = run_pyinfra_streamed(
-            run.inventory, ["rollback=previous", *opts.data], run.pyinfra_env()
-        )
-        back_code = exitcodes.exit_for_outcomes(result.outcomes.values(), [run.address])
-        if back_code == exitcodes.EXIT_OK and result.returncode == 0:
-            back, back_why = check_health(
-                url, opts.health_attempts, opts.health_interval_s, opts.health_timeout_s, _say
-            )
-        else:
-            back, back_why = False, "the rollback run failed"
-        if not back:
-            run.phases.fail("rollback")
-            return (
-                exitcodes.EXIT_SWITCH_BACK_FAILED,
-                f"{why}; rolling back did not bring it back: {back_why}",
-            )
-        _say(f"rolled back: {back_why}")
-    run.phases.fail("health")
-    return (
-        exitcodes.EXIT_SWITCHED_BACK,
-        f"{why}; rolled back to the previous release, which is healthy",
-    )

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ai_deploy.ci import exitcodes
 from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.access import access_phase, host_keys_phase, iap_phase
+from ai_deploy.ci.access import open_access
 from ai_deploy.ci.context import Run
+from ai_deploy.ci.fleet import fleet_env
 from ai_deploy.ci.options import DeployOptions, PhaseFailed
 
 REACHED_ENV = "AI_DEPLOY_REACHED"  # set in the child: the hosts are reachable already
@@ -36,32 +37,13 @@ def through_gcp(environ: Mapping[str, str]) -> bool:
 @contextmanager
 def reached(inventory: str, environ: Mapping[str, str]) -> Iterator[dict[str, str]]:
     """The environment with which INVENTORY reaches the instance, for the block's duration."""
-    from ai_deploy.ci.flow import (
-        auth_phase,
-        firewall_phase,
-        instance_phase,
-        runner_ip_phase,
-        ssh_phase,
-    )
-
     opts = DeployOptions.from_env(Path(os.devnull), environ, inventory=inventory)
     opts.check_access_settings()
     run = Run(opts, dict(environ), ci_output.Phases())
     run.inventory = inventory
-    iap = opts.ssh_transport == "iap"
-    auth_phase(run)
-    if not iap:
-        runner_ip_phase(run)
-    instance_phase(run)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="ai-deploy-ssh-") as tmp:
-        host_keys_phase(run)
-        if iap:
-            iap_phase(run)
-        else:
-            firewall_phase(run, stack)
-        access_phase(run, stack, Path(tmp))
-        ssh_phase(run, stack, Path(tmp))
-        yield {**run.pyinfra_env(), REACHED_ENV: "1"}
+        open_access(run, stack, Path(tmp))
+        yield {**fleet_env(run), REACHED_ENV: "1"}
 
 
 def run_reached(inventory: str, argv: Sequence[str], environ: Mapping[str, str]) -> int:

@@ -30,9 +30,12 @@ class Health:
     interval_s: float
     timeout_s: float
     url: str | None = None  # one URL for every host (a load balancer's): None, each host's own
+    # where each host's health is asked, by name, when not where SSH reaches it (IAP)
+    addresses: Mapping[str, str] = field(default_factory=dict)
 
     def url_of(self, f: HostFacts) -> str:
-        return self.url or f"http://{f.address}:{f.port}{f.health_path}"
+        address = self.addresses.get(f.host) or f.address
+        return self.url or f"http://{address}:{f.port}{f.health_path}"
 
 
 @dataclass
@@ -69,6 +72,8 @@ def _steps(r: Rollout, fleet: Fleet) -> tuple[list[list[str]], bool, float]:
     canary = r.canary if r.canary is not None else s.get("rollout_canary", "1")
     size = r.batch_size if r.batch_size is not None else s.get("rollout_batch_size", "25%")
     wait = r.wait_s if r.wait_s is not None else float(str(s.get("rollout_wait_s") or 0))
+    if len(fleet.facts) == 1:  # a single target: a rollout of one host, no canary
+        canary = "0"
     batches = make_batches(list(fleet.facts), canary, size)
     has_canary = str(canary).strip() not in ("0", "0%")
     return batches, has_canary, wait

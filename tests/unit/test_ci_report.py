@@ -1,6 +1,7 @@
 """A failing deploy's reporting with an app secret in its reason: the flow's _report masks it
 (::add-mask:: first) in the log and keeps it out of Slack, Discord and the job summary; the
-deploy phase's message carries host outcomes only, never their log lines."""
+rollout step's message carries host outcomes only, never their log lines, and the log tail it
+prints is masked."""
 
 from __future__ import annotations
 
@@ -16,10 +17,17 @@ import pytest
 from ai_deploy.ci import flow, secretlike
 from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.context import Run
+from ai_deploy.ci.fleet import masked_say
 from ai_deploy.ci.notify import Outcome
 from ai_deploy.ci.options import DeployOptions
 from ai_deploy.ci.pyinfra_run import PyinfraRun
 from ai_deploy.host.outcome import HostOutcome
+from ai_deploy.rollout import run as rollout_run
+from ai_deploy.rollout.fleetlock import Fleet
+from ai_deploy.rollout.plan import HostFacts
+from ai_deploy.rollout.report import HostResult
+from ai_deploy.rollout.run import Health, Rollout
+from ai_deploy.rollout.run import Outcome as Outcome_
 
 pytestmark = pytest.mark.unit
 
@@ -77,7 +85,7 @@ def _run(tmp_path: Path, hooks: Webhooks) -> Run:
         "AI_DEPLOY_DISCORD_WEBHOOK_URL": hooks.url("/discord"),
     }
     run = Run(DeployOptions(artifact=tmp_path / "a.tar.gz"), env, ci_output.Phases(env=env))
-    run.release, run.hosts, run.address = "20260101-abc", ["10.0.0.5"], "10.0.0.5"
+    run.release, run.hosts = "20260101-abc", ["10.0.0.5"]
     return run
 
 
@@ -109,6 +117,26 @@ def test_a_secret_in_the_failure_message_is_masked_and_sent_nowhere(
         assert fact in sent
 
 
+def _one_step(run: Run, result: PyinfraRun, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The rollout's step over host 10.0.0.5 with RESULT as its pyinfra run; its message."""
+    facts = HostFacts("10.0.0.5", "10.0.0.5", 8000, "/health", "socket", current="old")
+    rollout = Rollout(
+        inventory="inventory.py",
+        artifact=Path("a.tar.gz"),
+        release=run.release,
+        lock_hash="",
+        data=[],
+        env={},
+        health=Health(1, 0.0, 1.0),
+        say=masked_say(run),
+    )
+    out = Outcome_([], [], [], [HostResult("10.0.0.5", "batch 1", "old", "old")])
+    monkeypatch.setattr(rollout_run, "run_pyinfra_streamed", lambda *a, **k: result)
+    return rollout_run._Steps(rollout, Fleet(facts={"10.0.0.5": facts}), out, 0.0)._step(
+        ["10.0.0.5"]
+    )
+
+
 def test_the_deploy_message_holds_outcomes_not_the_hosts_log_lines(
     tmp_path: Path,
     hooks: Webhooks,
@@ -130,13 +158,8 @@ def test_the_deploy_message_holds_outcomes_not_the_hosts_log_lines(
         reason=reason,
     )
     result = PyinfraRun(returncode=1, tail=[LOG_LINE], outcomes={"10.0.0.5": outcome})
-    monkeypatch.setattr(flow, "run_pyinfra_streamed", lambda *a, **k: result)
-    code, message = flow.deploy_phase(run)
-    assert code != 0
-    assert message == (
-        "10.0.0.5: switched-back in health "
-        "(release 20260101-abc is not healthy: no answer within 60 s)"
-    )
+    message = _one_step(run, result, monkeypatch)
+    assert message == "10.0.0.5: switched-back in health"
     flow._report(run, Outcome.ROLLBACK, message, 30.0, error_title="deploy failed")
     sent = _everything_sent(hooks, tmp_path)
     assert LOG_LINE not in sent and SECRET not in sent
@@ -153,10 +176,9 @@ def test_a_run_that_failed_before_any_host_reported_prints_its_tail_masked_in_th
     run = _run(tmp_path, hooks)
     tail = ["Traceback (most recent call last):", f"KeyError: 'OPENAI_API_KEY={SECRET}'"]
     result = PyinfraRun(returncode=1, tail=tail, outcomes={}, explained=False)
-    monkeypatch.setattr(flow, "run_pyinfra_streamed", lambda *a, **k: result)
-    _, message = flow.deploy_phase(run)
+    message = _one_step(run, result, monkeypatch)
     assert "Traceback" not in message and SECRET not in message
-    assert "last lines are in the CI log" in message
+    assert "no outcome (pyinfra exit 1)" in message
     flow._report(run, Outcome.FAILURE, message, 3.0, error_title="deploy failed")
     log = capsys.readouterr().out
     lines = log.splitlines()
