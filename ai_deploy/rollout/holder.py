@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ai_deploy.host import strategies
 from ai_deploy.host.facts import read_tree
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.release.lock import acquire_lock
@@ -66,6 +67,7 @@ def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
         venvs=list(tree.venvs),
         lock=tree.lock,
         model_blobs=verified,
+        units=strategies.get(spec.strategy).units(spec.layout),
     )
 
 

@@ -58,6 +58,7 @@ class HostFacts:
     venvs: list[str] = field(default_factory=list)
     lock: dict[str, object] | None = None  # who holds the lock (read for the plan only)
     model_blobs: list[str] = field(default_factory=list)  # sha256 of verified model files
+    units: list[str] = field(default_factory=list)  # what its strategy restarts to go live
 
     @classmethod
     def from_json(cls, text: str) -> HostFacts:
@@ -77,6 +78,7 @@ class HostPlan:
     strategy: str
     fetch_files: int = 0  # model files the host must download
     fetch_bytes: int = 0
+    restarts: tuple[str, ...] = ()  # the units going live restarts (none when no change)
 
     @property
     def changes(self) -> bool:
@@ -110,6 +112,7 @@ def plan_hosts(
                     f.strategy,
                     len(missing),
                     sum(missing.values()),
+                    tuple(f.units) if f.current != release else (),
                 )
             )
     return plans
@@ -146,6 +149,7 @@ def render_plan(plans: list[HostPlan], has_canary: bool, wait_s: float) -> list[
         lines.append(
             f"  {batch_label(p.batch, has_canary):<8} {p.host:<{width}}  {before} -> {p.after}"
             f"  ({what}, {p.strategy})"
+            + (f"  restarts {', '.join(p.restarts)}" if p.changes and p.restarts else "")
         )
     return lines
 
@@ -162,6 +166,7 @@ def plan_json(plans: list[HostPlan], has_canary: bool) -> list[dict[str, object]
             "strategy": p.strategy,
             "fetch_files": p.fetch_files,
             "fetch_bytes": p.fetch_bytes,
+            "restarts": list(p.restarts),
         }
         for p in plans
     ]

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from google.oauth2.credentials import Credentials as TokenCredentials
 
-from ai_deploy.ci import gcp_phases as flow
+from ai_deploy.ci import fleet_access
 from ai_deploy.ci import output as ci_output
+from ai_deploy.ci import ssh as ci_ssh
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.options import DeployOptions, PhaseFailed
 from ai_deploy.gcp.oslogin import OsLoginState, oslogin_state, ssh_settings_for
@@ -118,7 +119,7 @@ def test_a_project_that_cannot_be_read_keeps_the_mode_and_says_so(
     assert note is not None and "compute.projects.get" in note
 
 
-# --- the deploy's ssh phase ----------------------------------------------------------------
+# --- the deploy's key phase -----------------------------------------------------------------
 
 
 @dataclass
@@ -132,7 +133,7 @@ def _run(fake: FakeGcp, creds: TokenCredentials, environ: dict[str, str], tmp: P
     opts = DeployOptions(artifact=tmp / "a.tar.gz", zone=ZONE, instance=INSTANCE)
     run = Run(opts, environ, ci_output.Phases(env=environ))
     run.session = _Session(creds, PROJECT, fake.state.service_account)
-    run.address = "10.201.9.2"
+    run.targets = [(INSTANCE, ZONE, "10.201.9.2")]
     run.known_hosts = tmp / "known_hosts"
     return run
 
@@ -147,10 +148,10 @@ def test_the_ssh_phase_uses_os_login_when_the_project_enables_it(
     gcp_fake.set_project_metadata("enable-oslogin", "TRUE")
     sa = gcp_fake.state.service_account
     waited: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(flow, "wait_for_ssh", lambda *a, **k: waited.append(a))
+    monkeypatch.setattr(ci_ssh, "wait_for_ssh", lambda *a, **k: waited.append(a))
     run = _run(gcp_fake, token_credentials, {}, tmp_path)
     with ExitStack() as stack:
-        flow.ssh_phase(run, stack, tmp_path)
+        fleet_access.fleet_keys_phase(run, stack, tmp_path)
         (record,) = gcp_fake.state.oslogin_keys[sa].values()
         assert run.user == "sa_github_actions"
         assert waited and waited[0][1] == "sa_github_actions"
@@ -169,11 +170,11 @@ def test_the_ssh_phase_stops_at_once_when_metadata_mode_was_chosen(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gcp_fake.set_project_metadata("enable-oslogin", "TRUE")
-    monkeypatch.setattr(flow, "wait_for_ssh", lambda *a, **k: pytest.fail("waited for SSH"))
+    monkeypatch.setattr(ci_ssh, "wait_for_ssh", lambda *a, **k: pytest.fail("waited for SSH"))
     run = _run(gcp_fake, token_credentials, {"AI_DEPLOY_SSH_MODE": "metadata"}, tmp_path)
     started = time.monotonic()
     with ExitStack() as stack, pytest.raises(PhaseFailed) as caught:
-        flow.ssh_phase(run, stack, tmp_path)
+        fleet_access.fleet_keys_phase(run, stack, tmp_path)
     assert time.monotonic() - started < 30
     assert caught.value.phase == "ssh"
     assert "AI_DEPLOY_SSH_MODE" in str(caught.value)

@@ -54,7 +54,7 @@ def test_batches_canary_first_then_the_rest_in_order() -> None:
 
 def facts(name: str, current: str | None, releases: list[str], venvs: list[str]) -> HostFacts:
     return HostFacts(name, f"10.0.0.{name[-1]}", 8000, "/health", "socket", current, None,
-                     releases, venvs)  # fmt: skip
+                     releases, venvs, units=["app.socket", "app.service"])  # fmt: skip
 
 
 def test_plan_lines_say_before_after_venv_and_strategy() -> None:
@@ -67,16 +67,18 @@ def test_plan_lines_say_before_after_venv_and_strategy() -> None:
     plans = plan_hosts(f, make_batches(HOSTS, "1", "2"), "r2", "aaa")
     lines = render_plan(plans, True, 30)
     assert lines[0] == "plan: 4 host(s) in 3 step(s), 30 s watched after each"
-    assert lines[1].split() == ["canary", "h1", "r1", "->", "r2", "(venv", "reused,", "socket)"]
+    assert lines[1].split() == ["canary", "h1", "r1", "->", "r2", "(venv", "reused,", "socket)",
+                                "restarts", "app.socket,", "app.service"]  # fmt: skip
     assert lines[2].split()[:6] == ["batch", "1", "h2", "r1", "->", "r2"]
     assert "(venv built, socket)" in lines[2]
-    assert "(no change, socket)" in lines[3]
+    assert lines[3].endswith("(no change, socket)")  # a host already serving restarts nothing
     assert "(none) -> r2  (venv built" in lines[4]
     data = plan_json(plans, True)
     assert [d["step"] for d in data] == ["canary", "batch 1", "batch 1", "batch 2"]
     assert data[2] == {"host": "h3", "step": "batch 1", "before": "r2", "after": "r2",
                        "changes": False, "builds_venv": False, "strategy": "socket",
-                       "fetch_files": 0, "fetch_bytes": 0}  # fmt: skip
+                       "fetch_files": 0, "fetch_bytes": 0, "restarts": []}  # fmt: skip
+    assert data[0]["restarts"] == ["app.socket", "app.service"]
 
 
 def test_plan_says_which_model_files_each_host_must_fetch() -> None:
@@ -93,7 +95,7 @@ def test_plan_says_which_model_files_each_host_must_fetch() -> None:
     lines = render_plan(plans, False, 0)
     assert "(venv reused, 1 model file(s) to fetch: 512.0 MiB, socket)" in lines[1]
     assert "2 model file(s) to fetch: 3.5 GiB" in lines[2]
-    assert "(no change, socket)" in lines[3]
+    assert lines[3].endswith("(no change, socket)")  # a host already serving restarts nothing
 
 
 def test_table_lines_up_and_shows_every_host() -> None:
