@@ -162,10 +162,12 @@ def outside_gcp_identity(run: Run, tmp: Path, default_user: str) -> Identity:
 
 
 def iap_tunnels_phase(run: Run, stack: ExitStack) -> None:
-    """One gcloud IAP tunnel per target, each on its own local port until STACK closes."""
-    from ai_deploy.ci.tunnel import iap_tunnel
+    """One gcloud IAP tunnel per target, each on its own local port until STACK closes; the
+    tunnels a killed run left are ended first."""
+    from ai_deploy.ci.tunnel import iap_tunnel, sweep_left_tunnels
 
     with run.phases.phase("ssh", "Open the IAP tunnel" + ("s" if len(run.targets) > 1 else "")):
+        sweep_left_tunnels(run.environ, _say)
         for name, zone, _ in run.targets:
             tunnel = stack.enter_context(
                 iap_tunnel(

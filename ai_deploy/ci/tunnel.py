@@ -4,21 +4,30 @@ its output ("Listening on port [N]."), and the process ended on every exit of th
 
 ssh and pyinfra then connect to 127.0.0.1:N like any host. (pyinfra's paramiko connection
 through a ProxyCommand stops after key exchange when pyinfra runs without a controlling
-terminal, as the CI entry runs it; a plain local port has no such problem.)"""
+terminal, as the CI entry runs it; a plain local port has no such problem.)
+
+Each tunnel is recorded (its process and the run's, by pid and start time) in a directory
+only this user can write, and the record removed when the tunnel ends. A run killed with
+SIGKILL cannot end its tunnels: the next run finds their records, sees the run that started
+them gone, and ends them (`sweep_left_tunnels`)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import queue
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from ai_deploy.ci.options import PhaseFailed
 from ai_deploy.gcp.iap import IapError, tunnel_argv
@@ -26,6 +35,7 @@ from ai_deploy.gcp.iap import IapError, tunnel_argv
 LISTENING_RE = re.compile(r"Listening on port \[(\d+)\]")
 LOCAL_HOST = "127.0.0.1"
 STOP_WAIT_S = 5.0
+TUNNELS_DIR_ENV = "AI_DEPLOY_TUNNELS_DIR"  # where tunnels are recorded (default: see below)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,7 @@ def iap_tunnel(
         env=dict(environ),
         start_new_session=True,  # ended by us, after pyinfra has released the host's lock
     )
+    record = _record(proc, instance, environ)
     try:
         lines: queue.Queue[str | None] = queue.Queue()
         last: list[str] = []
@@ -108,6 +119,74 @@ def iap_tunnel(
         yield Tunnel(instance, LOCAL_HOST, port)
     finally:
         _stop(proc)
+        record.unlink(missing_ok=True)
+
+
+def tunnels_dir(environ: Mapping[str, str]) -> Path:
+    """Where this user's runs record their tunnels: AI_DEPLOY_TUNNELS_DIR, else
+    $XDG_RUNTIME_DIR/ai-deploy-tunnels, else ai-deploy-tunnels-UID in the temporary directory."""
+    own = environ.get(TUNNELS_DIR_ENV, "").strip()
+    if own:
+        return Path(own)
+    runtime = environ.get("XDG_RUNTIME_DIR", "").strip()
+    if runtime:
+        return Path(runtime) / "ai-deploy-tunnels"
+    return Path(tempfile.gettempdir()) / f"ai-deploy-tunnels-{os.getuid()}"
+
+
+def _started(pid: int) -> str | None:
+    """PID's start time (field 22 of /proc/PID/stat; "" where there is no /proc), or None
+    when no such process exists: with the pid, it names one process, never a reused pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _record(proc: subprocess.Popen[str], instance: str, environ: Mapping[str, str]) -> Path:
+    directory = tunnels_dir(environ)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"{proc.pid}.json"
+    me = os.getpid()
+    path.write_text(
+        json.dumps(
+            {
+                "instance": instance,
+                "pid": proc.pid,
+                "started": _started(proc.pid),
+                "run": me,
+                "run_started": _started(me),
+            }
+        )
+    )
+    return path
+
+
+def sweep_left_tunnels(environ: Mapping[str, str], say: Callable[[str], None] = print) -> None:
+    """End every tunnel whose run is gone (killed with SIGKILL before it could end them)."""
+    directory = tunnels_dir(environ)
+    if not directory.is_dir() or directory.stat().st_uid != os.getuid():
+        return  # none recorded, or not this user's records: nothing of ours to end
+    for path in sorted(directory.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            pid, run = int(rec["pid"]), int(rec["run"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if _started(run) == rec.get("run_started") and _started(run) is not None:
+            continue  # its run is alive: its tunnel is in use
+        if _started(pid) == rec.get("started") and _started(pid) is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            say(f"ended the IAP tunnel to {rec.get('instance')} (pid {pid}) a stopped run left")
+        path.unlink(missing_ok=True)
 
 
 def _wait_for_port(
@@ -147,4 +226,4 @@ def _wait_for_port(
         )
 
 
-__all__ = ["LISTENING_RE", "Tunnel", "iap_tunnel"]
+__all__ = ["LISTENING_RE", "Tunnel", "iap_tunnel", "sweep_left_tunnels", "tunnels_dir"]
