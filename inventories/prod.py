@@ -30,7 +30,7 @@ import os
 import sys
 
 from ai_deploy.settings.pyinfra_hooks import inventory_settings
-from ai_deploy.settings.ssh import ENDPOINTS_ENV
+from ai_deploy.settings.ssh import Reach, ReachError
 
 _settings = inventory_settings(__file__)
 
@@ -58,9 +58,8 @@ def _by_filter() -> dict[str, str]:
 
 def _hosts() -> list[tuple[str, dict[str, object]]]:
     """(host name, its own data) of each host, from the first place above that names any."""
-    listed = [a.strip() for a in os.environ.get("AI_DEPLOY_HOSTS", "").split(",") if a.strip()]
-    if listed:
-        return [(address, {}) for address in listed]
+    if _reach.hosts:
+        return [(address, {}) for address in _reach.hosts]
     if os.environ.get("GCP_INSTANCE_FILTER") or os.environ.get("AI_DEPLOY_INSTANCES_LABEL"):
         return [(name, {"ssh_hostname": address}) for name, address in _by_filter().items()]
     if _settings.hosts:  # the environment's hosts in ai-deploy.toml
@@ -82,18 +81,9 @@ def _hosts() -> list[tuple[str, dict[str, object]]]:
 _data: dict[str, object] = {"ssh_user": "ubuntu", **_settings.ssh_data}
 
 
-def _endpoints() -> dict[str, dict[str, object]]:
-    found: dict[str, dict[str, object]] = {}
-    for item in os.environ.get(ENDPOINTS_ENV, "").split(","):
-        name, _, endpoint = item.strip().partition("=")
-        host, _, port = endpoint.rpartition(":")
-        if not (name and host and port.isdigit()):
-            if item.strip():
-                raise SystemExit(f"{ENDPOINTS_ENV}: {item.strip()!r} is not NAME=HOST:PORT")
-            continue
-        found[name] = {"ssh_hostname": host, "ssh_port": int(port)}
-    return found
-
-
-_where = _endpoints()
+try:
+    _reach = Reach.from_env(os.environ)  # what `ai-deploy` handed: hosts and how to reach them
+except ReachError as exc:
+    raise SystemExit(f"inventories/prod.py: {exc}") from None
+_where = {n: {"ssh_hostname": h, "ssh_port": p} for n, (h, p) in _reach.endpoints.items()}
 prod = [(name, {**_data, **own, **_where.get(name, {})}) for name, own in _hosts()]

@@ -19,7 +19,7 @@ from ai_deploy.ci.secrets import mask_secret_like
 from ai_deploy.rollout.fleetlock import FleetLockError
 from ai_deploy.rollout.plan import PlanError
 from ai_deploy.rollout.run import Health, Outcome, Rollout, plan_only, run_rollout
-from ai_deploy.settings.ssh import handed_ssh_env
+from ai_deploy.settings.ssh import Reach
 
 
 def _say(message: str) -> None:
@@ -35,21 +35,18 @@ def masked_say(run: Run) -> Callable[[str], None]:
 def fleet_env(run: Run) -> dict[str, str]:
     """The environment of the pyinfra runs: the inventory names the hosts and how to reach
     them, or (targets named by the run) the targets by name, each at its endpoint, with the
-    run's user, key and known_hosts; a key given to `ai-deploy` still goes through."""
+    run's user, key and known_hosts (ai_deploy.settings.ssh.Reach); a key given to
+    `ai-deploy` still goes through."""
     if not run.targets:
-        return handed_ssh_env(run.environ, key=run.key)
-    endpoints = []
-    for name, _, address in run.targets:
-        host, port = run.endpoint(name, address)
-        endpoints.append(f"{name}={host}:{port}")
-    return handed_ssh_env(
-        {**run.environ, "AI_DEPLOY_HOSTS": ",".join(name for name, _, _ in run.targets)},
+        return Reach(key=run.key).env(run.environ)
+    return Reach(
+        hosts=tuple(name for name, _, _ in run.targets),
         user=run.user,
         key=run.key,
         known_hosts=run.known_hosts,
         strict=run.strict_host_keys,
-        endpoints=",".join(endpoints),
-    )
+        endpoints={name: run.endpoint(name, address) for name, _, address in run.targets},
+    ).env(run.environ)
 
 
 def fleet_phase(run: Run) -> tuple[int, str]:

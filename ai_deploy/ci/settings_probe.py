@@ -17,6 +17,7 @@ from ai_deploy.ci.options import HostSettings, PhaseFailed
 from ai_deploy.settings.appfile import PATH_ENV
 from ai_deploy.settings.check import SettingsError
 from ai_deploy.settings.merge import check_all
+from ai_deploy.settings.ssh import Reach
 
 KEYS = (
     "app_module",
@@ -53,7 +54,7 @@ def read_settings(
     """HostSettings for INVENTORY's first host, with --data DATA, as `pyinfra` would see them."""
     proc = subprocess.run(
         [sys.executable, "-m", "ai_deploy.ci.settings_probe", inventory, *data],
-        env={**environ, "AI_DEPLOY_HOSTS": host},
+        env=Reach(hosts=(host,)).env(environ),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

@@ -4,7 +4,8 @@ that host keys learnt on first use go to, and the words of an SSH failure (the u
 key came from, the setting to change).
 
 The variables override ai-deploy.toml's `ssh_user` and `ssh_key`; the CI entry hands the
-inventory its run's user and key through the same variables."""
+prod inventory its run's hosts, user, key, known_hosts and endpoints as one typed contract
+(`Reach`), written and read only here."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ OLD_SSH_KEY_ENV = "AI_DEPLOY_SSH_KEY"  # the old name (a path only); still read,
 KNOWN_HOSTS_ENV = "AI_DEPLOY_SSH_KNOWN_HOSTS"
 STRICT_HOST_KEYS_ENV = "AI_DEPLOY_SSH_STRICT_HOST_KEYS"
 ENDPOINTS_ENV = "AI_DEPLOY_SSH_ENDPOINTS"
+HOSTS_ENV = "AI_DEPLOY_HOSTS"
 
 USER = "ssh_user"
 KEY = "ssh_key"
@@ -148,27 +151,63 @@ def ssh_failure_hint(user: Any, user_source: str, key: Any, key_source_name: str
     )
 
 
-def handed_ssh_env(
-    environ: Mapping[str, str],
-    *,
-    user: str | None = None,
-    key: Path | None = None,
-    known_hosts: Path | None = None,
-    strict: str | None = None,
-    endpoints: str | None = None,
-) -> dict[str, str]:
-    """ENVIRON with the SSH variables the CI entry hands its inventory set to what it was
-    given (the run's user, key file, known_hosts, host key policy, NAME=HOST:PORT endpoints);
-    the old key variable is dropped when a key is given, so it is neither used nor reported."""
-    env = dict(environ)
-    given = {
-        SSH_USER_ENV: user,
-        SSH_KEY_ENV: str(key) if key is not None else None,
-        KNOWN_HOSTS_ENV: str(known_hosts) if known_hosts is not None else None,
-        STRICT_HOST_KEYS_ENV: strict,
-        ENDPOINTS_ENV: endpoints,
-    }
-    if key is not None:
-        env.pop(OLD_SSH_KEY_ENV, None)
-    env.update({name: value for name, value in given.items() if value is not None})
-    return env
+class ReachError(ValueError):
+    """The inventory contract in the environment cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class Reach:
+    """The inventory contract: which hosts `ai-deploy` hands the prod inventory, and how each
+    is reached (the run's user, key file, known_hosts and host key policy; NAME -> HOST:PORT
+    endpoints, e.g. an IAP tunnel's local port). Written only by `env` and read only by
+    `from_env`: the variables' names are this class's business. A field left None (or
+    empty) is not handed: the inventory's own settings and the user's variables apply."""
+
+    hosts: tuple[str, ...] = ()
+    user: str | None = None
+    key: Path | None = None
+    known_hosts: Path | None = None
+    strict: str | None = None
+    endpoints: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+
+    def env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """ENVIRON with this contract written into it; the old key variable is dropped when a
+        key is given, so it is neither used nor reported."""
+        env = dict(environ)
+        given = {
+            HOSTS_ENV: ",".join(self.hosts) or None,
+            SSH_USER_ENV: self.user or None,
+            SSH_KEY_ENV: str(self.key) if self.key is not None else None,
+            KNOWN_HOSTS_ENV: str(self.known_hosts) if self.known_hosts is not None else None,
+            STRICT_HOST_KEYS_ENV: self.strict,
+            ENDPOINTS_ENV: ",".join(f"{n}={h}:{p}" for n, (h, p) in self.endpoints.items()) or None,
+        }
+        if self.key is not None:
+            env.pop(OLD_SSH_KEY_ENV, None)
+        env.update({name: value for name, value in given.items() if value is not None})
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Reach:
+        """The contract as ENVIRON holds it (the inventory's side); ReachError naming the
+        variable when an endpoint is not NAME=HOST:PORT."""
+        hosts = tuple(a.strip() for a in environ.get(HOSTS_ENV, "").split(",") if a.strip())
+        endpoints: dict[str, tuple[str, int]] = {}
+        for item in environ.get(ENDPOINTS_ENV, "").split(","):
+            name, _, endpoint = item.strip().partition("=")
+            host, _, port = endpoint.rpartition(":")
+            if not (name and host and port.isdigit()):
+                if item.strip():
+                    raise ReachError(f"{ENDPOINTS_ENV}: {item.strip()!r} is not NAME=HOST:PORT")
+                continue
+            endpoints[name] = (host, int(port))
+        key = environ.get(SSH_KEY_ENV, "").strip()
+        known = environ.get(KNOWN_HOSTS_ENV, "").strip()
+        return cls(
+            hosts=hosts,
+            user=environ.get(SSH_USER_ENV, "").strip() or None,
+            key=Path(key) if key and not is_key_text(key) else None,
+            known_hosts=Path(known) if known else None,
+            strict=environ.get(STRICT_HOST_KEYS_ENV, "").strip() or None,
+            endpoints=endpoints,
+        )
