@@ -1,5 +1,7 @@
 """The exit codes of `ai-deploy deploy`, one table: from the phase that stopped the run, or from
-what the hosts reported (ai_deploy.host.outcome), to the code CI sees."""
+what the hosts reported (ai_deploy.host.outcome), to the code CI sees. Every deploy is a
+rollout (ai_deploy.rollout.run), which decides its code from its hosts' outcomes with
+`exit_for_outcomes` and sets 15 in one place: after switching hosts back."""
 
 from __future__ import annotations
 
@@ -57,14 +59,13 @@ exit codes:
   12  the firewall window could not be opened (IAP: no standing rule lets
       35.235.240.0/20 reach port 22; the fix is printed)
   13  SSH to the host did not work, or its host key is not the pinned one
-  14  the deploy failed on a host (see its phase and reason); a rollout: a host
-      is locked by another deploy (named), nothing changed, or the rollout lost a
-      host's lock (named) and changed no host after that
-  15  the release was not healthy (on the host or from outside) and the previous
-      release was put back and is healthy; a rollout: every host it switched
-      serves its previous release again
-  16  the release was not healthy and putting the previous release back failed
-      (a rollout: or was not tried, as it had lost a host's lock)
+  14  the deploy failed on a host (see its phase and reason), a host is locked by
+      another deploy (named) and nothing changed, or the run lost a host's lock
+      (named) and changed no host after that
+  15  the release was not healthy (on a host's gate or from outside) and every
+      host this run switched serves the release it served before again
+  16  the release was not healthy and putting a host back failed (or was not
+      tried, as the run had lost a host's lock)
  128+N  stopped by signal N (the window and the key were removed)"""
 
 
