@@ -1,7 +1,7 @@
 """The exit codes of `ai-deploy deploy`, one table: from the phase that stopped the run, or from
 what the hosts reported (ai_deploy.host.outcome), to the code CI sees. Every deploy is a
-rollout (ai_deploy.rollout.run), which decides its code from its hosts' outcomes with
-`exit_for_outcomes` and sets 15 in one place: after switching hosts back."""
+rollout (ai_deploy.rollout.run), which alone turns its hosts' outcomes into a code
+(`exit_for_outcomes`, then 15 or 16 from its switch-back: `_Steps._switch_back`)."""
 
 from __future__ import annotations
 
