@@ -34,7 +34,7 @@ from ai_deploy.artifact.build import build_artifact
 from ai_deploy.artifact.check import check_artifact
 from ai_deploy.ci.options import DeployOptions, PhaseFailed
 from ai_deploy.ci.ssh import SshAccess, host_key_mismatch, prepare_access, ssh_options
-from ai_deploy.ci.tunnel import iap_tunnel
+from ai_deploy.ci.tunnel import TUNNELS_DIR_ENV, iap_tunnel
 from ai_deploy.gcp.hostkeys import HostKey, parse_host_key, published_host_keys
 from ai_deploy.gcp.iap import (
     IAP_ROLE,
@@ -58,6 +58,8 @@ from tests.gcp.flowkit import (
     deploy_environment,
     guest_output,
     mutating_compute_requests,
+    process_alive,
+    wait_until,
 )
 from tests.gcp.permission_table import compute_permissions
 
@@ -314,6 +316,16 @@ class IapFlow:
         timeout: float = 300.0,
     ) -> tuple[int, str]:
         argv = ["--artifact", str(artifact), "--health-interval", "1", *args]
+        process = self.start(argv, env)
+        try:
+            code = process.finish(timeout=timeout)
+        finally:
+            print(f"$ ai-deploy deploy {' '.join(argv)}\n{process.output}")
+        print(f"(exit {code})")
+        return code, process.output
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> DeployProcess:
+        """`ai-deploy deploy ARGV` through IAP, left running."""
         extra = {
             "AI_DEPLOY_SSH_TRANSPORT": "iap",
             # No "what is my IP" service exists here: IAP mode must not ask one.
@@ -323,12 +335,7 @@ class IapFlow:
         }
         process = DeployProcess(argv, deploy_environment(os.environ, self.fake, extra))
         self.processes.append(process)
-        try:
-            code = process.finish(timeout=timeout)
-        finally:
-            print(f"$ ai-deploy deploy {' '.join(argv)}\n{process.output}")
-        print(f"(exit {code})")
-        return code, process.output
+        return process
 
     def tunnels(self) -> list[list[str]]:
         if not self.gcloud_log.exists():
@@ -444,6 +451,29 @@ def test_iap_deploy_is_healthy_without_any_firewall_change(iap: IapFlow, release
     assert compute_permissions(iap.fake.requests) == set(IAP_PERMISSIONS) - {
         "iap.tunnelInstances.accessViaIAP"
     }
+
+
+def test_a_tunnel_left_by_a_killed_run_is_ended_by_the_next_run(
+    iap: IapFlow, release: Path, tmp_path: Path
+) -> None:
+    """SIGKILL gives ai-deploy no chance to end its tunnel (gcloud runs in its own session): the
+    next run finds the record, sees its run gone, and ends that tunnel before opening its own."""
+    iap.add_standing_rule()
+    iap.fake.publish_host_keys(iap.real_host_keys())
+    records = tmp_path / "tunnels"
+    env = {TUNNELS_DIR_ENV: str(records)}
+    killed = iap.start(["--artifact", str(release), "--data", f"env_file={iap.env_file}"], env)
+    killed.wait_for(r"IAP tunnel to \S+ listens on 127\.0\.0\.1:\d+")
+    (record,) = [json.loads(p.read_text()) for p in records.glob("*.json")]
+    killed.kill()
+    assert process_alive(record["pid"]), "the tunnel ended with its run: nothing to find"
+
+    code, output = iap.deploy(release, "--data", f"env_file={iap.env_file}", env=env)
+
+    assert code == 0, output
+    assert f"ended the IAP tunnel to {iap.fake.state.instance.name} (pid {record['pid']})" in output
+    assert wait_until(lambda: not process_alive(record["pid"]), timeout=10)
+    assert list(records.glob("*.json")) == []  # this run's own tunnel ended and was unrecorded
 
 
 def test_iap_without_the_standing_rule_prints_the_fix(iap: IapFlow, release: Path) -> None:
