@@ -452,7 +452,8 @@ def test_pyinfra_failure_removes_rule_and_key(
         release, "-v", "--data", flow.env_data(), "--data", f"app_log_dir={unmakeable}"
     )  # fmt: skip (-v: pyinfra's stream)
     assert code == 14, output
-    assert f"[{flow.host.address}] Connected" in output  # pyinfra got in through the window
+    # pyinfra got in through the window (the host is named by its instance)
+    assert f"[{flow.fake.state.instance.name}] Connected" in output
     assert f"Ensure the log directory {unmakeable} exists" in output
     assert len(flow.rules_created()) == 1 and len(flow.rules_deleted()) == 1
     facts = _one_notification_each(flow, release.release_id, "failure")
@@ -487,7 +488,7 @@ def test_outside_health_failure_rolls_back_and_removes_rule_and_key(
     assert code == 15, output
     assert f"deploy of {bad.release_id} healthy" in output  # the host's own gate passed
     assert f"http://{flow.host.address}:8000/health not healthy after 2 attempts" in output
-    assert "==> Roll back to the previous release" in output
+    assert f"switching back {flow.fake.state.instance.name} to {good.release_id}" in output
     assert flow.release_served() == good.release_id  # the previous release is back
     assert len(flow.rules_created()) == 2 and len(flow.rules_deleted()) == 2
     facts = _one_notification_each(flow, bad.release_id, "rollback")
@@ -510,7 +511,7 @@ def test_health_failure_removes_rule_and_key(
     )
     assert code == 16, output
     assert f"http://{flow.host.address}:8009/health not healthy after 2 attempts" in output
-    assert "==> Roll back to the previous release" in output
+    assert f"switching back {flow.fake.state.instance.name} to " in output
     assert len(flow.rules_created()) == 1 and len(flow.rules_deleted()) == 1
     _one_notification_each(flow, release.release_id, "failure")
     flow.assert_nothing_left(output)
@@ -766,7 +767,8 @@ def test_rollback_status_and_logs_from_a_laptop_open_and_close_the_window(
     code = logs.finish(timeout=300)
     print(logs.output)
     assert code == 0, logs.output
-    shown = [line for line in logs.lines if line.startswith(f"{flow.host.address} | ")]
+    # the host is named by its instance, as in a fleet
+    shown = [line for line in logs.lines if line.startswith(f"{flow.fake.state.instance.name} | ")]
     assert 0 < len(shown) <= 5, logs.output
     assert len(flow.rules_created()) == windows + 3  # one window per command
     flow.assert_nothing_left(logs.output)
@@ -782,7 +784,7 @@ def test_a_signal_during_a_followed_log_through_the_window_leaves_nothing(
     assert code == 0, output
     env = _laptop_environment(flow, _service_account_key_file(flow.fake, tmp_path / "sa.json"))
     follow = DeployProcess(["-f", "--error", "--lines", "1"], env, command=("logs",))
-    follow.wait_for(rf"^{re.escape(flow.host.address)} \| ", timeout=180)
+    follow.wait_for(rf"^{re.escape(flow.fake.state.instance.name)} \| ", timeout=180)
     with flow.fake.lock:
         assert flow.fake.state.firewalls, "the window is open while the log is followed"
     follow.proc.send_signal(signum)
