@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -179,3 +181,74 @@ def discord_facts(payload: dict[str, Any]) -> dict[str, str]:
         for item in embed.get("fields", []):
             facts[str(item.get("name", "")).lower()] = str(item.get("value", "")).strip("`")
     return facts
+
+
+STAND_IN_GCLOUD = """#!{python}
+# A stand-in for `gcloud compute start-iap-tunnel` (written by tests/gcp/flowkit_servers.py):
+# records its arguments, listens on a loopback port of its choosing, says so as gcloud does
+# ("Listening on port [N]."), and carries each connection to the instance's sandbox host port
+# 22 as IAP's tunnel carries it.
+import json, socket, sys, threading
+args = sys.argv[1:]
+with open({log!r}, "a") as log:
+    log.write(json.dumps(args) + "\\n")
+places = {places!r}
+instance = args[2] if len(args) > 2 else ""
+zone, address = places.get(instance, ("", ""))
+want = ["compute", "start-iap-tunnel", instance, "22", "--local-host-port=localhost:0",
+        "--zone", zone, "--project", {project!r}]
+if not address or args != want:
+    sys.stderr.write("stand-in gcloud: unexpected arguments %r\\n" % (args,))
+    sys.exit(2)
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(16)
+sys.stderr.write("Testing if tunnel connection works.\\n")
+sys.stderr.write("Listening on port [%d].\\n" % server.getsockname()[1])
+sys.stderr.flush()
+def carry(src, dst):
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    for sock in (dst, src):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+while True:
+    client, _ = server.accept()
+    with open({connections!r}, "a") as log:
+        log.write("connection\\n")
+    upstream = socket.create_connection((address, 22), timeout=10)
+    upstream.settimeout(None)
+    threading.Thread(target=carry, args=(client, upstream), daemon=True).start()
+    threading.Thread(target=carry, args=(upstream, client), daemon=True).start()
+"""
+
+
+def write_stand_in_gcloud(
+    bin_dir: Path,
+    log: Path,
+    connections: Path,
+    project: str,
+    places: dict[str, tuple[str, str]],
+) -> Path:
+    """BIN_DIR/gcloud: the stand-in above for the instances of PLACES (name -> zone, sandbox
+    host address), each call's arguments appended to LOG, each connection to CONNECTIONS."""
+    gcloud = bin_dir / "gcloud"
+    gcloud.write_text(
+        STAND_IN_GCLOUD.format(
+            python=sys.executable,
+            log=str(log),
+            places=places,
+            project=project,
+            connections=str(connections),
+        )
+    )
+    gcloud.chmod(gcloud.stat().st_mode | stat.S_IXUSR)
+    return gcloud

@@ -858,19 +858,19 @@ def test_failing_webhooks_do_not_hide_a_failure(
 
 
 def test_dry_run_changes_nothing(flow: Flow, make_release: Callable[[str], Release]) -> None:
+    """The preview of one instance is the rollout's, as for a fleet: the host's state read
+    through the run's window and key (both gone afterwards), the plan and pyinfra's dry diff
+    printed, no lock, no change on the host, nobody told."""
     current = guest_output(flow.host, "readlink /app/ai-server/current || true").strip()
     release = make_release("dry")
-    code, output = flow.deploy(release, "--dry-run")
+    code, output = flow.deploy(release, "--dry-run", "--data", flow.env_data())
     assert code == 0, output
-    assert mutating_compute_requests(flow.fake) == []
-    assert re.search(
-        rf"would create firewall rule {RULE_PREFIX}4242-1-[0-9a-f]{{4}}: allow tcp:22 from "
-        rf"{re.escape(flow.runner_range)} to tag ai-server on network default",
-        output,
-    ), output
-    assert f"would deploy release {release.release_id} to {flow.host.address}" in output
+    name = flow.fake.state.instance.name
+    assert re.search(rf"batch 1\s+{re.escape(name)}\s+\S+ -> {release.release_id}", output), output
+    assert "pyinfra's plan per host (nothing is changed)" in output
     assert flow.hooks.deliveries == []
     assert guest_output(flow.host, "readlink /app/ai-server/current || true").strip() == current
+    assert guest_output(flow.host, "test -e /app/ai-server/.deploy.lock && echo L || true") == ""
     flow.assert_nothing_left(output)
 
 

@@ -26,6 +26,8 @@ import pytest
 
 from ai_deploy.artifact.build import build_artifact
 from ai_deploy.artifact.check import check_artifact
+from ai_deploy.ci.tunnel import TUNNELS_DIR_ENV
+from ai_deploy.gcp.iap import IAP_SOURCE_RANGE
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.hosts import Host
 from tests.fakes.gcp import FakeGcp
@@ -46,7 +48,7 @@ from tests.gcp.flowkit_fleet import (
     renew_host_keys,
     table_rows,
 )
-from tests.gcp.flowkit_servers import WebhookReceiver
+from tests.gcp.flowkit_servers import WebhookReceiver, write_stand_in_gcloud
 
 pytestmark = [pytest.mark.gcp]
 
@@ -289,4 +291,61 @@ def test_a_preview_of_a_label_fleet_changes_nothing_and_tells_nobody(
     for m in fleet.members:
         assert m.release_served() == releases["fleet"].release_id
     assert receiver.deliveries == [], "a preview sent a notification"
+    fleet.assert_nothing_left(output)
+
+
+def test_through_iap_each_instance_gets_a_tunnel_and_a_killed_runs_tunnels_are_ended(
+    fleet: FleetFlow, releases: dict[str, Release], tmp_path: Path
+) -> None:
+    """A label fleet through IAP: no window, one tunnel per instance, SSH and pyinfra through
+    each. A run killed with SIGKILL once its tunnels are open leaves them running; the next
+    run ends them (naming each) and deploys through tunnels of its own, which end with it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "gcloud-calls.jsonl"
+    places = {m.instance: (m.zone, m.host.address) for m in fleet.members}
+    write_stand_in_gcloud(
+        bin_dir, calls, tmp_path / "connections.log", fleet.fake.state.project, places
+    )
+    # The standing rule lets IAP's range reach tcp:22; the stand-in gcloud carries the tunnel
+    # from this machine, so the rule names the runner's address too (the mirrors enforce it).
+    fleet.fake.add_firewall(
+        "allow-ssh-from-iap", source_ranges=[IAP_SOURCE_RANGE, f"{fleet.myip.address}/32"]
+    )
+    with fleet.fake.lock:
+        fleet.fake.state.firewalls["allow-ssh-from-iap"]["targetTags"] = [TARGET_TAG]
+    records = tmp_path / "tunnels"
+    env = {
+        "AI_DEPLOY_SSH_TRANSPORT": "iap",
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        TUNNELS_DIR_ENV: str(records),
+    }
+    try:
+        argv = ["--artifact", str(releases["next"].path), "--health-interval", "1"]
+        killed = fleet.start(*argv, "--data", f"env_file={fleet.env_file}", env=env)
+        for start in (0, 1):  # one tunnel per instance
+            killed.wait_for(r"IAP tunnel to \S+ listens on 127\.0\.0\.1:\d+", start=start)
+        killed.wait_for(r"^==> Pin the instances' SSH host keys")
+        left = [json.loads(p.read_text()) for p in records.glob("*.json")]
+        assert sorted(r["instance"] for r in left) == [FIRST, SECOND]
+        killed.kill()
+        assert all(process_alive(r["pid"]) for r in left)
+
+        code, output = fleet.deploy(releases["next"].path, env=env)
+
+        assert code == 0, output
+        for r in left:
+            assert f"ended the IAP tunnel to {r['instance']} (pid {r['pid']})" in output
+            assert not process_alive(r["pid"])
+        assert list(records.glob("*.json")) == []
+        for m in fleet.members:
+            assert m.release_served() == releases["next"].release_id
+        assert fleet.rules_created() == []  # no window through IAP
+        tunnelled = [json.loads(line)[2] for line in calls.read_text().splitlines()]
+        assert sorted(tunnelled) == [FIRST, FIRST, SECOND, SECOND]  # a tunnel each, per run
+    finally:
+        with fleet.fake.lock:
+            fleet.fake.state.firewalls.pop("allow-ssh-from-iap", None)
+        for m in fleet.members:
+            m.mirror.sync()
     fleet.assert_nothing_left(output)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import stat
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +59,7 @@ from tests.gcp.flowkit import (
     process_alive,
     wait_until,
 )
+from tests.gcp.flowkit_servers import write_stand_in_gcloud
 from tests.gcp.permission_table import compute_permissions
 
 pytestmark = [pytest.mark.gcp]
@@ -254,50 +253,6 @@ def release(build_dir: Path) -> Path:
     )
 
 
-STAND_IN_GCLOUD = """#!{python}
-# A stand-in for `gcloud compute start-iap-tunnel` (written by {test}): records its arguments,
-# listens on a loopback port of its choosing, says so as gcloud does ("Listening on port [N]."),
-# and carries each connection to the sandbox host's port 22 as IAP's tunnel carries it.
-import json, socket, sys, threading
-args = sys.argv[1:]
-with open({log!r}, "a") as log:
-    log.write(json.dumps(args) + "\\n")
-want = ["compute", "start-iap-tunnel", {instance!r}, "22", "--local-host-port=localhost:0",
-        "--zone", {zone!r}, "--project", {project!r}]
-if args != want:
-    sys.stderr.write("stand-in gcloud: unexpected arguments %r\\n" % (args,))
-    sys.exit(2)
-server = socket.socket()
-server.bind(("127.0.0.1", 0))
-server.listen(16)
-sys.stderr.write("Testing if tunnel connection works.\\n")
-sys.stderr.write("Listening on port [%d].\\n" % server.getsockname()[1])
-sys.stderr.flush()
-def carry(src, dst):
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-    except OSError:
-        pass
-    for sock in (dst, src):
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-while True:
-    client, _ = server.accept()
-    with open({connections!r}, "a") as log:
-        log.write("connection\\n")
-    upstream = socket.create_connection(({address!r}, 22), timeout=10)
-    upstream.settimeout(None)
-    threading.Thread(target=carry, args=(client, upstream), daemon=True).start()
-    threading.Thread(target=carry, args=(upstream, client), daemon=True).start()
-"""
-
-
 @dataclass
 class IapFlow:
     fake: FakeGcp
@@ -383,20 +338,13 @@ def iap(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "gcloud-calls.jsonl"
-    gcloud = bin_dir / "gcloud"
-    gcloud.write_text(
-        STAND_IN_GCLOUD.format(
-            python=sys.executable,
-            test=__name__,
-            log=str(log),
-            instance=inst.name,
-            zone=inst.zone,
-            project=gcp_fake.state.project,
-            address=vm_host.address,
-            connections=str(tmp_path / "tunnel-connections.log"),
-        )
+    write_stand_in_gcloud(
+        bin_dir,
+        log,
+        tmp_path / "tunnel-connections.log",
+        gcp_fake.state.project,
+        {inst.name: (inst.zone, vm_host.address)},
     )
-    gcloud.chmod(gcloud.stat().st_mode | stat.S_IXUSR)
     agent = GuestAgent(gcp_fake, vm_host)
     flow = IapFlow(gcp_fake, vm_host, agent, bin_dir, log, build_dir / "ai-server.env")
     try:
