@@ -64,8 +64,9 @@ exit codes:
       (named) and changed no host after that
   15  the release was not healthy (on a host's gate or from outside) and every
       host this run switched serves the release it served before again
-  16  the release was not healthy and putting a host back failed (or was not
-      tried, as the run had lost a host's lock)
+  16  the release was not healthy and putting a host back failed, was not tried
+      (the run had lost a host's lock), or there was nothing to put back (the
+      host already served the release, or had none before)
  128+N  stopped by signal N (the window and the key were removed)"""
 
 

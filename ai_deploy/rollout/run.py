@@ -136,6 +136,7 @@ class _Steps:
         self.r, self.fleet, self.facts, self.out, self.wait = r, fleet, fleet.facts, out, wait
         self.by_host = {x.host: x for x in out.results}
         self.switched: list[str] = []  # hosts this rollout put on the new release, in order
+        self.unhealthy_outside = False  # a host failed the outside check (or while watched)
         self.running: list[str] = []  # the hosts of the step in progress
 
     def run(self, batches: list[list[str]], has_canary: bool) -> None:
@@ -205,7 +206,7 @@ class _Steps:
             ok, why = check_health(url, h.attempts, h.interval_s, h.timeout_s, self.r.say)
             self.r.say(f"{name}: {why}")
             if not ok:
-                self.out.code = exitcodes.EXIT_SWITCHED_BACK
+                self.out.code, self.unhealthy_outside = exitcodes.EXIT_SWITCHED_BACK, True
                 return f"{name}: {why}"
         return ""
 
@@ -240,7 +241,7 @@ class _Steps:
                 url = self.r.health.url_of(self.facts[name])
                 ok, why = check_health(url, 1, 0, self.r.health.timeout_s, lambda _: None)
                 if not ok:
-                    self.out.code = exitcodes.EXIT_SWITCHED_BACK
+                    self.out.code, self.unhealthy_outside = exitcodes.EXIT_SWITCHED_BACK, True
                     return f"{name} while watched: {why}"
             if time.monotonic() >= end:
                 return ""
@@ -287,4 +288,8 @@ class _Steps:
             # Hosts went back: the fleet serves the previous release again (15), whatever
             # stopped the rollout; with nothing to switch back, the failing step's code stays.
             self.out.code = exitcodes.EXIT_SWITCHED_BACK
+        elif not groups and self.unhealthy_outside:
+            # Unhealthy from outside and nothing this run switched to put back (the hosts
+            # already served the release, or had none before): it still serves there (16).
+            self.out.code = exitcodes.EXIT_SWITCH_BACK_FAILED
         self.out.message = f"{failure}; {self._serving()}"
