@@ -511,7 +511,8 @@ def test_health_failure_removes_rule_and_key(
     )
     assert code == 16, output
     assert f"http://{flow.host.address}:8009/health not healthy after 2 attempts" in output
-    assert f"switching back {flow.fake.state.instance.name} to " in output
+    # 16 either way: a host switched goes back and fails the same check again; a host that had
+    # no release before (or already served this one) has nothing to go back to.
     assert len(flow.rules_created()) == 1 and len(flow.rules_deleted()) == 1
     _one_notification_each(flow, release.release_id, "failure")
     flow.assert_nothing_left(output)
