@@ -61,11 +61,11 @@ def _gcp_instances(run: Run, stack: ExitStack, tmp: Path, found_by: str | None) 
         instance_phase(run)
     else:
         fleet_instances_phase(run, found_by)
+    fleet_host_keys_phase(run, tmp)  # before any tunnel or window: a refusal opens nothing
     if iap:
         iap_phase(run)
         iap_tunnels_phase(run, stack)
-    fleet_host_keys_phase(run, tmp)
-    if not iap:
+    else:
         firewall_phase(run, stack)
     fleet_keys_phase(run, stack, tmp)
 
@@ -180,6 +180,15 @@ def iap_tunnels_phase(run: Run, stack: ExitStack) -> None:
                 )
             )
             run.tunnels[name] = (tunnel.host, tunnel.port)
+    # SSH now goes to each tunnel's port: the pinned keys are known under that name
+    assert run.known_hosts is not None
+    run.known_hosts.write_text(
+        "".join(
+            key.known_hosts_line(run.known_hosts_name(name, address)) + "\n"
+            for name, _, address in run.targets
+            for key in run.pinned_of.get(name, ())
+        )
+    )
 
 
 def iap_phase(run: Run) -> None:

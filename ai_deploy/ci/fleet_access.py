@@ -95,7 +95,7 @@ def fleet_host_keys_phase(run: Run, tmp: Path) -> None:
             if not found:
                 missing.append(name)
                 continue
-            lines += [key.known_hosts_line(run.known_hosts_name(name, address)) for key in found]
+            lines += [key.known_hosts_line(address) for key in found]
             run.pinned_of[name] = tuple(found)
             _say(f"pinned {len(found)} host key(s) of {name}")
         if missing and run.opts.host_keys == "require":

@@ -389,8 +389,7 @@ def test_iap_deploy_is_healthy_without_any_firewall_change(iap: IapFlow, release
     assert iap.firewall_calls() == []
     assert "firewall rule allow-ssh-from-iap lets IAP" in output
     assert "runner address" not in output
-    for algorithm, blob in keys.items():
-        assert f"pinned host key {algorithm} {HostKey(algorithm, blob).fingerprint}" in output
+    assert f"pinned {len(keys)} host key(s) of {inst.name}" in output
     # Only the ephemeral key's metadata changed, and it is gone again.
     assert all("/setMetadata" in call for call in mutating_compute_requests(iap.fake))
     assert "ssh-keys" not in iap.fake.state.instance.metadata
@@ -447,10 +446,9 @@ def test_guest_attributes_off_with_require_stops_naming_the_setting(
     code, output = iap.deploy(release, "--data", f"env_file={iap.env_file}")
 
     assert code == 13, output
-    assert "publishes no host keys" in output and "enable-guest-attributes=TRUE" in output
+    assert f"{iap.fake.state.instance.name} publish no host keys" in output
     # Said without NAME=value: the CI log masks values of key-like settings.
     assert 'AI_DEPLOY_HOST_KEYS is "require"' in output
-    assert "gcloud compute instances add-metadata" in output
     assert iap.tunnels() == [] and mutating_compute_requests(iap.fake) == []
 
 
@@ -533,10 +531,7 @@ def test_changed_host_key_stops_a_direct_deploy_before_anything_is_uploaded(
         iap.fake.publish_host_keys(old)
         code, output = iap.deploy(release, "--data", f"env_file={iap.env_file}", env=direct)
         assert code == 0, output
-        assert (
-            f"pinned host key ssh-ed25519 {HostKey('ssh-ed25519', old['ssh-ed25519']).fingerprint}"
-            in output
-        )
+        assert f"pinned {len(old)} host key(s) of {iap.fake.state.instance.name}" in output
         served = requests.get(f"http://{iap.host.address}:8000/health", timeout=5).json()
         _change_host_keys(iap.host)
         new = iap.real_host_keys()
