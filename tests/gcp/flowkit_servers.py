@@ -188,8 +188,9 @@ STAND_IN_GCLOUD = """#!{python}
 # records its arguments, listens on a loopback port of its choosing, says so as gcloud does
 # ("Listening on port [N]."), and carries each connection to the instance's sandbox host port
 # 22 as IAP's tunnel carries it.
-import json, socket, sys, threading
+import json, os, socket, sys, threading, time
 args = sys.argv[1:]
+time.sleep(float(os.environ.get("STAND_IN_GCLOUD_DELAY_S", "0")))  # a slow tunnel, if asked
 with open({log!r}, "a") as log:
     log.write(json.dumps(args) + "\\n")
 places = {places!r}

@@ -37,6 +37,7 @@ from tests.gcp.flowkit import (
     guest_output,
     mutating_compute_requests,
     process_alive,
+    wait_until,
 )
 from tests.gcp.flowkit_fleet import (
     DEPLOY_USER,
@@ -322,10 +323,11 @@ def test_through_iap_each_instance_gets_a_tunnel_and_a_killed_runs_tunnels_are_e
     }
     try:
         argv = ["--artifact", str(releases["next"].path), "--health-interval", "1"]
-        killed = fleet.start(*argv, "--data", f"env_file={fleet.env_file}", env=env)
-        for start in (0, 1):  # one tunnel per instance
-            killed.wait_for(r"IAP tunnel to \S+ listens on 127\.0\.0\.1:\d+", start=start)
-        killed.wait_for(r"^==> Pin the instances' SSH host keys")
+        # Each tunnel slow to open: the run is killed while it waits for the second one.
+        slow = {**env, "STAND_IN_GCLOUD_DELAY_S": "3"}
+        killed = fleet.start(*argv, "--data", f"env_file={fleet.env_file}", env=slow)
+        killed.wait_for(r"IAP tunnel to \S+ listens on 127\.0\.0\.1:\d+")
+        assert wait_until(lambda: len(list(records.glob("*.json"))) == 2, timeout=30)
         left = [json.loads(p.read_text()) for p in records.glob("*.json")]
         assert sorted(r["instance"] for r in left) == [FIRST, SECOND]
         killed.kill()
