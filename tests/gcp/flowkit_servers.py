@@ -190,9 +190,9 @@ STAND_IN_GCLOUD = """#!{python}
 # 22 as IAP's tunnel carries it.
 import json, os, socket, sys, threading, time
 args = sys.argv[1:]
-time.sleep(float(os.environ.get("STAND_IN_GCLOUD_DELAY_S", "0")))  # a slow tunnel, if asked
 with open({log!r}, "a") as log:
     log.write(json.dumps(args) + "\\n")
+time.sleep(float(os.environ.get("STAND_IN_GCLOUD_DELAY_S", "0")))  # a slow tunnel, if asked
 places = {places!r}
 instance = args[2] if len(args) > 2 else ""
 zone, address = places.get(instance, ("", ""))
