@@ -11,13 +11,16 @@ The parts, in the order they happen (a part whose marks are missing is None, nev
   process start and its imports)
 - connect and facts: `--> Loading config` to `--> Beginning operation run` (inventory,
   connecting, deploy.py loaded and the facts it asks for)
-- host ops: from there to the start of the upload operation (the idempotent set-up operations)
-- upload: the `Upload artifact` operation, to the next operation's start
+- host ops: from there to the start of the upload operation (the idempotent set-up
+  operations), or of the release operation when there is no upload
+- upload: the `Upload artifact` operation, to the next operation's start; 0 when the deploy
+  has no upload operation (a no-op: the host has the artifact)
 - gate: the release operation (`... serves and is healthy`: extract, venv, switch, the health
   gate on the host with the model's start) to `--> Results:`
 - pyinfra end: `--> Results:` to the next phase heading (pyinfra's table, disconnect, exit);
   for a plain pyinfra run, to the process's end
 - outside check: the tool's `health` phase
+- exit: the tool's last line (its closing headline) to the process's end
 - other: the wall time less every part measured (the closing lines, notifications, gaps)
 """
 
@@ -38,6 +41,7 @@ PARTS = (
     "gate",
     "pyinfra end",
     "outside check",
+    "exit",
     "other",
 )
 NOT_ACCESS = ("artifact", "deploy", "health", "rollback")  # the phases that are not access
@@ -106,10 +110,11 @@ def _marks(lines: Lines) -> _Marks:
 
 
 def _pyinfra_parts(lines: Lines, m: _Marks) -> dict[str, float | None]:
+    no_upload = m.upload is None and m.gate is not None
     return {
         "connect and facts": _span(lines, m.loading, m.begin),
-        "host ops": _span(lines, m.begin, m.upload),
-        "upload": _span(lines, m.upload, m.after_upload),
+        "host ops": _span(lines, m.begin, m.gate if no_upload else m.upload),
+        "upload": 0.0 if no_upload else _span(lines, m.upload, m.after_upload),
         "gate": _span(lines, m.gate, m.results),
     }
 
@@ -141,6 +146,7 @@ def tool_breakdown(
         **_pyinfra_parts(lines, m),
         "pyinfra end": _span(lines, m.results, after_results),
         "outside check": phases.get("health"),
+        "exit": ended - lines[-1][0] if lines else None,
     }
     return _with_other(parts, ended - started)
 
@@ -157,5 +163,6 @@ def pyinfra_breakdown(lines: Lines, started: float, ended: float) -> dict[str, f
         **_pyinfra_parts(lines, m),
         "pyinfra end": None if m.results is None else ended - lines[m.results][0],
         "outside check": None,
+        "exit": None,
     }
     return _with_other(parts, ended - started)
