@@ -19,11 +19,12 @@ before tool then the after tool (ABAB...), each tool doing three measured runs:
    process (/health's pid unchanged: nothing restarted);
 3. pyinfra: the same code deploy as a plain `pyinfra -y INVENTORY deploy.py --data
    artifact=NEXT` with that tool's pyinfra and tree (the sandbox inventory); checked as 1.
-Wall time is process start to exit on this side. Medians per tool and run kind over the runs
-that passed their check, ratios after/before; with REF equal to the working tree's code the
-ratios show the noise. The breakdown of each run (see bench/onehost_parse.py for how each
-part is measured) comes from the phase durations on the tool's closing `phases:` line and the
-time each output line was read. Writes bench/latest/onehost.md (or --out), and beside it
+Wall time is process start to exit on this side. The runs write and keep bytecode as an installed
+tool does (PYTHONDONTWRITEBYTECODE is left out of their environment). Medians per tool and run kind
+over the runs that passed their check, ratios after/before; with REF equal to the working tree's
+code the ratios show the noise. The breakdown of each run (see bench/onehost_parse.py for how each
+part is measured) comes from the phase durations on the tool's closing `phases:` line and the time
+each output line was read. Writes bench/latest/onehost.md (or --out), and beside it
 onehost/runs.json and onehost/logs/ (every run's output, each line with its seconds since the
 process started).
 """
@@ -284,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if not start("a systemd-nspawn sandbox host", drop_ci_env=True):
         return 2
     os.environ.pop("AI_DEPLOY_VERBOSE", None)  # -v is given where wanted
+    # As an installed tool runs: each venv keeps the bytecode its first (warm-up) run writes.
+    # Without it every start compiles the ~1300 modules it imports again (seconds on 2 cores).
+    no_pyc = os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None
     command = " ".join(["python -m bench.onehost", *map(shlex.quote, raw)])
     load_start = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -323,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
          f"{args.model_load:g}, strategy from group_data (socket); {args.settle:g} s pause "
          "before each run"),
         ("Rounds", f"{args.rounds}, each: before (code, noop, pyinfra), then after (the same)"),
+        ("Bytecode", "each venv keeps the .pyc its warm-up run wrote"
+         + ("; PYTHONDONTWRITEBYTECODE, set where the run started, was left out of the "
+            "runs' environment" if no_pyc else "")),
     ]  # fmt: skip
     out_dir = args.out.with_suffix("")
     out_dir.mkdir(parents=True, exist_ok=True)
