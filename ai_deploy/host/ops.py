@@ -1,5 +1,5 @@
 """pyinfra operations of this project: a secret file whose content is never shown, and a
-release put in service behind the health gate (ai_deploy.host.release.gate)."""
+release put in service behind the health gate (ai_deploy.host.gate)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ai_deploy.host.event_hooks import ERROR, tell
 from ai_deploy.host.events import SAY, HostEvent, send
 from ai_deploy.host.facts import AppTree, AppTreeFact
 from ai_deploy.host.outcome import ALREADY_SERVING, FAILED, HostOutcome, report
-from ai_deploy.host.release.gate import put_in_service
+from ai_deploy.host.gate import put_in_service
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.host.settings import Spec
 
