@@ -15,8 +15,8 @@ from ai_deploy.commands.closing import print_closing
 from ai_deploy.commands.hostlines import HostLines, PrintedRemote
 from ai_deploy.commands.status import layout_of
 from ai_deploy.host.facts import read_tree
-from ai_deploy.host.outcome import FAILED, HostOutcome
 from ai_deploy.host.gate import put_in_service
+from ai_deploy.host.outcome import FAILED, HostOutcome
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.host.settings import Spec
 from ai_deploy.inventory import connected

@@ -17,8 +17,8 @@ from ai_deploy.host import strategies
 from ai_deploy.host.event_hooks import ERROR, tell
 from ai_deploy.host.events import SAY, HostEvent, send
 from ai_deploy.host.facts import AppTree, AppTreeFact
-from ai_deploy.host.outcome import ALREADY_SERVING, FAILED, HostOutcome, report
 from ai_deploy.host.gate import put_in_service
+from ai_deploy.host.outcome import ALREADY_SERVING, FAILED, HostOutcome, report
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.host.settings import Spec
 
