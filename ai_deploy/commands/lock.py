@@ -5,20 +5,18 @@ pyinfra: the lock that very run held is released (`python -m ai_deploy.commands.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 
 from ai_deploy.commands.status import layout_of, lock_line
 from ai_deploy.host.facts import read_tree
-from ai_deploy.host.paths import revisions_line
 from ai_deploy.host.release.identity import this_machine
 from ai_deploy.host.release.lock import (
     lock_is_stale,
-    now_iso,
     read_held,
     release_if_held_by,
     remove_if_key,
 )
+from ai_deploy.host.revisions import append_revision
 from ai_deploy.host.safetext import safe_line
 from ai_deploy.host.settings import Spec, deploy_who
 from ai_deploy.inventory import connected
@@ -56,15 +54,15 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
             reason = stale or "forced"
             print(f"{h.name}: lock released ({safe_line(reason)})")
             info = json.dumps(tree.lock) if tree.lock else tree.lock_raw
-            line = revisions_line(
-                now_iso(),
+            append_revision(
+                h,
+                layout,
                 "lock-release",
                 "-",
                 "ok",
                 deploy_who(),
                 f"reason={reason!r} holder={info}",
             )
-            h.run(f"printf '%s\\n' {shlex.quote(line)} >> {layout.revisions}")
     return rc
 
 
@@ -79,15 +77,8 @@ def release_held_by(inventory: str, items: list[str], deployer: str, pid: int) -
         for h in hosts:
             layout = layout_of(h)
             if release_if_held_by(h, layout, pid, this_machine()):
-                line = revisions_line(
-                    now_iso(),
-                    "lock-release",
-                    "-",
-                    "ok",
-                    deploy_who(),
-                    f"reason='deploy stopped' holder={deployer!r} pid={pid}",
-                )
-                h.run(f"printf '%s\\n' {shlex.quote(line)} >> {layout.revisions}")
+                detail = f"reason='deploy stopped' holder={deployer!r} pid={pid}"
+                append_revision(h, layout, "lock-release", "-", "ok", deploy_who(), detail)
                 print(f"{h.name}: released the lock the stopped deploy held")
     return 0
 

@@ -22,6 +22,7 @@ from ai_deploy.host.release.health import parse_probe, probe_script
 from ai_deploy.host.release.lock import describe_lock
 from ai_deploy.host.release.models import models_script, parse_models
 from ai_deploy.host.remote import PyinfraRemote
+from ai_deploy.host.revisions import revisions_script
 from ai_deploy.host.safetext import safe_text
 from ai_deploy.inventory import connected_partly
 
@@ -82,7 +83,7 @@ def host_report(h: PyinfraRemote) -> dict[str, Any]:
     unit = layout.colour_unit(tree.live) if tree.live and tree.nginx_site else layout.service
     props, code, body = parse_probe(h.run(probe_script(unit, d.app_port, d.health_path)).stdout)
     enabled = h.run(f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null || true").stdout
-    log = h.run(f"tail -n 5 {layout.revisions} 2>/dev/null || true").stdout
+    log = h.run(revisions_script(layout, 5)).stdout
     gpu = parse_gpu_probe(h.run(gpu_probe_script(d.gpu_sysfs_pci)).stdout)
     report: dict[str, Any] = {
         "host": h.name,
