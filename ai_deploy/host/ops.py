@@ -148,7 +148,7 @@ def _models_plan(spec: Spec) -> str:
         return ""
     sizes = {f.sha256: f.size for m in spec.models for f in m.files}
     listed = host.get_fact(
-        Command, f"ls -1 {spec.app_root}/models/blobs 2>/dev/null || true", _sudo=True
+        Command, f"ls -1 {spec.layout.model_blobs} 2>/dev/null || true", _sudo=True
     )
     verified = {
         n[: -len(".verified")] for n in str(listed or "").split() if n.endswith(".verified")

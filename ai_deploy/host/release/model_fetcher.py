@@ -1,12 +1,11 @@
 """Fetches model files into the host's blob store, or verifies the ones there; copied to the host
-and run there by root with its python3 (3.8+, standard library only): `python3 fetcher.py JOB.json`
-
-JOB: store (absolute), group, files [{sha256, size, url, path}]; the rest default to DEFAULTS.
+and run there by root with its python3 (3.8+, standard library only): `python3 FILE JOB.json`.
+JOB: store, blobs, partial (absolute paths), group, files [{sha256, size, url, path}], DEFAULTS.
 gs://BUCKET/OBJECT is read through the Cloud Storage JSON API with JOB's token, or else with the
 metadata server's (asked again once when storage answers 401). Timeouts, cut connections, 5xx and
 429 are retried (RETRIES in a row; an attempt that brought bytes counts as a first failure).
-STORE: blobs/<sha256> (0640, group GROUP), blobs/<sha256>.verified (written once it was hashed;
-fetch trusts it, verify hashes again), .partial/<sha256>.part (0600, dir 0700) resumed by Range.
+BLOBS/<sha256> (0640, group GROUP), BLOBS/<sha256>.verified (written once it was hashed; fetch
+trusts it, verify hashes again), PARTIAL/<sha256>.part (0600, dir 0700) resumed by Range.
 Stdout, one line per event, never the token (RESULT's JSON is for programs, the rest for people):
   PRESENT sha path | MISSING sha path | VERIFIED sha path | DAMAGED sha path got=SHA
   PROGRESS sha path bytes total rate_bytes_s eta_s | DONE sha path bytes seconds
@@ -35,7 +34,8 @@ from urllib.request import HTTPRedirectHandler, ProxyHandler, Request, build_ope
 
 CHUNK = 1 << 20
 OK, BAD_JOB, NOSPACE, MISMATCH, FAILED = 0, 2, 3, 4, 5
-REQUIRED = ("store", "group", "files")
+PATHS = ("store", "blobs", "partial")
+REQUIRED = (*PATHS, "group", "files")
 DEFAULTS = {"mode": "fetch", "allow_http": False, "token": None, "reserve_bytes": 0, "retries": 5}
 DEFAULTS.update(backoff_s=1.0, timeout_s=60.0, progress_every_s=10.0, run=None)  # run: a label
 DEFAULTS.update(metadata_host="metadata.google.internal", gcs_base="https://storage.googleapis.com")
@@ -78,11 +78,12 @@ def load_job(path: str) -> dict:
     job = dict(DEFAULTS, **given)
     schemes = ("gs://", "https://") + (("http://",) if job["allow_http"] is True else ())
     numbers = ("retries", "reserve_bytes", "backoff_s", "timeout_s", "progress_every_s")
+    relative = [k for k in PATHS if not os.path.isabs(str(job.get(k, "/")))]
     token, token_ok = job["token"], job["token"] is None  # a token goes in a header: one line
     token_ok = token_ok or (isinstance(token, str) and TOKEN.match(token) is not None)
     for bad, why in (  # in order: each rule may count on the ones before
         (lambda: unknown or missing, f"unknown keys {unknown}, missing keys {missing}"),
-        (lambda: not os.path.isabs(str(job["store"])), "store must be an absolute path"),
+        (lambda: relative, f"not an absolute path: {', '.join(relative)}"),
         (lambda: job["mode"] not in ("fetch", "verify"), 'mode must be "fetch" or "verify"'),
         (lambda: not re.match(r"https?://[^/?#]+/?\Z", str(job["gcs_base"])), "bad gcs_base"),
         (lambda: not re.match(r"[\w.:\[\]-]+\Z", str(job["metadata_host"])), "bad metadata_host"),
@@ -113,9 +114,8 @@ def hash_file(path: str) -> hashlib._Hash:
 class Store:
     """The blob store's directories and records; every name in it is a checked sha256."""
 
-    def __init__(self, root: str, gid: int) -> None:
-        self.root, self.gid = root, gid
-        self.blobs, self.partial = os.path.join(root, "blobs"), os.path.join(root, ".partial")
+    def __init__(self, root: str, blobs: str, partial: str, gid: int) -> None:
+        self.root, self.blobs, self.partial, self.gid = root, blobs, partial, gid
         os.makedirs(root, 0o755, exist_ok=True)
         for path, mode, group in ((self.blobs, 0o750, gid), (self.partial, 0o700, -1)):
             if not os.path.lexists(path):
@@ -351,7 +351,7 @@ def run(job: dict, results: list) -> int:
         gid = grp.getgrnam(job["group"]).gr_gid
     except KeyError:
         raise Stop(BAD_JOB, f"ERROR job: no group {job['group']!r} on this host") from None
-    store = Store(job["store"], gid)
+    store = Store(*(job[k] for k in PATHS), gid)
     with open(os.path.join(store.partial, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time per store
         todo = []
@@ -383,7 +383,7 @@ def run(job: dict, results: list) -> int:
 
 def main(argv: list) -> int:
     if len(argv) != 2:
-        print("usage: python3 fetcher.py JOB.json", file=sys.stderr)
+        print(f"usage: python3 {argv[0]} JOB.json", file=sys.stderr)
         return BAD_JOB
     results: list = []
     try:
