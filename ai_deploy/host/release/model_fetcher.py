@@ -1,5 +1,6 @@
-"""Fetches model files into the host's blob store, or verifies the ones there; copied to the host
-and run there by root with its python3 (3.8+, standard library only): `python3 FILE JOB.json`.
+"""Fetches model files into the host's blob store (model_store.py, shipped beside it), or verifies
+the ones there; run on the host by root with its python3 (3.8+, standard library only):
+`python3 FILE JOB.json`.
 JOB: store, blobs, partial (absolute paths), group, files [{sha256, size, url, path}], DEFAULTS.
 gs://BUCKET/OBJECT is read through the Cloud Storage JSON API with JOB's token, or else with the
 metadata server's (asked again once when storage answers 401). Timeouts, cut connections, 5xx and
@@ -25,15 +26,15 @@ import json
 import os
 import re
 import shutil
-import stat
 import sys
 import time
 import urllib.error
 from urllib.parse import quote, urlsplit
 from urllib.request import HTTPRedirectHandler, ProxyHandler, Request, build_opener
 
-CHUNK = 1 << 20
-OK, BAD_JOB, NOSPACE, MISMATCH, FAILED = 0, 2, 3, 4, 5
+# Shipped beside this file, whose directory python3 puts first on sys.path.
+from model_store import BAD_JOB, CHUNK, FAILED, MISMATCH, NOSPACE, OK, Stop, Store, hash_file, say
+
 PATHS = ("store", "blobs", "partial")
 REQUIRED = (*PATHS, "group", "files")
 DEFAULTS = {"mode": "fetch", "allow_http": False, "token": None, "reserve_bytes": 0, "retries": 5}
@@ -45,16 +46,8 @@ TOKEN = re.compile(r"[\x21-\x7e]+\Z")  # one line of printable ASCII: a header c
 NET_ERRORS = (OSError, http.client.HTTPException)  # timeouts, resets, short reads, refusals
 
 
-class Stop(Exception):
-    """The run ends: Stop(CODE, LINE) prints LINE and exits with CODE."""
-
-
 class Transient(Exception):
     """Worth another try, resuming from where the partial ends."""
-
-
-def say(*words: object) -> None:
-    print(" ".join(str(word) for word in words), flush=True)
 
 
 def good_file(item: object, schemes: tuple) -> bool:
@@ -101,94 +94,6 @@ def load_job(path: str) -> dict:
     for item in job["files"]:
         unique.setdefault(item["sha256"], item)
     return dict(job, files=list(unique.values()))
-
-
-def hash_file(path: str) -> hashlib._Hash:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest
-
-
-class Store:
-    """The blob store's directories and records; every name in it is a checked sha256."""
-
-    def __init__(self, root: str, blobs: str, partial: str, gid: int) -> None:
-        self.root, self.blobs, self.partial, self.gid = root, blobs, partial, gid
-        os.makedirs(root, 0o755, exist_ok=True)
-        for path, mode, group in ((self.blobs, 0o750, gid), (self.partial, 0o700, -1)):
-            if not os.path.lexists(path):
-                os.mkdir(path, mode)
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise Stop(FAILED, f"ERROR {path}: not a directory")
-            os.chown(path, -1, group)
-            os.chmod(path, mode)
-
-    def blob(self, sha: str) -> str:
-        return os.path.join(self.blobs, sha)
-
-    def part(self, sha: str) -> str:
-        return os.path.join(self.partial, sha + ".part")
-
-    def identity(self, sha: str) -> dict:
-        st = os.lstat(self.blob(sha))
-        found = {"sha256": sha, "size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
-        return dict(found, kind="file" if stat.S_ISREG(st.st_mode) else "other")
-
-    def recorded(self, sha: str, size: int) -> bool:
-        """True when the blob is the very file its record was written for, after hashing it."""
-        try:
-            with open(self.blob(sha) + ".verified", encoding="utf-8") as f:
-                record = json.load(f)
-            found = self.identity(sha)
-        except (OSError, ValueError):
-            return False
-        same = isinstance(record, dict) and all(record.get(k) == v for k, v in found.items())
-        return same and found["size"] == size
-
-    def record(self, sha: str) -> None:
-        record = dict(self.identity(sha), verified_at=int(time.time()))
-        tmp = self.blob(sha) + ".verified.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chown(tmp, -1, self.gid)
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, self.blob(sha) + ".verified")
-        fd = os.open(self.blobs, os.O_RDONLY | os.O_DIRECTORY)  # the renames made durable
-        os.fsync(fd)
-        os.close(fd)
-
-    def install(self, sha: str) -> None:
-        """The verified partial becomes the blob (synced), then its record is written."""
-        os.chown(self.part(sha), -1, self.gid)
-        os.chmod(self.part(sha), 0o640)
-        os.replace(self.part(sha), self.blob(sha))
-        self.record(sha)  # which syncs the directory: this rename too
-
-    def check(self, item: dict) -> str:
-        """Hashes the blob there: "verified" (record written), "damaged" (dropped), "missing"."""
-        sha, path = item["sha256"], item["path"]
-        if not os.path.lexists(self.blob(sha)):
-            return "missing"
-        found = self.identity(sha)
-        got = "not-a-file" if found["kind"] != "file" else f"size={found['size']}"
-        if found["kind"] == "file" and found["size"] == item["size"]:
-            got = hash_file(self.blob(sha)).hexdigest()
-        if got == sha:
-            self.record(sha)
-            say("VERIFIED", sha, path)
-            return "verified"
-        for name in (self.blob(sha) + ".verified", self.blob(sha)):
-            if os.path.isdir(name) and not os.path.islink(name):
-                shutil.rmtree(name)  # a directory where the blob goes, never a file of ours
-            elif os.path.lexists(name):
-                os.unlink(name)
-        say("DAMAGED", sha, path, "got=" + got)
-        return "damaged"
 
 
 class Redirects(HTTPRedirectHandler):

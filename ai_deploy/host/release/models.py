@@ -16,14 +16,14 @@ app_root/models/<name>/<version>/ directory; prune keeps those while a release l
 a new deploy of such a release gives it a tree of its own.) The record is the deploy's: one an
 artifact ships is removed when the release is extracted.
 
-The download is model_fetcher.py beside this module, copied to app_root/.ai-deploy-tools/ and
-run with the host's python3 in the background (a private partial file per blob, resumed with
-HTTP Range, free space checked before the first byte, progress in its log); this side polls the
-log with short commands, so the lock's lease stays fresh, and says how it goes. It runs before the
-release goes live: a file that cannot be fetched or verified stops the deploy there, and the
-serving release is untouched. A fetch left by a deploy that died ends once the lock's lease has
-gone unrenewed for lock_lease_s, or when the next deploy starts (by its PID); its partial is
-kept and resumed."""
+The download is model_fetcher.py (with model_store.py) beside this module, copied to
+app_root/.ai-deploy-tools/ and run with the host's python3 in the background (a private partial
+file per blob, resumed with HTTP Range, free space checked before the first byte, progress in its
+log); this side polls the log with short commands, so the lock's lease stays fresh, and says how
+it goes. It runs before the release goes live: a file that cannot be fetched or verified stops
+the deploy there, and the serving release is untouched. A fetch left by a deploy that died ends
+once the lock's lease has gone unrenewed for lock_lease_s, or when the next deploy starts (by its
+PID); its partial is kept and resumed."""
 
 from __future__ import annotations
 
@@ -45,7 +45,10 @@ from ai_deploy.host.settings import Spec
 RECORD = ".ai-deploy-models.json"
 TOOLS = ".ai-deploy-tools"
 SAY_EVERY_S = 5.0
-_FETCHER = Path(__file__).resolve().with_name("model_fetcher.py")  # run on the host
+# The host-side program, shipped together: model_fetcher.py imports model_store.py beside it.
+_FETCHER, _STORE = (
+    Path(__file__).resolve().with_name(n) for n in ("model_fetcher.py", "model_store.py")
+)
 
 
 def release_record(models: tuple[Any, ...]) -> list[dict[str, object]]:
@@ -125,10 +128,10 @@ def check_after_failed_start(remote: Remote, spec: Spec) -> None:
 
 
 def _run_fetcher(remote: Remote, spec: Spec, mode: str) -> None:
-    source = _FETCHER.read_bytes()
-    fetcher = (
-        f"{spec.layout.root}/{TOOLS}/fetch_models-{hashlib.sha256(source).hexdigest()[:12]}.py"
-    )
+    source, store_source = _FETCHER.read_bytes(), _STORE.read_bytes()
+    version = hashlib.sha256(source + store_source).hexdigest()[:12]
+    tools = f"{spec.layout.root}/{TOOLS}/fetch_models-{version}"
+    fetcher = f"{tools}/{_FETCHER.name}"
     token = secrets.token_hex(4)
     base = spec.layout.model_store
     job, log, rc, pid = (f"{base}/.jobs/{token}{s}" for s in (".json", ".log", ".rc", ".pid"))
@@ -147,8 +150,9 @@ def _run_fetcher(remote: Remote, spec: Spec, mode: str) -> None:
     start = remote.run(
         f"""set -e
 command -v python3 >/dev/null || {{ echo "the model fetch needs python3 on the host" >&2; exit 1; }}
-install -d -o root -g root -m 0755 {spec.layout.root}/{TOOLS}
-[ -f {fetcher} ] || {{ {_write(fetcher, source, "0644")}; }}
+install -d -o root -g root -m 0755 {spec.layout.root}/{TOOLS} {tools}
+[ -f {fetcher} ] || {{ {_write(f"{tools}/{_STORE.name}", store_source, "0644")} && \
+  {_write(fetcher, source, "0644")}; }}
 install -d -o root -g {group} -m 0750 {base} {spec.layout.model_blobs}
 install -d -o root -g root -m 0700 {base}/.jobs
 for old in {base}/.jobs/*.pid; do
