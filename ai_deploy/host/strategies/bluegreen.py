@@ -56,7 +56,7 @@ def prepare_host(data: Any) -> None:
     from ai_deploy.project import template
 
     blue_port, green_port = (int(p) for p in data.bluegreen_ports)
-    layout = Layout(data.app_root, data.app_name, data.app_log_dir)
+    layout = Layout.from_data(data)
     # Before nginx is installed, so that the package's first start is already hardened.
     hardening = files.template(
         name="Ensure nginx runs hardened (systemd drop-in)",
