@@ -62,8 +62,12 @@ def fleet_ssh_keys(
     gone (404) or no longer RUNNING fails the whole grant with a message naming it, and no key
     is left on any. On every way out (normal end, exception, SIGINT/SIGTERM/SIGHUP as
     `Terminated`) grants still on their way are waited for (bounded by SETTLE_TIMEOUT), then
-    every key is removed at once; signals during that are held. A key that cannot be removed
-    is named: raised as SshKeyError after a normal end, logged as an error otherwise. Lines of
+    every key is removed at once; signals during that are held. A removal refused with 412
+    conditionNotMet (another writer changed the metadata) is read again and retried with the
+    fresh fingerprint (compute.METADATA_WRITE_ATTEMPTS writes), so two 412s in a row leave
+    nothing and the run keeps its own outcome. A key that still cannot be removed is named:
+    raised as SshKeyError after a normal end (the CI entry's ssh phase: exit 13), logged as
+    an error when another error or a signal is already on its way up. Lines of
     this deployment's runs that are over (MARK's deployment, see runkeys) go in the same
     writes; nothing else is touched.
     """
