@@ -172,8 +172,8 @@ def test_another_writer_during_a_removal_never_costs_a_users_key_and_our_key_goe
 
     def other_writer(request: RecordedRequest) -> None:
         items = {i["key"]: i.get("value", "") for i in (request.json() or {}).get("items", [])}
-        if any(run_of(line) for line in entries_of(items.get("ssh-keys", ""))):
-            return  # an add: left alone
+        if "ai-deploy:" in items.get("ssh-keys", ""):
+            return  # an add (the run's line is in it): left alone
         seen["removals"] += 1
         if seen["removals"] > conflicts:
             return
