@@ -1,8 +1,9 @@
 """Access to a fleet of GCP instances found by label or filter (GCP_INSTANCE_FILTER, or
 AI_DEPLOY_INSTANCES_LABEL=KEY=VALUE): the RUNNING matches listed through the Compute API, each
-instance's published host keys pinned, one firewall window for the target tag (every instance
-must carry it), and one key for the run authorized on every instance (its ssh-keys metadata,
-or once through OS Login), all removed on every way out with the rest of the run's stack.
+instance's published host keys pinned (read on all at once), one firewall window for the
+target tag (every instance must carry it), and one key for the run authorized on every
+instance at once (its ssh-keys metadata, or once through OS Login; see gcp/fleetkeys), all
+removed on every way out with the rest of the run's stack.
 The hosts keep their instance names everywhere; SSH and the health check go to the address
 AI_DEPLOY_ADDRESS chooses (external, or internal from inside the VPC)."""
 
