@@ -7,38 +7,30 @@ few instances and leave the rest: grants and removals run on a bounded pool of t
 
 The Compute calls run in the pool's threads, never in the main thread where signals land, so
 a signal never cuts an accepted write off from its answer: closing first waits (bounded) for
-the grants still on their way, then removes every key that may exist. Each write also drops
-this deployment's keys of runs that are over (see runkeys), so a killed run's leftovers go
-with the next run's grant.
+the grants still on their way, then removes every key that may exist (see grantpool). Each
+write also drops this deployment's keys of runs that are over (see runkeys), so a killed run's
+leftovers go with the next run's grant.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
 from google.auth.credentials import Credentials
 
-from ai_deploy.gcp import GcpError, cleanup_on_exit, compute
+from ai_deploy.gcp import compute
+from ai_deploy.gcp.grantpool import granted
 from ai_deploy.gcp.runkeys import LeftoverKeys, RunMark
-from ai_deploy.gcp.sshkeys import SETTLE_TIMEOUT, KeyGrant, report_left
+from ai_deploy.gcp.sshkeys import KeyGrant
 from ai_deploy.gcp.sshsettings import SshAccess, SshKeyError, SshSettings
 
 logger = logging.getLogger(__name__)
 
 # Instances granted or cleaned at once (Compute's per-project write quota is far above).
 MAX_WORKERS = 16
-
-
-def _run_all(grants: Sequence[KeyGrant], workers: int, name: str) -> list[str]:
-    """take_back() on every grant at once; what each left, for those that left something."""
-    if not grants:
-        return []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
-        return [left for left in pool.map(KeyGrant.take_back, grants) if left]
 
 
 @contextmanager
@@ -61,7 +53,7 @@ def fleet_ssh_keys(
     Guarantees: on entry every instance has the key (its operation DONE); an instance that is
     gone (404) or no longer RUNNING fails the whole grant with a message naming it, and no key
     is left on any. On every way out (normal end, exception, SIGINT/SIGTERM/SIGHUP as
-    `Terminated`) grants still on their way are waited for (bounded by SETTLE_TIMEOUT), then
+    `Terminated`) grants still on their way are waited for (grantpool.SETTLE_TIMEOUT), then
     every key is removed at once; signals during that are held. A removal refused with 412
     conditionNotMet (another writer changed the metadata) is read again and retried with the
     fresh fingerprint (compute.METADATA_WRITE_ATTEMPTS writes), so two 412s in a row leave
@@ -92,35 +84,9 @@ def fleet_ssh_keys(
         )
         for name, zone in on
     ]
-    size = max(1, min(workers, len(grants)))
-    pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="ai-deploy-grant")
-    futures: list[Future[SshAccess]] = []
-
-    def close(pending: BaseException | None) -> None:
-        for future in futures:
-            future.cancel()  # not started: nothing was sent for it
-        _, late = wait(futures, timeout=SETTLE_TIMEOUT)
-        if late:
-            logger.warning(
-                "%d key grant(s) did not end within %.0fs; removing anyway",
-                len(late),
-                SETTLE_TIMEOUT,
-            )
-        pool.shutdown(wait=False)
-        report_left(_run_all(grants, size, "ai-deploy-revoke"), pending)
-
-    with cleanup_on_exit(close):
-        futures.extend(pool.submit(grant.open) for grant in grants)
-        wait(futures)
-        errors = [exc for f in futures if (exc := f.exception()) is not None]
-        unexpected = [exc for exc in errors if not isinstance(exc, GcpError)]
-        if unexpected:
-            raise unexpected[0]
-        if errors:
-            raise SshKeyError("\n".join(str(exc) for exc in errors))
-        access = futures[0].result()
+    with granted(grants, workers) as accesses:
         logger.info("the run's key is authorized on %d instance(s)", len(grants))
-        yield access
+        yield accesses[0]
 
 
 __all__ = ["MAX_WORKERS", "fleet_ssh_keys"]

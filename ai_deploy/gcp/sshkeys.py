@@ -29,7 +29,8 @@ from pathlib import Path
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import Credentials
 
-from ai_deploy.gcp import GcpError, cleanup_on_exit, compute
+from ai_deploy.gcp import GcpError, compute
+from ai_deploy.gcp.grantpool import granted
 from ai_deploy.gcp.keypair import (
     entry_expiry,
     entry_user_and_blob,
@@ -309,17 +310,6 @@ class KeyGrant:
         return failure
 
 
-def report_left(failures: list[str], pending: BaseException | None) -> None:
-    """Name every run key left: raised as SshKeyError after a normal end, logged as an error
-    when another error (or a signal) is already on its way up."""
-    if not failures:
-        return
-    if pending is None:
-        raise SshKeyError("\n".join(failures))
-    for failure in failures:
-        logger.error("%s", failure)
-
-
 @contextmanager
 def ephemeral_ssh_key(
     credentials: Credentials,
@@ -345,7 +335,9 @@ def ephemeral_ssh_key(
     imported) and the private key is a 0600 file in a fresh 0700 directory outside the
     working tree. On exit, whatever the reason (exceptions, SIGINT/SIGTERM raised as
     `Terminated`), the entry or OS Login key is removed and the directory deleted; signals
-    arriving during that cleanup are held until it is done.
+    arriving during that cleanup are held until it is done. The grant's calls run in a worker
+    thread (see grantpool), so a signal never separates an accepted add from its answer: the
+    add is waited for (bounded) before the removal.
 
         with ephemeral_ssh_key(creds, project, zone=zone, instance=name) as access:
             run_pyinfra(user=access.user, key=access.private_key_path)
@@ -353,13 +345,8 @@ def ephemeral_ssh_key(
     settings = settings or SshSettings()
     settings.validate()
     grant = KeyGrant(credentials, project, zone, instance, settings, principal, timeout, key_pair)
-
-    def close(pending: BaseException | None) -> None:
-        left = grant.take_back()
-        report_left([left] if left else [], pending)
-
-    with cleanup_on_exit(close):
-        yield grant.open()
+    with granted([grant], workers=1) as (access,):
+        yield access
 
 
 __all__ = [
