@@ -14,6 +14,7 @@ from io import StringIO
 from typing import Any, NoReturn
 
 from ai_deploy.host import gpu_memory
+from ai_deploy.host.drain import stop_timeout_s
 from ai_deploy.host.facts import AppTree
 from ai_deploy.host.outcome import FAILED, SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.paths import COLOURS, Layout
@@ -103,7 +104,7 @@ def prepare_host(data: Any) -> None:
         host=data.app_host,
         port=data.app_port,
         log_dir=data.app_log_dir,
-        read_timeout_s=data.unit_stop_timeout_s,
+        read_timeout_s=stop_timeout_s(data.drain_timeout_s),
     )
     files.directory(
         name="Ensure the colours directory exists",
