@@ -70,7 +70,8 @@ deploy_strategy = "socket"
 socket_backlog = 4096
 bluegreen_ports = (8001, 8002)  # blue, green (internal, 127.0.0.1 only)
 bluegreen_upstream = None  # None: /etc/nginx/<app_name>-upstream.conf
-bluegreen_drain_s = 5  # the old colour finishes its requests, then stops
+bluegreen_drain_s = 5  # nginx's old workers settle; then the old colour's open connections
+#                         are waited for (at most drain_timeout_s) and it stops
 # Blue/green on a GPU host: before the idle colour starts, nvidia-smi's free memory is compared
 # with what the release needs on each GPU (free memory plus what the idle colour holds, no
 # margin added). None: what the live colour's processes hold now (MainPID and its cgroup);

@@ -146,7 +146,9 @@ async def stream(
             yield f"data: {json.dumps(token)}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    # nginx (blue/green) would buffer the events: X-Accel-Buffering asks it not to.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 @app.get("/predict")

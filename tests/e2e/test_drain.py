@@ -22,6 +22,7 @@ from tests.e2e.conftest import Sandbox, require_root
 from tests.e2e.deploykit import (
     Artifact,
     assert_ok,
+    build_variant,
     cli,
     cli_ok,
     example_artifact,
@@ -56,13 +57,13 @@ class Stream:
     first: threading.Event = field(default_factory=threading.Event)
 
 
-def open_stream(address: str) -> tuple[Stream, threading.Thread]:
+def open_stream(address: str, tokens: int = TOKENS) -> tuple[Stream, threading.Thread]:
     """GET /stream in a thread; the result fills in as the events arrive."""
     stream = Stream()
 
     def read() -> None:
         url = f"http://{address}:8000/stream"
-        params = {"tokens": TOKENS, "interval": INTERVAL_S}
+        params = {"tokens": tokens, "interval": INTERVAL_S}
         try:
             with requests.get(url, params=params, stream=True, timeout=30) as reply:
                 reply.raise_for_status()
@@ -144,6 +145,30 @@ def test_a_stream_longer_than_the_drain_is_cut_at_the_drain(
     assert not stream.done, "a stream longer than drain_timeout_s finished"
     assert 0 < len(stream.tokens) < TOKENS
     assert serving_release(host.address) == release.release_id
+
+
+def test_bluegreen_keeps_the_old_colour_until_its_stream_ends(
+    host: Sandbox, release: Artifact, tmp_path: Path
+) -> None:
+    """A stream open on the live colour when a new release goes live finishes on the old
+    release; the deploy reports the one connection it drained."""
+    bg = ("deploy_strategy=bluegreen", "drain_timeout_s=120", "bluegreen_drain_s=1")
+    assert_ok(run_deploy(host.inventory, release.data, *bg))
+    assert serving_release(host.address) == release.release_id
+    new = build_variant(tmp_path, "s24-new")
+    tokens = 150  # 30 s: open through the new release's start and the switch
+    stream, thread = open_stream(host.address, tokens)
+    assert stream.first.wait(30) and stream.tokens, stream.error
+    out = assert_ok(run_deploy(host.inventory, new.data, *bg))
+    thread.join(120)
+    assert stream.error == "" and stream.done, (stream.error, len(stream.tokens), out)
+    assert [t["index"] for t in stream.tokens] == list(range(tokens))
+    assert {t["release"] for t in stream.tokens} == {release.release_id}
+    assert "1 connection(s) open at the switch, drained in" in out, out
+    assert serving_release(host.address) == new.release_id
+    live = host.sudo("cat /app/ai-server/colors/LIVE").strip()
+    old = "green" if live == "blue" else "blue"
+    assert host.ssh(f"systemctl is-active ai-server@{old}", check=False).strip() == "inactive"
 
 
 def test_the_default_drain_is_rendered_back(host: Sandbox, release: Artifact) -> None:
