@@ -2,7 +2,8 @@
 host) finishes intact when `drain_timeout_s` is above its length, and is cut when it is below:
 the stand-in engine's /stream (a few seconds here), `ai-deploy restart` started once the first
 token has arrived. The units on the host carry the setting, and a second deploy with the same
-input changes nothing."""
+input changes nothing. Under blue/green, a stream open on the live colour when a new release
+goes live finishes on the old release and the deploy reports the one connection it drained."""
 
 from __future__ import annotations
 
