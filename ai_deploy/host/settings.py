@@ -48,6 +48,7 @@ class Spec:
     strategy: str  # a name in ai_deploy.host.strategies.STRATEGIES
     colour_ports: tuple[int, int]  # bluegreen: blue, green
     drain_s: float  # bluegreen: how long the old colour finishes its requests
+    drain_timeout_s: float  # the longest an open connection is waited for before a stop
     nginx_upstream: str
     # bluegreen on a GPU host: MiB a second copy needs (None: what the live colour holds), and
     # what happens when it does not fit ("restart": the live colour stops first; "refuse")
@@ -107,6 +108,7 @@ class Spec:
             strategy=str(get("deploy_strategy")),
             colour_ports=tuple(int(p) for p in get("bluegreen_ports")),  # type: ignore[arg-type]
             drain_s=float(get("bluegreen_drain_s")),
+            drain_timeout_s=float(get("drain_timeout_s")),
             nginx_upstream=str(get("bluegreen_upstream")),
             gpu_memory_needed_mib=_optional_int(get("gpu_memory_needed_mib")),
             gpu_memory_when_short=str(get("gpu_memory_when_short")),
