@@ -51,8 +51,10 @@ uv_env = {}  # extra environment for `uv sync` (an index URL, a CA bundle, ...)
 
 # The unit
 unit_restart_sec = 5
-unit_graceful_shutdown_s = 30  # uvicorn --timeout-graceful-shutdown
-unit_stop_timeout_s = 45  # systemd TimeoutStopSec: larger than the graceful shutdown
+# The longest an open connection or stream is waited for when the service stops (a restart,
+# a release switch): uvicorn's --timeout-graceful-shutdown; systemd's TimeoutStopSec is 15 s
+# more. A stream still open after it is cut. A stop waits as long as the longest open stream.
+drain_timeout_s = 300
 # The hardened units (DevicePolicy=closed) open only these devices besides /dev/null and the
 # like: DeviceAllow= entries, a path or "char-<name in /proc/devices>" (globs allowed).
 # "char-nvidia*" is every NVIDIA node (nvidia-frontend: /dev/nvidia0..N and /dev/nvidiactl;
@@ -68,7 +70,8 @@ deploy_strategy = "socket"
 socket_backlog = 4096
 bluegreen_ports = (8001, 8002)  # blue, green (internal, 127.0.0.1 only)
 bluegreen_upstream = None  # None: /etc/nginx/<app_name>-upstream.conf
-bluegreen_drain_s = 5  # the old colour finishes its requests, then stops
+bluegreen_drain_s = 5  # nginx's old workers settle; then the old colour's open connections
+#                         are waited for (at most drain_timeout_s) and it stops
 # Blue/green on a GPU host: before the idle colour starts, nvidia-smi's free memory is compared
 # with what the release needs on each GPU (free memory plus what the idle colour holds, no
 # margin added). None: what the live colour's processes hold now (MainPID and its cgroup);

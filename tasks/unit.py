@@ -12,6 +12,7 @@ from pyinfra.operations import files, systemd
 from ai_deploy.artifact.importpath import service_pythonpath
 from ai_deploy.host import strategies
 from ai_deploy.host.cache import cache_environment, unit_environment
+from ai_deploy.host.drain import unit_drain_values
 from ai_deploy.host.paths import UNIT_DIR, Layout
 from ai_deploy.project import template
 
@@ -29,8 +30,7 @@ def _common() -> dict[str, object]:
         "python_path": service_pythonpath(),
         "host": d.app_host,
         "port": d.app_port,
-        "graceful_shutdown_s": d.unit_graceful_shutdown_s,
-        "stop_timeout_s": d.unit_stop_timeout_s,
+        **unit_drain_values(d.drain_timeout_s),
         "restart_sec": d.unit_restart_sec,
         "log_dir": d.app_log_dir,
         # ProtectSystem=strict leaves these writable, nothing else (the logs are opened by

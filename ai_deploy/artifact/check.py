@@ -42,7 +42,7 @@ class CheckedArtifact:
     lock_hash: str  # sha256 of its uv.lock: names the venv it runs in
     members: int
     expanded_bytes: int = 0
-    models: tuple[Any, ...] = ()  # ai_deploy.models.manifest.Model, from its models.toml
+    models: tuple[Any, ...] = ()  # ai_deploy.artifact.models_manifest.Model, from its models.toml
 
 
 @dataclass(frozen=True)
@@ -323,8 +323,8 @@ MANIFEST_MAX_BYTES = 1 << 20
 
 
 def _models(tree: _Tree, manifest: bytes | None, allow_http: bool, where: str) -> list[Any]:
-    """The artifact's models.toml checked (ai_deploy.models.manifest); none: no models."""
-    from ai_deploy.models.manifest import ManifestError, parse_manifest
+    """The artifact's models.toml checked (ai_deploy.artifact.models_manifest); none: no models."""
+    from ai_deploy.artifact.models_manifest import ManifestError, parse_manifest
 
     if manifest is None:
         if tree.kinds.get(("models.toml",)) is not None:

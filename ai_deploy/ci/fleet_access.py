@@ -1,15 +1,17 @@
 """Access to a fleet of GCP instances found by label or filter (GCP_INSTANCE_FILTER, or
 AI_DEPLOY_INSTANCES_LABEL=KEY=VALUE): the RUNNING matches listed through the Compute API, each
-instance's published host keys pinned, one firewall window for the target tag (every instance
-must carry it), and one key for the run authorized on every instance (its ssh-keys metadata,
-or once through OS Login), all removed on every way out with the rest of the run's stack.
+instance's published host keys pinned (read on all at once), one firewall window for the
+target tag (every instance must carry it), and one key for the run authorized on every
+instance at once (its ssh-keys metadata, or once through OS Login; see gcp/fleetkeys), all
+removed on every way out with the rest of the run's stack.
 The hosts keep their instance names everywhere; SSH and the health check go to the address
 AI_DEPLOY_ADDRESS chooses (external, or internal from inside the VPC)."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
+from typing import Any
 
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.options import PhaseFailed
@@ -78,20 +80,27 @@ def fleet_instances_phase(run: Run, filter: str) -> None:
 
 
 def fleet_host_keys_phase(run: Run, tmp: Path) -> None:
-    """Every instance's published host keys pinned in one known_hosts file, by address."""
-    from ai_deploy.gcp.hostkeys import published_host_keys
+    """Every instance's published host keys pinned in one known_hosts file, by address; read
+    on all instances at once (each read retried on 429/5xx). An instance whose read fails (an
+    error, not "publishes none") fails the run naming it: it never drops pinning for all."""
+    from ai_deploy.gcp.hostkeys import published_host_keys_of_all
 
     lines: list[str] = []
     missing: list[str] = []
     with run.phases.phase("host-keys", "Pin the instances' SSH host keys"):
-        for name, zone, address in run.targets:
-            try:
-                found = published_host_keys(
-                    run.session.credentials, run.session.project, zone, name
-                )
-            except Exception as exc:
-                _say(f"could not read the host keys of {name} ({exc})")
-                found = None
+        places = [(name, zone) for name, zone, _ in run.targets]
+        found_of, failed = published_host_keys_of_all(
+            run.session.credentials, run.session.project, places
+        )
+        if failed:
+            raise PhaseFailed(
+                "ssh",
+                "could not read the published host keys of "
+                + "; ".join(f"instance {name}: {error}" for name, error in failed.items())
+                + " (so they cannot be pinned; nothing was changed on any instance)",
+            )
+        for name, _, address in run.targets:
+            found = found_of.get(name)
             if not found:
                 missing.append(name)
                 continue
@@ -114,13 +123,36 @@ def fleet_host_keys_phase(run: Run, tmp: Path) -> None:
     run.strict_host_keys = "accept-new" if missing else "yes"
 
 
+class _SshPhaseOnExit:
+    """Enters CONTEXT; an error raised by its exit (a run key it could not remove) ends the
+    run as a failure of the ssh phase (exit 13), naming what was left."""
+
+    def __init__(self, context: AbstractContextManager[Any]) -> None:
+        self.context = context
+
+    def __enter__(self) -> Any:
+        return self.context.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        from ai_deploy.gcp import GcpError
+
+        try:
+            return self.context.__exit__(*exc_info)
+        except GcpError as exc:
+            if exc is exc_info[1]:
+                raise
+            raise PhaseFailed("ssh", str(exc)) from exc
+
+
 def fleet_keys_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
-    """One key for the run, authorized on every instance; SSH checked on each."""
+    """One key for the run, authorized on every instance at once; SSH checked on each."""
     from ai_deploy.ci.ssh import SshAccess, wait_for_ssh
     from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.fleetkeys import fleet_ssh_keys
     from ai_deploy.gcp.keypair import generate_key_pair
     from ai_deploy.gcp.oslogin import ssh_settings_for
-    from ai_deploy.gcp.sshkeys import SSH_MODE_ENV, SshSettings, ephemeral_ssh_key
+    from ai_deploy.gcp.runkeys import RunMark
+    from ai_deploy.gcp.sshkeys import SSH_MODE_ENV, SshSettings
 
     with run.phases.phase("ssh", "Authorize an SSH key on every instance"):
         try:
@@ -139,19 +171,21 @@ def fleet_keys_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
             keydir = tmp / "fleet-key"
             keydir.mkdir(mode=0o700)
             pair = generate_key_pair(keydir, comment="ai-deploy@rollout")
-            grants = run.targets[:1] if settings.mode in ("oslogin", "provided") else run.targets
-            for name, zone, _ in grants:
-                access = stack.enter_context(
-                    ephemeral_ssh_key(
+            deployment = run.settings.app_name if run.settings else "ai-server"
+            access = stack.enter_context(
+                _SshPhaseOnExit(
+                    fleet_ssh_keys(
                         run.session.credentials,
                         run.session.project,
-                        zone=zone,
-                        instance=name,
+                        [(name, zone) for name, zone, _ in run.targets],
                         settings=settings,
-                        principal=run.session.principal,
                         key_pair=pair,
+                        mark=RunMark.current(deployment, run.environ),
+                        environ=run.environ,
+                        principal=run.session.principal,
                     )
                 )
+            )
         except GcpError as exc:
             raise PhaseFailed("ssh", str(exc)) from exc
         run.user, run.key = access.user, access.private_key_path

@@ -6,8 +6,10 @@ AI_DEPLOY_NO_LOCK_CHECK=1 says not to; in a git work tree it packs only what git
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def app_module_of(directory: Path) -> str:
@@ -55,3 +57,28 @@ def build(
     print(f"sha256 {sha256_file(path)}", file=sys.stderr)
     print(path)
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    artifact = sub.add_parser("artifact", help="build the deploy artifact")
+    artifact_sub = artifact.add_subparsers(dest="artifact_command", metavar="ACTION", required=True)
+    parser = artifact_sub.add_parser(
+        "build", help="deterministic tar.gz of an app directory (+ .sha256 beside it)"
+    )
+    parser.add_argument(
+        "dir", metavar="DIR", help="the app directory (has pyproject.toml, uv.lock)"
+    )
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    parser.add_argument("--id", help="release id (CI passes the git SHA); default: content hash")
+    parser.add_argument(
+        "--app-module",
+        default=None,
+        metavar="MODULE:APP",
+        help="uvicorn's APP; its file must be in DIR or DIR/src, where the host imports it from "
+        "(default: app_module of DIR/ai-deploy.toml, else main:app)",
+    )
+    parser.set_defaults(func=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    return build(args.dir, args.output, args.id, args.app_module)

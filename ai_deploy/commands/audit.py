@@ -3,9 +3,12 @@ first, each naming its host: who deployed, rolled back, restarted or released a 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
+from typing import Any
 
+from ai_deploy.commands.options import add_inventory, non_negative
 from ai_deploy.commands.status import layout_of
 from ai_deploy.commands.when import parse_iso, when_text
 from ai_deploy.host.revisions import Revision, parse_revisions, revisions_script
@@ -67,3 +70,18 @@ def show_audit(inventory: str | None, lines: int = DEFAULT_LINES) -> int:
             rc = 1
     print(safe_text("\n".join(render(merged(by_host, lines)))))
     return rc
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "audit", help="revisions.log of every host merged, newest first, host named"
+    )
+    add_inventory(parser)
+    parser.add_argument(
+        "--lines", "-n", type=non_negative, default=20, metavar="N", help="entries (default 20)"
+    )
+    parser.set_defaults(func=_run, day2=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return show_audit(args.inventory, args.lines)

@@ -7,7 +7,11 @@ empty cache). A host whose lock is held by a deploy is left alone."""
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 from ai_deploy.commands.hostlines import HostLines, PrintedRemote
+from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.sizes import human_size
 from ai_deploy.commands.status import layout_of
 from ai_deploy.host.cache import (
@@ -99,3 +103,26 @@ def clear_cache(inventory: str | None) -> int:
             "the empty cache."
         )
     return next((c for c in codes if c), 0)
+
+
+def add_parser(sub: Any) -> None:
+    cache = sub.add_parser(
+        "cache", help="the service's persistent cache directory (its HOME, HF_HOME, ...)"
+    )
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    clear = cache_sub.add_parser(
+        "clear",
+        help="empty the cache directory on each host, under the deploy lock",
+        description="Empty the service's cache directory (app_cache_dir, default "
+        "APP_ROOT/cache) on each host under its deploy lock, keeping the directory, and print "
+        "what was removed (entries two levels deep with their sizes) and the space freed; a "
+        "cache-clear line goes into revisions.log. The running service keeps what it has "
+        "loaded. Exit 1 when a host's lock is held or something could not be removed, 2 for "
+        "bad cache settings.",
+    )
+    add_inventory(clear)
+    clear.set_defaults(func=_run_clear, day2=True)
+
+
+def _run_clear(args: argparse.Namespace) -> int:
+    return clear_cache(args.inventory)

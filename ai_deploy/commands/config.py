@@ -6,6 +6,7 @@ env_file read, nor a key given as text."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -73,3 +74,27 @@ def show_config(environment: str | None, data: Sequence[str], as_json: bool = Fa
         width = max(len(n) for n, _, _ in from_env)
         print("\n".join(f"{n:<{width}} = {v!r}  # {src}" for n, v, src in from_env))
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "config",
+        help="every setting with its value and where it comes from (checked, secrets masked)",
+        description="Print every setting, its merged value and its source: group_data/all.py, "
+        "group_data/prod.py, ai-deploy.toml (or AI_DEPLOY_SETTINGS), its "
+        "[environments.ENV] table (hosts, ssh_user, ssh_key), the SSH variables, --data; later "
+        "ones win; names left to app_name say 'derived from app_name'. Exits 2 naming each "
+        "unknown or ill-typed setting or missing env_file / ssh_key file.",
+    )
+    parser.add_argument(
+        "-e", "--environment", metavar="ENV", help="apply [environments.ENV] of ai-deploy.toml"
+    )
+    parser.add_argument(
+        "--data", action="append", default=[], metavar="KEY=VALUE", help="as pyinfra's --data"
+    )
+    parser.add_argument("--json", action="store_true", help="a JSON list of name, value, source")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return show_config(args.environment, args.data, args.json)

@@ -3,10 +3,12 @@ this machine, and the URL it answers on. A second run reuses the host and the re
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -58,3 +60,14 @@ def run_demo() -> int:
     print(f"The example AI server answers on {url} (try: curl {url}/predict)")
     print(f"Remove the sandbox with: ai-deploy sandbox down {host.name}")
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "demo", help="deploy the example AI server to a local sandbox host and print its URL"
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_demo()

@@ -4,15 +4,15 @@ the options they make."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ai_deploy.ci.exitcodes import TABLE
+from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.verbosity import add_verbose
 
 
-def add_deploy_parser(sub: Any, add_inventory: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parser(sub: Any) -> None:
     deploy = sub.add_parser(
         "deploy",
         help="the CI entry: GCP auth, firewall window, ephemeral SSH key, pyinfra, health, "

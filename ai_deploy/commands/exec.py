@@ -8,12 +8,15 @@ streams back as it comes."""
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ai_deploy.artifact.importpath import exec_pythonpath
 from ai_deploy.commands.hostlines import HostLines
+from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.status import layout_of
 from ai_deploy.host.cache import cache_environment
 from ai_deploy.host.paths import Layout
@@ -74,3 +77,25 @@ def run_exec(inventory: str | None, argv: Sequence[str]) -> int:
                 if len(hosts) > 1:
                     out.err(h.name, f"exit status {code}")
     return failed[0] if failed else 0
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "exec",
+        help="run CMD in the current release as the service user, with its .env, cache "
+        "variables and venv",
+        description="Run CMD on each host in the current release's directory, as app_user, "
+        "with the .env the service reads, its HOME and cache variables (the cache directory), "
+        "VIRTUAL_ENV set, the venv first on PATH and the app's own package importable as the "
+        "service imports it (PYTHONPATH: the release, then its src/; a transient systemd unit). "
+        "Output is prefixed HOST | when there are several hosts; the exit status is the first "
+        "failing host's (0 when all succeed).",
+        usage="ai-deploy exec [-h] [-i INV] -- CMD...",
+    )
+    add_inventory(parser)
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="after --")
+    parser.set_defaults(func=_run, day2=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_exec(args.inventory, args.cmd)

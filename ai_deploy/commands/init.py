@@ -3,12 +3,10 @@ GCP and GitHub set-up printed with the names filled in."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-
-from ai_deploy.appinit.init import InitError, init_app, repository_of
-from ai_deploy.appinit.next_steps import Target, unfilled
-from ai_deploy.appinit.values import check
+from typing import Any
 
 
 def run_init(
@@ -26,6 +24,11 @@ def run_init(
 ) -> int:
     """Write the files and print the set-up; 2 (nothing written) when a value given, or the
     origin remote's repository, breaks the rule for where it goes (see appinit.values)."""
+    # appinit loads the GCP client library: not for building the parser.
+    from ai_deploy.appinit.init import InitError, init_app, repository_of
+    from ai_deploy.appinit.next_steps import Target, unfilled
+    from ai_deploy.appinit.values import check
+
     app_dir = Path(directory)
     repository_option = "--repository"
     if repository is None:
@@ -60,3 +63,53 @@ def run_init(
     for warning in unfilled(target, directory):
         print(f"ai-deploy init: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "init",
+        help="write ai-deploy.toml and .github/workflows/ai-cicd.yml into an app repository",
+        description="Write the app's settings (ai-deploy.toml: every setting with its default, "
+        "and its environments) and its GitHub workflow, then print the one-time GCP and GitHub "
+        "set-up as commands with the names filled in. Refuses to overwrite without --force.",
+    )
+    parser.add_argument("dir", nargs="?", default=".", metavar="DIR", help="the app (default .)")
+    parser.add_argument("--force", action="store_true", help="replace files that exist")
+    parser.add_argument(
+        "-e", "--environment", metavar="ENV", help="the workflow's environment (production)"
+    )
+    parser.add_argument("--project", help="GCP project id, filled into the printed commands")
+    parser.add_argument("--zone", help="the instance's zone")
+    parser.add_argument("--instance", help="the GPU VM's name")
+    parser.add_argument("--repository", metavar="OWNER/REPO", help="default: the origin remote")
+    parser.add_argument(
+        "--repository-id",
+        metavar="N",
+        help="the repository's number, which the printed Workload Identity set-up trusts "
+        "(`gh api repos/OWNER/REPO --jq .id`; default: that command, in the printed set-up)",
+    )
+    parser.add_argument(
+        "--service-account", default="ai-deploy", metavar="NAME", help="default ai-deploy"
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("direct", "iap"),
+        default="direct",
+        help="SSH through a per-deploy firewall window (direct) or IAP",
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_init(
+        args.dir,
+        force=args.force,
+        environment=args.environment or "production",
+        project=args.project,
+        zone=args.zone,
+        instance=args.instance,
+        repository=args.repository,
+        service_account=args.service_account,
+        transport=args.transport,
+        repository_id=args.repository_id,
+    )

@@ -4,27 +4,29 @@ pyinfra: the lock that very run held is released (`python -m ai_deploy.commands.
 
 from __future__ import annotations
 
+import argparse
 import json
-import shlex
 import sys
+from typing import Any
 
+from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.status import layout_of, lock_line
-from ai_deploy.host.facts import read_tree
-from ai_deploy.host.paths import revisions_line
 from ai_deploy.host.release.identity import this_machine
 from ai_deploy.host.release.lock import (
     lock_is_stale,
-    now_iso,
     read_held,
     release_if_held_by,
     remove_if_key,
 )
+from ai_deploy.host.revisions import append_revision
 from ai_deploy.host.safetext import safe_line
 from ai_deploy.host.settings import Spec, deploy_who
 from ai_deploy.inventory import connected
 
 
 def lock_command(inventory: str | None, action: str, force: bool = False) -> int:
+    from ai_deploy.host.facts import read_tree  # pyinfra: not for building the parser
+
     rc = 0
     with connected(inventory) as hosts:
         for h in hosts:
@@ -56,15 +58,15 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
             reason = stale or "forced"
             print(f"{h.name}: lock released ({safe_line(reason)})")
             info = json.dumps(tree.lock) if tree.lock else tree.lock_raw
-            line = revisions_line(
-                now_iso(),
+            append_revision(
+                h,
+                layout,
                 "lock-release",
                 "-",
                 "ok",
                 deploy_who(),
                 f"reason={reason!r} holder={info}",
             )
-            h.run(f"printf '%s\\n' {shlex.quote(line)} >> {layout.revisions}")
     return rc
 
 
@@ -79,15 +81,8 @@ def release_held_by(inventory: str, items: list[str], deployer: str, pid: int) -
         for h in hosts:
             layout = layout_of(h)
             if release_if_held_by(h, layout, pid, this_machine()):
-                line = revisions_line(
-                    now_iso(),
-                    "lock-release",
-                    "-",
-                    "ok",
-                    deploy_who(),
-                    f"reason='deploy stopped' holder={deployer!r} pid={pid}",
-                )
-                h.run(f"printf '%s\\n' {shlex.quote(line)} >> {layout.revisions}")
+                detail = f"reason='deploy stopped' holder={deployer!r} pid={pid}"
+                append_revision(h, layout, "lock-release", "-", "ok", deploy_who(), detail)
                 print(f"{h.name}: released the lock the stopped deploy held")
     return 0
 
@@ -95,3 +90,21 @@ def release_held_by(inventory: str, items: list[str], deployer: str, pid: int) -
 if __name__ == "__main__":
     # python -m ai_deploy.commands.lock INVENTORY DEPLOYER PID [KEY=VALUE ...]
     sys.exit(release_held_by(sys.argv[1], sys.argv[4:], sys.argv[2], int(sys.argv[3])))
+
+
+def add_parser(sub: Any) -> None:
+    lock = sub.add_parser("lock", help="the per-host deploy lock")
+    lock_sub = lock.add_subparsers(dest="lock_command", metavar="ACTION", required=True)
+    status = lock_sub.add_parser("status", help="who holds the lock on each host")
+    add_inventory(status)
+    status.set_defaults(func=_run, day2=True)
+    release = lock_sub.add_parser(
+        "release", help="remove a stale lock (a dead or expired deploy); --force for any"
+    )
+    add_inventory(release)
+    release.add_argument("--force", action="store_true", help="remove a live holder's lock")
+    release.set_defaults(func=_run, day2=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return lock_command(args.inventory, args.lock_command, force=getattr(args, "force", False))

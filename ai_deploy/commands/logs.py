@@ -4,14 +4,17 @@ app_name-error.log; blue/green: the live colour's), each line as `HOST | line`."
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from ai_deploy.commands.hostlines import HostLines
 from ai_deploy.commands.logfilter import follows, select
+from ai_deploy.commands.options import add_inventory, non_negative
 from ai_deploy.commands.status import layout_of
 from ai_deploy.commands.when import parse_since
 from ai_deploy.host.paths import Layout
@@ -139,3 +142,42 @@ def _follow(
         gevent.killall(followers)
     if broken:
         raise broken[0]
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "logs",
+        help="the service's log (app_log_dir/APP.log, or APP-error.log with --error), "
+        "each line as HOST | line",
+        description="Print the last lines of the service's log on each host, prefixed with "
+        "the host's name; -f keeps printing new lines until Ctrl-C.",
+    )
+    add_inventory(parser)
+    parser.add_argument("-f", "--follow", action="store_true", help="print new lines as they come")
+    parser.add_argument(
+        "--lines",
+        "-n",
+        type=non_negative,
+        metavar="N",
+        help="how many lines per host (default 50; all of them since TIME with --since)",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="TIME",
+        help="lines stamped at or after TIME: 10m, 2h, 1d, 22:10, 2026-11-29 22:10 (lines "
+        "need a leading time stamp; unstamped ones go with the line before them)",
+    )
+    parser.add_argument("--grep", metavar="PATTERN", help="only lines matching this Python regex")
+    parser.add_argument("--error", action="store_true", help="the error log (the app's stderr)")
+    parser.set_defaults(func=_run, day2=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return show_logs(
+        args.inventory,
+        follow=args.follow,
+        lines=args.lines,
+        since=args.since,
+        grep=args.grep,
+        error=args.error,
+    )

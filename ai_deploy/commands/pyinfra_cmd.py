@@ -7,10 +7,13 @@ checkout of ai-deploy."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from ai_deploy.commands.options import add_inventory
 from ai_deploy.inventory import PYINFRA_MAIN, resolve_inventory
 from ai_deploy.project import project_dir
 
@@ -26,3 +29,20 @@ def run_pyinfra_here(inventory: str | None, args: Sequence[str]) -> int:
         *passed,
     ]
     return subprocess.run(cmd, check=False).returncode
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "pyinfra",
+        help="pyinfra INVENTORY deploy.py ARGS, from this installation, in this directory",
+        description="Run pyinfra on the packaged inventory (or -i INV) and deploy.py, in the "
+        "working directory, so the app's ai-deploy.toml and -e ENV apply. ARGS go to pyinfra: "
+        "ai-deploy pyinfra -e staging -- --data artifact=dist/app.tar.gz",
+    )
+    add_inventory(parser)
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="for pyinfra")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_pyinfra_here(args.inventory, args.args)

@@ -4,11 +4,13 @@ which one is current and previous, and its model files (name, version, size, ver
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.sizes import human_size
 from ai_deploy.commands.status import layout_of
 from ai_deploy.commands.when import parse_iso, when_text
@@ -162,3 +164,18 @@ def show_releases(inventory: str | None, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(report, indent=2))
     return rc
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "releases",
+        help="releases kept on each host: when and by whom each went into service, outcome, "
+        "size, current and previous",
+    )
+    add_inventory(parser)
+    parser.add_argument("--json", action="store_true", help="a JSON list, one object per host")
+    parser.set_defaults(func=_run, day2=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return show_releases(args.inventory, args.json)

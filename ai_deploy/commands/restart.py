@@ -6,17 +6,19 @@ with the same closing lines as a deploy: the phase times and one summary."""
 
 from __future__ import annotations
 
+import argparse
 import time
+from typing import Any
 
 from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.exitcodes import EXIT_OK, exit_for_outcomes
 from ai_deploy.ci.notify import DeployEvent
 from ai_deploy.commands.closing import print_closing
 from ai_deploy.commands.hostlines import HostLines, PrintedRemote
+from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.status import layout_of
-from ai_deploy.host.facts import read_tree
+from ai_deploy.commands.verbosity import add_verbose
 from ai_deploy.host.outcome import FAILED, HostOutcome
-from ai_deploy.host.release.gate import put_in_service
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.host.settings import Spec
 from ai_deploy.inventory import connected
@@ -24,6 +26,9 @@ from ai_deploy.inventory import connected
 
 def restart_host(remote: PyinfraRemote) -> HostOutcome:
     """Put the release `current` names back in service on REMOTE's host through the gate."""
+    from ai_deploy.host.facts import read_tree  # pyinfra: not for building the parser
+    from ai_deploy.host.gate import put_in_service
+
     tree = read_tree(remote, layout_of(remote))
     if not tree.current:
         return HostOutcome(
@@ -63,3 +68,20 @@ def restart(inventory: str | None) -> int:
         phases.fail("restart")
     print_closing("restart", service, code, outcomes, phases, started)
     return code
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "restart",
+        help="restart the current release behind the health gate, one host at a time",
+        description="Restart the service on each host in turn through the deploy's gate "
+        "(lock, restart, health check, a `restart` line in revisions.log). A host that does "
+        "not come back healthy stops the run; exit codes as for deploy (14, 15, 16).",
+    )
+    add_inventory(parser)
+    add_verbose(parser, "each step of the health gate, not only each host's verdict")
+    parser.set_defaults(func=_run, day2=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return restart(args.inventory)

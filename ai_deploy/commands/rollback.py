@@ -5,8 +5,10 @@ summary; exit codes as for deploy (0, 2, 14, 15, 16)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
+from typing import Any
 
 from ai_deploy.ci import exitcodes
 from ai_deploy.ci import output as ci_output
@@ -14,6 +16,8 @@ from ai_deploy.ci.options import SETTINGS_PROBE_HOST, PhaseFailed
 from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.ci.settings_probe import read_settings
 from ai_deploy.commands.closing import print_closing
+from ai_deploy.commands.options import add_inventory
+from ai_deploy.commands.verbosity import add_verbose
 from ai_deploy.inventory import resolve_inventory
 
 
@@ -40,3 +44,22 @@ def rollback(inventory: str | None, release: str | None) -> int:
     outcomes = list(result.outcomes.values())
     print_closing("rollback", service, code, outcomes, phases, started, release=what)
     return code
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "rollback",
+        help="put the previous (or the named) release back in service, behind the health gate",
+        description="Put the previous (or the named) release back in service on each host, "
+        "behind the deploy's health gate. Prints what changed and the gate's verdict per host "
+        "(-v: pyinfra's whole stream), then the phase times and one summary; exit codes as for "
+        "deploy (2, 14, 15, 16).",
+    )
+    parser.add_argument("release", nargs="?", metavar="RELEASE", help="default: previous")
+    add_inventory(parser)
+    add_verbose(parser)
+    parser.set_defaults(func=_run, day2=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return rollback(args.inventory, args.release)

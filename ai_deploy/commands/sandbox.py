@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import Any
 
 
 def up(count: int, name: str | None) -> int:
@@ -38,3 +40,32 @@ def down(names: list[str], everything: bool) -> int:
     removed = hosts.down(None if everything else names)
     print(f"removed {len(removed)} sandbox host(s){': ' + ', '.join(removed) if removed else ''}")
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    sandbox = sub.add_parser("sandbox", help="throw-away local systemd hosts (root)")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
+    up_ = sandbox_sub.add_parser(
+        "up", help="boot fresh hosts; prints the path of a pyinfra inventory for them"
+    )
+    up_.add_argument("--count", type=int, default=1, help="how many hosts (default 1)")
+    up_.add_argument("--name", help="host name (NAME-1..N with --count > 1)")
+    up_.set_defaults(func=_up)
+    ls = sandbox_sub.add_parser("list", help="show sandbox hosts")
+    ls.set_defaults(func=_list)
+    down_ = sandbox_sub.add_parser("down", help="remove hosts and everything they used")
+    down_.add_argument("names", nargs="*", metavar="NAME")
+    down_.add_argument("--all", action="store_true", help="remove every sandbox host")
+    down_.set_defaults(func=_down)
+
+
+def _up(args: argparse.Namespace) -> int:
+    return up(args.count, args.name)
+
+
+def _list(args: argparse.Namespace) -> int:
+    return list_hosts()
+
+
+def _down(args: argparse.Namespace) -> int:
+    return down(args.names, args.all)

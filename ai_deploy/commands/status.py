@@ -6,15 +6,15 @@ active)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.sizes import human_size
 from ai_deploy.commands.when import when_text
-from ai_deploy.host import strategies
 from ai_deploy.host.cache import CacheState, parse_state, state_script
-from ai_deploy.host.facts import AppTree, read_tree
 from ai_deploy.host.gpu import parse_probe as parse_gpu_probe
 from ai_deploy.host.gpu import probe_script as gpu_probe_script
 from ai_deploy.host.paths import Layout
@@ -22,8 +22,15 @@ from ai_deploy.host.release.health import parse_probe, probe_script
 from ai_deploy.host.release.lock import describe_lock
 from ai_deploy.host.release.models import models_script, parse_models
 from ai_deploy.host.remote import PyinfraRemote
+from ai_deploy.host.revisions import revisions_script
 from ai_deploy.host.safetext import safe_text
 from ai_deploy.inventory import connected_partly
+
+if TYPE_CHECKING:
+    from ai_deploy.host.facts import AppTree
+
+# ai_deploy.host.facts and .strategies load pyinfra: imported where used, so that building the
+# command line parser (every verb's module is imported for it) stays quick.
 
 
 def layout_of(h: PyinfraRemote) -> Layout:
@@ -31,6 +38,8 @@ def layout_of(h: PyinfraRemote) -> Layout:
 
 
 def strategy_line(tree: AppTree, layout: Layout) -> str:
+    from ai_deploy.host import strategies
+
     for strategy in strategies.STRATEGIES.values():
         if strategy.is_steady(tree, layout):
             return f"{strategy.name} (live: {tree.live})" if tree.live else strategy.name
@@ -77,12 +86,14 @@ def is_healthy(report: dict[str, Any]) -> bool:
 def host_report(h: PyinfraRemote) -> dict[str, Any]:
     """What `status` says about one reachable host, as data."""
     d, layout = h.data, layout_of(h)
+    from ai_deploy.host.facts import read_tree
+
     tree = read_tree(h, layout)
     # Blue/green serves from the live colour's unit; the health URL is nginx's, on app_port.
     unit = layout.colour_unit(tree.live) if tree.live and tree.nginx_site else layout.service
     props, code, body = parse_probe(h.run(probe_script(unit, d.app_port, d.health_path)).stdout)
     enabled = h.run(f"systemctl is-enabled {shlex.quote(unit)} 2>/dev/null || true").stdout
-    log = h.run(f"tail -n 5 {layout.revisions} 2>/dev/null || true").stdout
+    log = h.run(revisions_script(layout, 5)).stdout
     gpu = parse_gpu_probe(h.run(gpu_probe_script(d.gpu_sysfs_pci)).stdout)
     report: dict[str, Any] = {
         "host": h.name,
@@ -171,3 +182,19 @@ def show_status(inventory: str | None, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(reports, indent=2))
     return 0 if all(r["healthy"] for r in reports) else 1
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "status",
+        help="per host: current release, kept releases, service, health, lock, cache size, "
+        "log; "
+        "exit 1 when a host is unreachable or not healthy",
+    )
+    add_inventory(parser)
+    parser.add_argument("--json", action="store_true", help="a JSON list, one object per host")
+    parser.set_defaults(func=_run, day2=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return show_status(args.inventory, args.json)

@@ -3,7 +3,7 @@
 Also home to what these cleanups share: `Terminated`, raised in the main thread when SIGINT,
 SIGTERM or SIGHUP arrives inside `raise_on_termination()`, and `deferred_termination()`, which
 holds those signals back while a cleanup runs so a second Ctrl-C or a cancelled CI job cannot
-cut it short.
+cut it short. `cleanup_on_exit()` puts the two together around a resource's whole life.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -104,10 +104,34 @@ def deferred_termination(*, redeliver: bool = True) -> Iterator[list[int]]:
             signal.raise_signal(signum)
 
 
+@contextmanager
+def cleanup_on_exit(close: Callable[[BaseException | None], None]) -> Iterator[None]:
+    """Run CLOSE on every way out of the block: CLOSE(None) after a normal end, CLOSE(exc)
+    when it raised EXC (a `Terminated` for SIGINT/SIGTERM/SIGHUP), then EXC propagates.
+
+    Guarantees: signals inside the block raise `Terminated` in the main thread; signals
+    arriving while CLOSE runs are held until it is done, then delivered again (after a normal
+    end or an ordinary exception) or dropped (when CLOSE is already cleaning up after a
+    signal, so a second one does not replace the first). CLOSE must not raise over a pending
+    EXC; after a normal end its exception propagates.
+    """
+    with raise_on_termination():
+        try:
+            yield
+        except BaseException as exc:
+            with deferred_termination(redeliver=not isinstance(exc, Terminated)):
+                close(exc)
+            raise
+        else:
+            with deferred_termination():
+                close(None)
+
+
 __all__ = [
     "TERMINATION_SIGNALS",
     "GcpError",
     "Terminated",
+    "cleanup_on_exit",
     "deferred_termination",
     "raise_on_termination",
 ]

@@ -10,6 +10,7 @@ propagate unchanged unless a function says otherwise.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import Credentials
 from google.cloud import compute_v1
 
-from ai_deploy.gcp import GcpError
+from ai_deploy.gcp import GcpError, operations
 
 # The firewall calls live in ai_deploy.gcp.firewalls; re-exported for callers of this module.
 from ai_deploy.gcp.firewalls import (
@@ -36,6 +37,7 @@ from ai_deploy.gcp.operations import (
     ENDPOINT_ENV_VAR,
     OperationError,
     OperationUnreadable,
+    backoff_delay,
     compute_client,
     compute_client_options,
     new_request_id,
@@ -49,6 +51,8 @@ from ai_deploy.gcp.operations import (
 logger = logging.getLogger(__name__)
 
 SSH_KEYS_METADATA_KEY = "ssh-keys"
+# Writes of one metadata item tried while other writers keep changing the fingerprint (412).
+METADATA_WRITE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -118,13 +122,15 @@ def update_instance_metadata_item(
     removes the item. Returns the value written.
 
     Writes with the metadata fingerprint just read, so a concurrent change is never
-    overwritten: on 412 (fingerprint changed) it reads again and retries once. No write
+    overwritten: on 412 conditionNotMet (another writer changed the fingerprint) it reads
+    again and retries with the fresh fingerprint, up to METADATA_WRITE_ATTEMPTS writes apart
+    by a jittered backoff; the last 412 propagates (PreconditionFailed). No write
     happens when UPDATE returns the current value. Each write carries a requestId reused by
     its retries (5xx, 429, rate limits, resourceNotReady); ON_STARTED gets the operation's
     name once Compute accepted the write. Waits for the zone operation.
     """
     client = compute_client(compute_v1.InstancesClient, credentials)
-    for attempt in (1, 2):
+    for attempt in range(1, METADATA_WRITE_ATTEMPTS + 1):
         info = get_instance(credentials, project, zone, instance)
         current = info.metadata.get(key)
         wanted = update(current)
@@ -149,9 +155,10 @@ def update_instance_metadata_item(
                 ),
             )
         except api_exceptions.PreconditionFailed:
-            if attempt == 2:
+            if attempt == METADATA_WRITE_ATTEMPTS:
                 raise
             logger.info("metadata of %s changed concurrently; reading it again", instance)
+            time.sleep(backoff_delay(attempt, operations.RETRY_BASE_S, operations.RETRY_CAP_S))
             continue
         if on_started is not None:
             on_started(op.name)

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import Credentials
 
-from ai_deploy.gcp import GcpError, Terminated, compute, deferred_termination, raise_on_termination
+from ai_deploy.gcp import GcpError, cleanup_on_exit, compute
 
 # Naming, marking and sweeping rules live in ai_deploy.gcp.firewall_rules (re-exported).
 from ai_deploy.gcp.firewall_rules import (
@@ -332,7 +332,9 @@ def firewall_window(
     lease = stale_after if stale_after is not None else DEFAULT_STALE_AFTER
     text += "; " + _description_marks(env, datetime.now(timezone.utc) + lease)
     state = _Window(credentials, window, text, timeout, priority)
-    with raise_on_termination():
+    # Nothing of ours exists until open() starts, so closing after a signal in the sweep is a
+    # no-op (state.may_exist is still False).
+    with cleanup_on_exit(state.close):
         if stale_after is not None:
             sweep_stale_rules(
                 credentials,
@@ -345,16 +347,8 @@ def firewall_window(
         warn_about_world_open_ssh(
             credentials, project, network=network, target_tag=target_tag, port=port
         )
-        try:
-            state.open()
-            yield window
-        except BaseException as exc:
-            with deferred_termination(redeliver=not isinstance(exc, Terminated)):
-                state.close(pending=exc)
-            raise
-        else:
-            with deferred_termination():
-                state.close(pending=None)
+        state.open()
+        yield window
 
 
 __all__ = [

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from google.api_core import exceptions as api_exceptions
@@ -23,6 +25,8 @@ from ai_deploy.gcp.operations import CALL_TIMEOUT, compute_client, retry_transie
 HOSTKEYS_QUERY_PATH = "hostkeys/"
 # The IAM permission instances.getGuestAttributes needs (without it the keys are not pinned).
 PERMISSION = "compute.instances.getGuestAttributes"
+# Instances whose host keys are read at once.
+MAX_READERS = 16
 ENABLE_HINT = (
     "to have the guest agent publish them, enable guest attributes with gcloud compute "
     "instances add-metadata {instance} --zone {zone} --project {project} "
@@ -96,6 +100,32 @@ def published_host_keys(
     return tuple(keys) or None
 
 
+def published_host_keys_of_all(
+    credentials: Credentials,
+    project: str,
+    places: Sequence[tuple[str, str]],
+    workers: int = MAX_READERS,
+) -> tuple[dict[str, tuple[HostKey, ...] | None], dict[str, str]]:
+    """published_host_keys for every (instance, zone) of PLACES, at most WORKERS at once:
+    (instance -> its keys or None when it publishes none, instance -> the error that made
+    its read fail once the retries of 429/5xx were spent)."""
+    found: dict[str, tuple[HostKey, ...] | None] = {}
+    failed: dict[str, str] = {}
+    if not places:
+        return found, failed
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(places)))) as pool:
+        futures = {
+            name: pool.submit(published_host_keys, credentials, project, zone, name)
+            for name, zone in places
+        }
+        for name, future in futures.items():
+            try:
+                found[name] = future.result()
+            except Exception as exc:  # an API refusal or a transport error, said as it is
+                failed[name] = str(exc) or type(exc).__name__
+    return found, failed
+
+
 def enable_hint(project: str, zone: str, instance: str) -> str:
     return ENABLE_HINT.format(project=project, zone=zone, instance=instance)
 
@@ -107,4 +137,5 @@ __all__ = [
     "enable_hint",
     "parse_host_key",
     "published_host_keys",
+    "published_host_keys_of_all",
 ]

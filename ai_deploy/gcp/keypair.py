@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,28 +23,38 @@ def rfc3339_utc(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def ssh_keys_entry(user: str, public_key: str, expire_on: datetime) -> str:
+def ssh_keys_entry(
+    user: str, public_key: str, expire_on: datetime, marks: Mapping[str, str] | None = None
+) -> str:
     """The `ssh-keys` metadata line gcloud writes for an expiring key:
-    ``USER:TYPE BLOB google-ssh {"userName":"USER","expireOn":"..."}`` (no comment kept)."""
+    ``USER:TYPE BLOB google-ssh {"userName":"USER","expireOn":"..."}`` (no comment kept),
+    with MARKS as more JSON fields after those two (the guest agent ignores them)."""
     parts = public_key.split()
     if len(parts) < 2:
         raise SshKeyError(f"not an OpenSSH public key: {public_key[:40]!r}")
     stamp = json.dumps(
-        {"userName": user, "expireOn": rfc3339_utc(expire_on)}, separators=(",", ":")
+        {"userName": user, "expireOn": rfc3339_utc(expire_on), **(marks or {})},
+        separators=(",", ":"),
     )
     return f"{user}:{parts[0]} {parts[1]} google-ssh {stamp}"
 
 
-def entry_expiry(line: str) -> datetime | None:
-    """The expireOn of a `google-ssh` metadata line, or None when it has none we can read."""
+def entry_stamp(line: str) -> dict[str, object]:
+    """The JSON object of a `google-ssh` metadata line; empty when it has none we can read."""
     _, _, key = line.strip().partition(":")
     fields = key.split(" ", 3)
     if len(fields) < 4 or fields[2] != "google-ssh":
-        return None
+        return {}
     try:
-        stamp = json.loads(fields[3]).get("expireOn", "")
-    except (ValueError, AttributeError):
-        return None
+        stamp = json.loads(fields[3])
+    except ValueError:
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
+
+
+def entry_expiry(line: str) -> datetime | None:
+    """The expireOn of a `google-ssh` metadata line, or None when it has none we can read."""
+    stamp = entry_stamp(line).get("expireOn", "")
     if not isinstance(stamp, str):
         return None
     text = stamp.strip()
@@ -118,6 +129,7 @@ def write_provided_key(directory: Path, value: str) -> tuple[Path, str]:
 
 __all__ = [
     "entry_expiry",
+    "entry_stamp",
     "entry_user_and_blob",
     "generate_key_pair",
     "rfc3339_utc",

@@ -29,7 +29,8 @@ from pathlib import Path
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import Credentials
 
-from ai_deploy.gcp import GcpError, Terminated, compute, deferred_termination, raise_on_termination
+from ai_deploy.gcp import GcpError, compute
+from ai_deploy.gcp.grantpool import granted
 from ai_deploy.gcp.keypair import (
     entry_expiry,
     entry_user_and_blob,
@@ -47,6 +48,7 @@ from ai_deploy.gcp.oslogin import (
     revoke_oslogin,
 )
 from ai_deploy.gcp.permissions import window_role_hint
+from ai_deploy.gcp.runkeys import LeftoverKeys, RunMark
 from ai_deploy.gcp.sshsettings import (
     DEFAULT_KEY_TTL,
     DEFAULT_SSH_USER,
@@ -70,8 +72,18 @@ SETTLE_TIMEOUT = 120.0
 
 
 def _metadata_error(
-    exc: api_exceptions.GoogleAPICallError, action: str, project: str, zone: str, instance: str
+    exc: api_exceptions.GoogleAPICallError,
+    action: str,
+    project: str,
+    zone: str,
+    instance: str,
+    listed: bool = False,
 ) -> SshKeyError:
+    if isinstance(exc, api_exceptions.NotFound) and listed:
+        return SshKeyError(
+            f"instance {instance} in zone {zone} was deleted after the instances were listed "
+            "(404): no key was given to it; run the deploy again for the fleet as it is now"
+        )
     if isinstance(exc, api_exceptions.NotFound):
         return SshKeyError(
             f"instance {instance} not found in zone {zone} of project {project}: check "
@@ -88,8 +100,14 @@ def _metadata_error(
     return SshKeyError(f"cannot {action} on instance {instance}: {exc.message}")
 
 
-class _Grant:
-    """One run's key: made, authorized, and taken back."""
+class KeyGrant:
+    """One run's key on one instance: made, authorized, and taken back.
+
+    + marks: the run's marks written into its ssh-keys line (see runkeys)
+    + leftovers: which other lines are this deployment's keys of runs that are over; they go
+      in the same writes as this run's add and removal
+    + listed: INSTANCE came from a listing (a fleet): a 404 says it was deleted since
+    """
 
     def __init__(
         self,
@@ -101,7 +119,14 @@ class _Grant:
         principal: str | None,
         timeout: float,
         key_pair: tuple[Path, str] | None = None,
+        *,
+        marks: RunMark | None = None,
+        leftovers: LeftoverKeys | None = None,
+        listed: bool = False,
     ) -> None:
+        self.marks = marks
+        self.leftovers = leftovers
+        self.listed = listed
         self.key_pair = key_pair  # (private key file, public line) shared by several grants
         self.credentials = credentials
         self.project = project
@@ -164,20 +189,28 @@ class _Grant:
             info = compute.get_instance(self.credentials, self.project, self.zone, self.instance)
         except api_exceptions.GoogleAPICallError as exc:
             raise _metadata_error(
-                exc, "read metadata", self.project, self.zone, self.instance
+                exc, "read metadata", self.project, self.zone, self.instance, self.listed
             ) from exc
+        if info.status != "RUNNING":
+            raise SshKeyError(
+                f"instance {self.instance} in zone {self.zone} is {info.status}, not RUNNING "
+                "(it changed since the instances were listed): no key was given to it; start "
+                "it, or run the deploy again for the fleet as it is now"
+            )
         if info.metadata.get("enable-oslogin", "").strip().lower() in _TRUE:
             raise SshKeyError(
                 f"instance {self.instance} has OS Login enabled (metadata enable-oslogin), so "
                 f"ssh-keys metadata is ignored there: set {SSH_MODE_ENV}=oslogin"
             )
-        entry = ssh_keys_entry(s.user, public, expires_at)
+        marks = self.marks.fields() if self.marks else None
+        entry = ssh_keys_entry(s.user, public, expires_at, marks)
         now = datetime.now(timezone.utc)
 
         def expired_leftover(line: str) -> bool:
             user, _ = entry_user_and_blob(line)
             expiry = entry_expiry(line)
-            return user == s.user and expiry is not None and expiry <= now
+            expired = user == s.user and expiry is not None and expiry <= now
+            return expired or self._leftover(line)
 
         self.entry_may_exist = True
         try:
@@ -193,7 +226,7 @@ class _Grant:
             )
         except api_exceptions.GoogleAPICallError as exc:
             raise _metadata_error(
-                exc, "add the ssh-keys entry", self.project, self.zone, self.instance
+                exc, "add the ssh-keys entry", self.project, self.zone, self.instance, self.listed
             ) from exc
         self.add_operation = None
         logger.info(
@@ -203,6 +236,14 @@ class _Grant:
             rfc3339_utc(expires_at),
         )
         return SshAccess("metadata", s.user, private, public, expires_at, metadata_entry=entry)
+
+    def _leftover(self, line: str) -> bool:
+        """Whether LINE is this deployment's key of a run that is over (said when removed)."""
+        why = self.leftovers.why(line, datetime.now(timezone.utc)) if self.leftovers else None
+        if why is not None:
+            user, _ = entry_user_and_blob(line)
+            logger.warning("removing a leftover run key of %s on %s: %s", user, self.instance, why)
+        return why is not None
 
     def _add_started(self, operation: str) -> None:
         self.add_operation = operation
@@ -223,10 +264,10 @@ class _Grant:
         except (api_exceptions.GoogleAPIError, GcpError) as exc:
             logger.warning("waiting for the ssh-keys add before removing it: %s", exc)
 
-    def close(self, pending: BaseException | None) -> None:
-        """Take the key back and delete the key directory; never raises over PENDING."""
+    def take_back(self) -> str | None:
+        """Take the key back and delete the key directory; never raises. Returns what is
+        left (the instance or account, the key and why), or None when nothing is."""
         failure: str | None = None
-        cause: BaseException | None = None
         try:
             if self.entry_may_exist and self.blob:
                 self._settle_add()
@@ -237,16 +278,16 @@ class _Grant:
                         self.project,
                         self.zone,
                         self.instance,
-                        lambda line: entry_user_and_blob(line)[1] == blob,
+                        lambda line: entry_user_and_blob(line)[1] == blob or self._leftover(line),
                         timeout=self.timeout,
                     )
                     logger.info("ssh-keys entry removed from %s", self.instance)
                 except (api_exceptions.GoogleAPIError, GcpError) as exc:
                     failure = (
-                        f"could not remove the ssh-keys entry of {self.settings.user} from "
-                        f"{self.instance} ({exc}); it expires by itself at its expireOn"
+                        f"run key left on instance {self.instance}: the ssh-keys entry of "
+                        f"{self.settings.user} ending {blob[-12:]} could not be removed ({exc}); "
+                        "it expires by itself at its expireOn, and the next run removes it"
                     )
-                    cause = exc
             if self.oslogin is not None:
                 email, fingerprint = self.oslogin
                 try:
@@ -260,17 +301,13 @@ class _Grant:
                         logger.info("OS Login key removed from %s", email)
                 except (api_exceptions.GoogleAPIError, GcpError) as exc:
                     failure = (
-                        f"could not remove the OS Login key {fingerprint} of {email} ({exc}); "
-                        "it expires by itself"
+                        f"run key left: could not remove the OS Login key {fingerprint} of "
+                        f"{email} ({exc}); it expires by itself"
                     )
-                    cause = exc
         finally:
             if self.directory is not None:
                 shutil.rmtree(self.directory, ignore_errors=True)
-        if failure is not None:
-            if pending is None:
-                raise SshKeyError(failure) from cause
-            logger.error("%s", failure)
+        return failure
 
 
 @contextmanager
@@ -298,25 +335,18 @@ def ephemeral_ssh_key(
     imported) and the private key is a 0600 file in a fresh 0700 directory outside the
     working tree. On exit, whatever the reason (exceptions, SIGINT/SIGTERM raised as
     `Terminated`), the entry or OS Login key is removed and the directory deleted; signals
-    arriving during that cleanup are held until it is done.
+    arriving during that cleanup are held until it is done. The grant's calls run in a worker
+    thread (see grantpool), so a signal never separates an accepted add from its answer: the
+    add is waited for (bounded) before the removal.
 
         with ephemeral_ssh_key(creds, project, zone=zone, instance=name) as access:
             run_pyinfra(user=access.user, key=access.private_key_path)
     """
     settings = settings or SshSettings()
     settings.validate()
-    grant = _Grant(credentials, project, zone, instance, settings, principal, timeout, key_pair)
-    with raise_on_termination():
-        try:
-            access = grant.open()
-            yield access
-        except BaseException as exc:
-            with deferred_termination(redeliver=not isinstance(exc, Terminated)):
-                grant.close(pending=exc)
-            raise
-        else:
-            with deferred_termination():
-                grant.close(pending=None)
+    grant = KeyGrant(credentials, project, zone, instance, settings, principal, timeout, key_pair)
+    with granted([grant], workers=1) as (access,):
+        yield access
 
 
 __all__ = [

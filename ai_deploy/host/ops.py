@@ -1,5 +1,5 @@
 """pyinfra operations of this project: a secret file whose content is never shown, and a
-release put in service behind the health gate (ai_deploy.host.release.gate)."""
+release put in service behind the health gate (ai_deploy.host.gate)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from ai_deploy.host import strategies
 from ai_deploy.host.event_hooks import ERROR, tell
 from ai_deploy.host.events import SAY, HostEvent, send
 from ai_deploy.host.facts import AppTree, AppTreeFact
+from ai_deploy.host.gate import put_in_service
 from ai_deploy.host.outcome import ALREADY_SERVING, FAILED, HostOutcome, report
-from ai_deploy.host.release.gate import put_in_service
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.host.settings import Spec
 
@@ -148,7 +148,7 @@ def _models_plan(spec: Spec) -> str:
         return ""
     sizes = {f.sha256: f.size for m in spec.models for f in m.files}
     listed = host.get_fact(
-        Command, f"ls -1 {spec.app_root}/models/blobs 2>/dev/null || true", _sudo=True
+        Command, f"ls -1 {spec.layout.model_blobs} 2>/dev/null || true", _sudo=True
     )
     verified = {
         n[: -len(".verified")] for n in str(listed or "").split() if n.endswith(".verified")

@@ -16,12 +16,15 @@ UNIT_DIR = "/etc/systemd/system"
 NGINX_SITES_AVAILABLE = "/etc/nginx/sites-available"
 NGINX_SITES_ENABLED = "/etc/nginx/sites-enabled"
 COLOURS = ("blue", "green")
+MODEL_STORE = "models"  # under app_root: model files stored once by sha256
+MODEL_BLOBS = "blobs"  # in the store: <sha256> and <sha256>.verified
+MODEL_PARTIALS = ".partial"  # in the store: downloads under way, <sha256>.part
 CACHE_DIR = "cache"  # under app_root, unless app_cache_dir names another directory
 # What the deploy keeps directly under app_root: a cache directory may not be one of them.
 APP_TREE_NAMES = (
     "releases",
     "venvs",
-    "models",
+    MODEL_STORE,
     "healthy",
     "colors",
     "current",
@@ -44,9 +47,12 @@ class Layout:
     log_dir: str
     cache_setting: str | None = None  # app_cache_dir: None for <app_root>/cache
 
+    SETTINGS = ("app_root", "app_name", "app_log_dir", "app_cache_dir")  # what it is built from
+
     @classmethod
     def from_data(cls, data: Any) -> Layout:
-        """The layout of host DATA (pyinfra's host.data, or a mapping of group_data names)."""
+        """The layout of host DATA (pyinfra's host.data, or a mapping of group_data names); the
+        one place a Layout is built from settings."""
         get = data.get if isinstance(data, Mapping) else lambda name: getattr(data, name, None)
         cache = get("app_cache_dir")
         return cls(
@@ -99,6 +105,27 @@ class Layout:
     @property
     def revisions(self) -> str:
         return f"{self.root}/revisions.log"
+
+    # --- the model store (ai_deploy.host.release.models; unquoted *_dir: for the fetcher's job)
+    @property
+    def model_store_dir(self) -> str:
+        return f"{self.app_root.rstrip('/')}/{MODEL_STORE}"
+
+    @property
+    def model_blobs_dir(self) -> str:
+        return f"{self.model_store_dir}/{MODEL_BLOBS}"
+
+    @property
+    def model_partials_dir(self) -> str:
+        return f"{self.model_store_dir}/{MODEL_PARTIALS}"
+
+    @property
+    def model_store(self) -> str:
+        return shlex.quote(self.model_store_dir)
+
+    @property
+    def model_blobs(self) -> str:
+        return shlex.quote(self.model_blobs_dir)
 
     @property
     def cache_dir(self) -> str:

@@ -1,12 +1,30 @@
-"""revisions.log read back: each line (written by paths.revisions_line as
-`WHEN ACTION RELEASE OUTCOME by=WHO [DETAIL]`) as data, for the release and audit reports."""
+"""revisions.log: every line written by `append_revision` (in paths.revisions_line's form,
+`WHEN ACTION RELEASE OUTCOME by=WHO [DETAIL]`), and read back as data for the release and audit
+reports."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ai_deploy.host.paths import Layout
+from ai_deploy.host.paths import Layout, revisions_line
+from ai_deploy.host.release.lock import now_iso
+from ai_deploy.host.remote import Remote
+
+
+def append_revision(
+    remote: Remote,
+    layout: Layout,
+    action: str,
+    release: str,
+    outcome: str,
+    who: str,
+    detail: str = "",
+) -> None:
+    """Add one line, stamped now (UTC), to the end of LAYOUT's revisions.log on REMOTE."""
+    line = revisions_line(now_iso(), action, release, outcome, who, detail)
+    remote.run(f"printf '%s\\n' {shlex.quote(line)} >> {layout.revisions}")
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,24 @@
 """The settings of one host's deploy, read from its pyinfra data (group_data and --data).
 
 Defaults live in group_data/all.py only: `Spec.from_data` reads every setting by name and has
-none of its own, so the pyinfra run, the `ai-deploy` commands and the CI entry agree."""
+none of its own (a setting the data lacks is group_data/all.py's, a derived one derived from the
+data's app_name), so the pyinfra run, the `ai-deploy` commands and the CI entry agree."""
 
 from __future__ import annotations
 
 import getpass
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ai_deploy.host.paths import Layout
 from ai_deploy.host.release.identity import RUN_ID, Machine, this_machine
+from ai_deploy.project import group_data_defaults
+from ai_deploy.settings.derive import DERIVED, DERIVED_FROM, derived_values
+
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -21,9 +26,7 @@ class Spec:
     """Everything the release gate needs for one host, decided on the deployer before the run."""
 
     # from group_data
-    app_root: str
-    app_name: str
-    log_dir: str
+    layout: Layout  # app_root, app_name, app_log_dir, app_cache_dir
     port: int
     health_path: str
     deadline_s: float
@@ -45,20 +48,21 @@ class Spec:
     strategy: str  # a name in ai_deploy.host.strategies.STRATEGIES
     colour_ports: tuple[int, int]  # bluegreen: blue, green
     drain_s: float  # bluegreen: how long the old colour finishes its requests
+    drain_timeout_s: float  # the longest an open connection is waited for before a stop
     nginx_upstream: str
     # bluegreen on a GPU host: MiB a second copy needs (None: what the live colour holds), and
     # what happens when it does not fit ("restart": the live colour stops first; "refuse")
-    gpu_memory_needed_mib: int | None = None
-    gpu_memory_when_short: str = "restart"
+    gpu_memory_needed_mib: int | None
+    gpu_memory_when_short: str
     # model files (ai_deploy.host.release.models)
-    app_group: str = "ai-server"
-    models_allow_http: bool = False
-    models_fetch_timeout_s: float = 6 * 3600
-    models_fetch_retries: int = 8
-    models_verify: bool = False
-    models_reserve_bytes: int = 1024**3
-    models_gcs_url: str = "https://storage.googleapis.com"
-    models_metadata_host: str = "metadata.google.internal"
+    app_group: str
+    models_allow_http: bool
+    models_fetch_timeout_s: float
+    models_fetch_retries: int
+    models_verify: bool
+    models_reserve_bytes: int
+    models_gcs_url: str
+    models_metadata_host: str
     # this run
     action: str = "deploy"  # deploy | rollback | restart
     release_id: str = ""
@@ -70,18 +74,19 @@ class Spec:
     artifact_remote: str | None = None
     artifact_sha256: str | None = None
     lock_hash: str | None = None
-    models: tuple[Any, ...] = ()  # ai_deploy.models.manifest.Model of the release's manifest
+    models: tuple[
+        Any, ...
+    ] = ()  # ai_deploy.artifact.models_manifest.Model of the release's manifest
     # a rollout holds the lock (its info has this token): join it, never take or drop it
     lock_token: str | None = None
 
     @classmethod
     def from_data(cls, data: Any, **run: Any) -> Spec:
-        """The spec for host DATA (pyinfra's host.data or a mapping of group_data names)."""
-        get = data.get if isinstance(data, Mapping) else lambda name: getattr(data, name)
+        """The spec for host DATA (pyinfra's host.data or a mapping of group_data names); a
+        setting DATA lacks takes group_data/all.py's default."""
+        get = setting_reader(data)
         return cls(
-            app_root=str(get("app_root")),
-            app_name=str(get("app_name")),
-            log_dir=str(get("app_log_dir")),
+            layout=Layout.from_data({name: get(name) for name in Layout.SETTINGS}),
             port=int(get("app_port")),
             health_path=str(get("health_path")),
             deadline_s=float(get("health_deadline_s")),
@@ -103,9 +108,10 @@ class Spec:
             strategy=str(get("deploy_strategy")),
             colour_ports=tuple(int(p) for p in get("bluegreen_ports")),  # type: ignore[arg-type]
             drain_s=float(get("bluegreen_drain_s")),
+            drain_timeout_s=float(get("drain_timeout_s")),
             nginx_upstream=str(get("bluegreen_upstream")),
             gpu_memory_needed_mib=_optional_int(get("gpu_memory_needed_mib")),
-            gpu_memory_when_short=str(get("gpu_memory_when_short") or "restart"),
+            gpu_memory_when_short=str(get("gpu_memory_when_short")),
             app_group=str(get("app_group")),
             models_allow_http=_flag(get("models_allow_http")),
             models_fetch_timeout_s=float(get("models_fetch_timeout_s")),
@@ -121,12 +127,41 @@ class Spec:
         return replace(self, **run)
 
     @property
-    def layout(self) -> Layout:
-        return Layout(self.app_root, self.app_name, self.log_dir)
+    def app_root(self) -> str:
+        return self.layout.app_root
+
+    @property
+    def app_name(self) -> str:
+        return self.layout.app_name
 
     @property
     def service(self) -> str:
         return self.layout.service
+
+
+def setting_reader(data: Any) -> Callable[[str], Any]:
+    """Reads a setting from DATA (pyinfra's host.data or a mapping) by its group_data name; one
+    DATA does not hold is group_data/all.py's default, a derived one (app_root, ...) derived
+    from DATA's app_name."""
+    fallback: dict[str, Any] = {}
+
+    def own(name: str) -> Any:
+        if isinstance(data, Mapping):
+            return data.get(name, _MISSING)
+        return getattr(data, name, _MISSING)
+
+    def get(name: str) -> Any:
+        value = own(name)
+        if value is not _MISSING:
+            return value
+        if not fallback:
+            fallback.update(group_data_defaults())
+            app_name = own(DERIVED_FROM)
+            if app_name is not _MISSING:
+                fallback.update(derived_values({DERIVED_FROM: app_name} | dict.fromkeys(DERIVED)))
+        return fallback[name]
+
+    return get
 
 
 def _flag(value: Any) -> bool:

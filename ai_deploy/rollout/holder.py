@@ -53,7 +53,7 @@ def _out(line: str) -> None:
 
 def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
     tree = read_tree(remote, spec.layout)
-    listed = remote.run(f"ls -1 {spec.layout.root}/models/blobs 2>/dev/null || true").stdout
+    listed = remote.run(f"ls -1 {spec.layout.model_blobs} 2>/dev/null || true").stdout
     verified = [n.strip()[: -len(".verified")] for n in listed if n.strip().endswith(".verified")]
     return HostFacts(
         host=remote.name,

@@ -38,7 +38,16 @@ def is_pyinfra_key(name: str) -> bool:
     return name.startswith("_") or name.startswith(_connector_prefixes())
 
 
+# Settings that were replaced: their old name says which one to set instead.
+REPLACED = {
+    "unit_graceful_shutdown_s": "drain_timeout_s",
+    "unit_stop_timeout_s": "drain_timeout_s (the stop timeout follows it, 15 s above)",
+}
+
+
 def unknown_key(where: str, name: str, schema: Mapping[str, Declared]) -> str:
+    if name in REPLACED:
+        return f"{where}: setting {name!r} was replaced: set {REPLACED[name]} instead"
     close = difflib.get_close_matches(name, list(schema), n=3)
     # letters swapped (app_prot) are nearer to app_port than difflib's tie-break says
     close.sort(key=lambda known: sorted(known) != sorted(name))

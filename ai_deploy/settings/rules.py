@@ -120,6 +120,11 @@ def _token(value: str) -> str | None:
     return None if _TOKEN.fullmatch(value) else "letters, digits and . _ + - only"
 
 
+def _drain_seconds(value: str) -> str | None:
+    ok = value.isdigit() and 1 <= int(value) <= 86_400
+    return None if ok else "whole seconds from 1 to 86400 (a day), e.g. 300"
+
+
 def _environment(value: Any) -> str | None:
     for key, item in dict(value).items():
         if not _VAR.fullmatch(str(key)):
@@ -168,6 +173,7 @@ SCALAR_RULES: dict[str, Callable[[str], str | None]] = {
         else "a path, command or version of letters, digits and . _ - + @ , = : /"
     ),
     "gpu_driver_branch": _token,
+    "drain_timeout_s": _drain_seconds,
 }
 COLLECTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "unit_gpu_devices": _each(_device),

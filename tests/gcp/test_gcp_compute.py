@@ -209,16 +209,28 @@ def test_metadata_write_retries_once_after_a_concurrent_change(
     assert first.json()["fingerprint"] != second.json()["fingerprint"]
 
 
-def test_metadata_write_gives_up_after_the_second_412(
-    gcp_fake: FakeGcp, token_credentials: TokenCredentials
+def test_metadata_write_gives_up_after_its_last_412(
+    gcp_fake: FakeGcp, token_credentials: TokenCredentials, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(compute.operations, "RETRY_BASE_S", 0.01)
+    monkeypatch.setattr(compute.operations, "RETRY_CAP_S", 0.05)
+
     def someone_else_writes(request: RecordedRequest) -> None:
         gcp_fake.set_metadata("other", request.path)
 
-    gcp_fake.inject("POST", r"/setMetadata$", status=None, before=someone_else_writes, times=2)
+    attempts = compute.METADATA_WRITE_ATTEMPTS
+    gcp_fake.inject(
+        "POST", r"/setMetadata$", status=None, before=someone_else_writes, times=attempts - 1
+    )
+    compute.add_ssh_key_entry(token_credentials, "dojangkok-ai", ZONE, INSTANCE, "u:k A")
+    assert gcp_fake.state.instance.metadata["ssh-keys"] == "u:k A"
+
+    gcp_fake.inject(
+        "POST", r"/setMetadata$", status=None, before=someone_else_writes, times=attempts
+    )
     with pytest.raises(api_exceptions.PreconditionFailed):
-        compute.add_ssh_key_entry(token_credentials, "dojangkok-ai", ZONE, INSTANCE, "u:k A")
-    assert "ssh-keys" not in gcp_fake.state.instance.metadata
+        compute.add_ssh_key_entry(token_credentials, "dojangkok-ai", ZONE, INSTANCE, "u:k B")
+    assert gcp_fake.state.instance.metadata["ssh-keys"] == "u:k A"
 
 
 @pytest.mark.parametrize(

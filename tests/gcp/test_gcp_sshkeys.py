@@ -154,6 +154,31 @@ def test_concurrent_metadata_change_is_not_lost(
     assert _ssh_keys(gcp_fake) == ["carol:ssh-ed25519 AAAAcarol"]
 
 
+def test_two_412s_in_a_row_on_the_removal_leave_nothing_and_raise_nothing(
+    gcp_fake: FakeGcp, token_credentials: TokenCredentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer changes the metadata between each of the removal's reads and writes,
+    twice: the removal reads again, retries with the fresh fingerprint, and the key goes
+    while the writer's own key stays (the run keeps its outcome: nothing is raised)."""
+    from ai_deploy.gcp import operations
+
+    monkeypatch.setattr(operations, "RETRY_BASE_S", 0.01)
+    monkeypatch.setattr(operations, "RETRY_CAP_S", 0.05)
+    carol = "carol:ssh-ed25519 AAAAcarol"
+    with ephemeral_ssh_key(token_credentials, PROJECT, zone=ZONE, instance=INSTANCE):
+        gcp_fake.inject(
+            "POST",
+            r"/setMetadata$",
+            status=None,
+            before=lambda request: gcp_fake.set_metadata(
+                "ssh-keys", "\n".join([*(k for k in _ssh_keys(gcp_fake) if k != carol), carol])
+            ),
+            times=2,
+        )
+    assert _ssh_keys(gcp_fake) == [carol]
+    assert len(gcp_fake.requests_to("POST", r"/setMetadata$")) == 4  # add, 412, 412, removal
+
+
 def test_os_login_instance_refuses_metadata_mode(
     gcp_fake: FakeGcp, token_credentials: TokenCredentials
 ) -> None:

@@ -51,9 +51,9 @@ from typing import Any
 
 from ai_deploy.host import strategies
 from ai_deploy.host.facts import AppTree, read_tree
+from ai_deploy.host.gate import put_in_service
 from ai_deploy.host.outcome import HostOutcome
 from ai_deploy.host.paths import COLOURS, UNIT_DIR, Layout
-from ai_deploy.host.release.gate import put_in_service
 from ai_deploy.host.remote import Result
 from ai_deploy.host.settings import Spec
 from ai_deploy.project import group_data_defaults

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy.models.manifest import manifest_from_artifact
+from ai_deploy.artifact.models_manifest import manifest_from_artifact
 from bench.models import ModelsBench, parse_args
 from bench.models_host import MODEL, Served, build_release
 from bench.models_report import (

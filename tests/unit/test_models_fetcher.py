@@ -22,7 +22,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-FETCHER = ROOT / "ai_deploy" / "models" / "fetcher.py"
+FETCHER = ROOT / "ai_deploy" / "host" / "release" / "model_fetcher.py"
 SERVER = ROOT / "tests" / "fakes" / "model_server.py"
 GROUP = grp.getgrgid(os.getgid()).gr_name
 TOKEN = "ya29.test-token-never-printed"
@@ -108,6 +108,7 @@ def store(tmp_path: Path) -> Path:
 
 def fetch(store: Path, server: ModelServer, files: list[dict[str, Any]], /, **job: Any) -> Run:
     settings = {"store": str(store), "group": GROUP, "files": files, "allow_http": True}
+    settings.update(blobs=str(store / "blobs"), partial=str(store / ".partial"))
     settings.update(metadata_host=f"127.0.0.1:{server.port}", gcs_base=server.base)
     settings.update(backoff_s=0.01, timeout_s=10, retries=3)
     job_path = store.parent / "job.json"
@@ -479,7 +480,9 @@ def test_job_keys_are_checked(server: ModelServer, store: Path) -> None:
     run = fetch(store, server, [item], allow_http=False)
     assert run.code == 2 and "(gs://, https://)" in run.lines[-2]
     run = fetch(store, server, [item], store="relative/store")
-    assert run.code == 2 and "store must be an absolute path" in run.lines[-2]
+    assert run.code == 2 and "not an absolute path: store" in run.lines[-2]
+    run = fetch(store, server, [item], blobs="blobs", partial="")
+    assert run.code == 2 and "not an absolute path: blobs, partial" in run.lines[-2]
     run = fetch(store, server, [item], allow_http="yes")  # only true allows http://
     assert run.code == 2 and "(gs://, https://)" in run.lines[-2]
     run = fetch(store, server, [item], token=12345)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ai_deploy.models.manifest import (
+from ai_deploy.artifact.models_manifest import (
     ManifestError,
     Model,
     ModelFile,

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from hostkit import FakeHost
 
+from ai_deploy.artifact.models_manifest import Model, ModelFile
+from ai_deploy.host.gate import put_in_service
 from ai_deploy.host.outcome import SERVED, SWITCHED_BACK, HostOutcome
-from ai_deploy.host.release.gate import put_in_service
 from ai_deploy.host.release.models import RECORD, models_script, parse_models
-from ai_deploy.models.manifest import Model, ModelFile
 from tests.unit.test_models_fetcher import GROUP, ModelServer, payload, server, sha
 
 pytestmark = [

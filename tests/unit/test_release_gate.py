@@ -1,4 +1,4 @@
-"""The whole change on one host (ai_deploy.host.release.gate.put_in_service) on a temporary
+"""The whole change on one host (ai_deploy.host.gate.put_in_service) on a temporary
 tree with stand-in systemd, and what it reports: the outcome as JSON and the exit code."""
 
 from __future__ import annotations

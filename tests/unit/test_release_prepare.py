@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from hostkit import FakeHost
 
+from ai_deploy.host.gate import put_in_service
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.paths import VENV_COMPLETE
 from ai_deploy.host.release.extract import Extracted, extract_artifact
-from ai_deploy.host.release.gate import put_in_service
 from ai_deploy.host.release.links import Links, read_links, set_links
 from ai_deploy.host.release.prepare import prepare_release
 from ai_deploy.host.release.prune import prune

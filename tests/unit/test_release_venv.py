@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from hostkit import FakeHost
 
+from ai_deploy.host.gate import put_in_service
 from ai_deploy.host.outcome import SERVED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.paths import VENV_COMPLETE
 from ai_deploy.host.release import venv as venv_mod
-from ai_deploy.host.release.gate import put_in_service
 from ai_deploy.host.release.venv import (
     VENV_MANIFEST,
     VENV_RECORD,

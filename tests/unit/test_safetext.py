@@ -75,13 +75,15 @@ def test_lock_status_prints_the_holder_the_host_wrote_inert(
     from types import SimpleNamespace
 
     from ai_deploy.commands import lock as lock_command
+    from ai_deploy.host import facts
     from ai_deploy.host.facts import AppTree
 
     holder = {"who": "mallory\x1b]52;c;Zm9v\x07", "action": "deploy\x1b[2K\r", "pid": 1}
     host = SimpleNamespace(name="h1")
     monkeypatch.setattr(lock_command, "connected", lambda _inventory: nullcontext([host]))
     monkeypatch.setattr(lock_command, "layout_of", lambda _h: None)
-    monkeypatch.setattr(lock_command, "read_tree", lambda _h, _layout: AppTree(lock=holder))
+    # lock_command imports read_tree when it runs (pyinfra stays out of the parser's imports).
+    monkeypatch.setattr(facts, "read_tree", lambda _h, _layout: AppTree(lock=holder))
     assert lock_command.lock_command(None, "status") == 0
     out = capsys.readouterr().out
     assert all(ACTIVE.search(line) is None for line in out.split("\n")), out

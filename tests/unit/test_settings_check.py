@@ -92,6 +92,14 @@ def test_data_unknown_key_names_the_nearest_setting() -> None:
     ]
 
 
+def test_a_replaced_setting_names_the_one_to_set_instead() -> None:
+    assert check_data(["unit_stop_timeout_s=90", "unit_graceful_shutdown_s=30"]) == [
+        "--data: setting 'unit_stop_timeout_s' was replaced: set drain_timeout_s (the stop "
+        "timeout follows it, 15 s above) instead",
+        "--data: setting 'unit_graceful_shutdown_s' was replaced: set drain_timeout_s instead",
+    ]
+
+
 def test_data_wrong_type_names_key_value_and_what_is_expected() -> None:
     assert check_data(["app_port=eighty"]) == [
         "--data: app_port: expected an integer, got 'eighty'"

@@ -255,6 +255,13 @@ def test_other_strings_used_in_shell_are_plain(name: str, value: str) -> None:
     _refused(name, value)
 
 
+@pytest.mark.parametrize("value", [0, -5, 86_401])
+def test_drain_timeout_s_is_whole_seconds_up_to_a_day(value: int) -> None:
+    (problem,) = _problems("drain_timeout_s", value)
+    assert "whole seconds from 1 to 86400" in problem and repr(str(value)) in problem
+    assert _problems("drain_timeout_s", 1) == [] and _problems("drain_timeout_s", 600) == []
+
+
 def test_the_defaults_keep_every_rule() -> None:
     assert check_values("group_data/all.py", group_data_defaults()) == []
     assert _problems("gpu_driver_branch", "570") == []

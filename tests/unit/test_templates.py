@@ -8,6 +8,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from ai_deploy.host.drain import unit_drain_values
+from ai_deploy.project import group_data_defaults
+
 pytestmark = pytest.mark.unit
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 VALUES = {
@@ -207,3 +210,20 @@ def test_colour_instances_listen_inside_only() -> None:
     site = _render("ai-server.nginx.j2", upstream="/etc/nginx/up.conf", read_timeout_s=45)
     assert "include /etc/nginx/up.conf;" in site
     assert "listen 0.0.0.0:8000;" in site
+
+
+@pytest.mark.parametrize("flavour", sorted(HARDENED_FLAVOURS))
+@pytest.mark.parametrize("drain", [1, 300, 3600])
+def test_every_flavour_drains_for_drain_timeout_s_and_systemd_waits_longer(
+    flavour: str, drain: int
+) -> None:
+    extra = {**unit_drain_values(drain), "socket": flavour == "socket"}
+    name = "ai-server@.service.j2" if flavour == "colour" else "ai-server.service.j2"
+    service = _directives(jinja2.Template((TEMPLATES / name).read_text()).render(VALUES | extra))
+    (exec_start,) = service["ExecStart"]
+    assert exec_start.split("--timeout-graceful-shutdown ")[1].split()[0] == str(drain)
+    assert int(service["TimeoutStopSec"][0]) >= drain + 10  # uvicorn exits before the kill
+
+
+def test_the_default_drain_protects_a_five_minute_stream() -> None:
+    assert group_data_defaults()["drain_timeout_s"] == 300

@@ -1,20 +1,21 @@
-"""What the host remembers of each change: a revisions.log line per deploy, rollback and lock
-release (see paths.revisions_line), and healthy/<release id> for each release that passed the
-health gate, holding the sha256 of the artifact it came from."""
+"""What the host remembers of each change: a revisions.log line per deploy, rollback and restart
+(written by ai_deploy.host.revisions.append_revision), and healthy/<release id> for each release
+that passed the health gate, holding the sha256 of the artifact it came from."""
 
 from __future__ import annotations
 
 import shlex
 
-from ai_deploy.host.paths import ARTIFACT_SHA256, revisions_line
+from ai_deploy.host.paths import ARTIFACT_SHA256
 from ai_deploy.host.release.lock import now_iso
 from ai_deploy.host.remote import Remote
+from ai_deploy.host.revisions import append_revision
 from ai_deploy.host.settings import Spec
 
 
 def record(remote: Remote, spec: Spec, outcome: str, detail: str = "") -> None:
-    line = revisions_line(now_iso(), spec.action, spec.release_id, outcome, spec.who, detail)
-    remote.run(f"printf '%s\\n' {shlex.quote(line)} >> {spec.layout.revisions}")
+    """This run's revisions.log line: SPEC's action and release, OUTCOME and DETAIL."""
+    append_revision(remote, spec.layout, spec.action, spec.release_id, outcome, spec.who, detail)
 
 
 def mark_healthy(remote: Remote, spec: Spec) -> None:

@@ -16,14 +16,14 @@ app_root/models/<name>/<version>/ directory; prune keeps those while a release l
 a new deploy of such a release gives it a tree of its own.) The record is the deploy's: one an
 artifact ships is removed when the release is extracted.
 
-The download is ai_deploy/models/fetcher.py, copied to app_root/.ai-deploy-tools/ and run with
-the host's python3 in the background (a private partial file per blob, resumed with HTTP Range,
-free space checked before the first byte, progress in its log); this side polls the log with
-short commands, so the lock's lease stays fresh, and says how it goes. It runs before the
-release goes live: a file that cannot be fetched or verified stops the deploy there, and the
-serving release is untouched. A fetch left by a deploy that died ends once the lock's lease has
-gone unrenewed for lock_lease_s, or when the next deploy starts (by its PID); its partial is
-kept and resumed."""
+The download is model_fetcher.py (with model_store.py) beside this module, copied to
+app_root/.ai-deploy-tools/ and run with the host's python3 in the background (a private partial
+file per blob, resumed with HTTP Range, free space checked before the first byte, progress in its
+log); this side polls the log with short commands, so the lock's lease stays fresh, and says how
+it goes. It runs before the release goes live: a file that cannot be fetched or verified stops
+the deploy there, and the serving release is untouched. A fetch left by a deploy that died ends
+once the lock's lease has gone unrenewed for lock_lease_s, or when the next deploy starts (by its
+PID); its partial is kept and resumed."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ai_deploy.host.outcome import DeployFailed
-from ai_deploy.host.paths import Layout
+from ai_deploy.host.paths import MODEL_BLOBS, MODEL_STORE, Layout
 from ai_deploy.host.release.lock import LEASE_FILE
 from ai_deploy.host.remote import Remote, tail
 from ai_deploy.host.settings import Spec
@@ -45,11 +45,10 @@ from ai_deploy.host.settings import Spec
 RECORD = ".ai-deploy-models.json"
 TOOLS = ".ai-deploy-tools"
 SAY_EVERY_S = 5.0
-_FETCHER = Path(__file__).resolve().parents[2] / "models" / "fetcher.py"
-
-
-def store(spec: Spec) -> str:
-    return f"{spec.layout.root}/models"
+# The host-side program, shipped together: model_fetcher.py imports model_store.py beside it.
+_FETCHER, _STORE = (
+    Path(__file__).resolve().with_name(n) for n in ("model_fetcher.py", "model_store.py")
+)
 
 
 def release_record(models: tuple[Any, ...]) -> list[dict[str, object]]:
@@ -70,7 +69,9 @@ def _job(spec: Spec, token: str) -> dict[str, object]:
             files.setdefault(f.sha256, {"sha256": f.sha256, "size": f.size, "url": f.url,
                                         "path": f"{m.name}/{m.version}/{f.path}"})  # fmt: skip
     return {
-        "store": store(spec),
+        "store": spec.layout.model_store_dir,
+        "blobs": spec.layout.model_blobs_dir,
+        "partial": spec.layout.model_partials_dir,
         "group": spec.app_group,
         "files": list(files.values()),
         "allow_http": spec.models_allow_http,
@@ -127,12 +128,12 @@ def check_after_failed_start(remote: Remote, spec: Spec) -> None:
 
 
 def _run_fetcher(remote: Remote, spec: Spec, mode: str) -> None:
-    source = _FETCHER.read_bytes()
-    fetcher = (
-        f"{spec.layout.root}/{TOOLS}/fetch_models-{hashlib.sha256(source).hexdigest()[:12]}.py"
-    )
+    source, store_source = _FETCHER.read_bytes(), _STORE.read_bytes()
+    version = hashlib.sha256(source + store_source).hexdigest()[:12]
+    tools = f"{spec.layout.root}/{TOOLS}/fetch_models-{version}"
+    fetcher = f"{tools}/{_FETCHER.name}"
     token = secrets.token_hex(4)
-    base = store(spec)
+    base = spec.layout.model_store
     job, log, rc, pid = (f"{base}/.jobs/{token}{s}" for s in (".json", ".log", ".rc", ".pid"))
     group = shlex.quote(spec.app_group)
     # The fetcher's own pid in PID (a next deploy ends a leftover one by it), a watchdog that
@@ -149,9 +150,10 @@ def _run_fetcher(remote: Remote, spec: Spec, mode: str) -> None:
     start = remote.run(
         f"""set -e
 command -v python3 >/dev/null || {{ echo "the model fetch needs python3 on the host" >&2; exit 1; }}
-install -d -o root -g root -m 0755 {spec.layout.root}/{TOOLS}
-[ -f {fetcher} ] || {{ {_write(fetcher, source, "0644")}; }}
-install -d -o root -g {group} -m 0750 {base} {base}/blobs
+install -d -o root -g root -m 0755 {spec.layout.root}/{TOOLS} {tools}
+[ -f {fetcher} ] || {{ {_write(f"{tools}/{_STORE.name}", store_source, "0644")} && \
+  {_write(fetcher, source, "0644")}; }}
+install -d -o root -g {group} -m 0750 {base} {spec.layout.model_blobs}
 install -d -o root -g root -m 0700 {base}/.jobs
 for old in {base}/.jobs/*.pid; do
   [ -f "$old" ] || continue
@@ -245,7 +247,7 @@ def _link(remote: Remote, spec: Spec, workdir: str, fresh: bool) -> None:
         for f in m.files:
             # From the link's directory up to app_root: the path's own dirs, then <name>,
             # models, <id>, releases.
-            target = "../" * (f.path.count("/") + 4) + f"models/blobs/{f.sha256}"
+            target = "../" * (f.path.count("/") + 4) + f"{MODEL_STORE}/{MODEL_BLOBS}/{f.sha256}"
             link = shlex.quote(f"{top}/{m.name}/{f.path}")
             script.append(f'[ "$(readlink -- {link})" = {target} ] || ln -sfT {target} {link}')
     record = f"{workdir}/{RECORD}"
@@ -267,7 +269,6 @@ MARK = "AI-DEPLOY-MODELS"
 def models_script(layout: Layout) -> str:
     """Shell printing each kept release's models record, where each file in its models/ tree
     leads (links followed), and the verified files in the store (for parse_models)."""
-    r = layout.root
     return f"""cd {layout.releases} 2>/dev/null || exit 0
 for id in *; do
   [ -f "$id/{RECORD}" ] || continue
@@ -276,7 +277,7 @@ for id in *; do
     printf '%s\\t%s\\n' "{MARK} file $f" "$(readlink -f -- "$f")"
   done
 done
-for v in {r}/models/blobs/*.verified; do [ -e "$v" ] && echo "{MARK} verified ${{v##*/}}"; done
+for v in {layout.model_blobs}/*.verified; do [ -e "$v" ] && echo "{MARK} verified ${{v##*/}}"; done
 true
 """
 
@@ -297,7 +298,7 @@ def parse_models(lines: list[str]) -> dict[str, tuple[dict[str, Any], ...]]:
         elif kind == "file":
             path, _, target = rest.partition("\t")
             folder, _, sha = target.rpartition("/")
-            leads[path] = sha if folder.endswith("/models/blobs") else ""
+            leads[path] = sha if folder.endswith(f"/{MODEL_STORE}/{MODEL_BLOBS}") else ""
         elif kind == "models":
             release, _, text = rest.partition(" ")
             try:

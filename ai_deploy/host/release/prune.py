@@ -7,6 +7,7 @@ else in the blob store that is not a kept file (a directory included), go too.""
 
 from __future__ import annotations
 
+from ai_deploy.host.paths import MODEL_BLOBS, MODEL_PARTIALS, MODEL_STORE
 from ai_deploy.host.release.models import RECORD
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
@@ -30,24 +31,25 @@ for v in $(ls -1 ../venvs 2>/dev/null); do
   echo "$used" | grep -qx "$v" || {{ rm -rf -- "../venvs/$v" && echo "removed venv $v"; }}
 done
 for h in $(ls -1 ../healthy 2>/dev/null); do [ -d "$h" ] || rm -f -- "../healthy/$h"; done
-[ -d ../models ] || exit 0
+s=../{MODEL_STORE}; b=$s/{MODEL_BLOBS}
+[ -d "$s" ] || exit 0
 blobs=$(cat ./*/{RECORD} 2>/dev/null | grep -o '"sha256": "[0-9a-f]*"' | cut -d'"' -f4 | sort -u)
 versions=$(for l in ./*/models/*; do
-  [ -L "$l" ] && t=$(readlink "$l") && echo "${{t#../../../models/}}"
+  [ -L "$l" ] && t=$(readlink "$l") && echo "${{t#../../../{MODEL_STORE}/}}"
 done | sort -u)
-for b in ../models/blobs/* ../models/.partial/*; do
-  [ -e "$b" ] || [ -L "$b" ] || continue
-  n=${{b##*/}}; sha=${{n%%.*}}
+for f in "$b"/* "$s"/{MODEL_PARTIALS}/*; do
+  [ -e "$f" ] || [ -L "$f" ] || continue
+  n=${{f##*/}}; sha=${{n%%.*}}
   echo "$blobs" | grep -qx "$sha" && continue
-  case "$b" in ../models/blobs/*) echo "$versions" | grep -qx "blobs/$n" && continue ;; esac
-  rm -rf -- "$b"
+  case "$f" in "$b"/*) echo "$versions" | grep -qx "{MODEL_BLOBS}/$n" && continue ;; esac
+  rm -rf -- "$f"
   case "$n" in *.*) ;; *) echo "removed model file $n" ;; esac
 done
-for d in ../models/*/*/; do
-  v=${{d#../models/}}; v=${{v%/}}; case "$v" in blobs/*|.*) continue ;; esac
+for d in "$s"/*/*/; do
+  v=${{d#"$s"/}}; v=${{v%/}}; case "$v" in {MODEL_BLOBS}/*|.*) continue ;; esac
   echo "$versions" | grep -qx "$v" || {{ rm -rf -- "$d" && echo "removed model version $v"; }}
 done
-for d in ../models/*/; do [ "$d" = ../models/blobs/ ] || rmdir "$d" 2>/dev/null || true; done
+for d in "$s"/*/; do [ "$d" = "$b/" ] || rmdir "$d" 2>/dev/null || true; done
 """
     for line in remote.run(script).stdout:
         remote.say(line)

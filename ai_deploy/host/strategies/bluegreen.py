@@ -14,6 +14,7 @@ from io import StringIO
 from typing import Any, NoReturn
 
 from ai_deploy.host import gpu_memory
+from ai_deploy.host.drain import Drained, stop_timeout_s, wait_drained
 from ai_deploy.host.facts import AppTree
 from ai_deploy.host.outcome import FAILED, SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.paths import COLOURS, Layout
@@ -56,7 +57,7 @@ def prepare_host(data: Any) -> None:
     from ai_deploy.project import template
 
     blue_port, green_port = (int(p) for p in data.bluegreen_ports)
-    layout = Layout(data.app_root, data.app_name, data.app_log_dir)
+    layout = Layout.from_data(data)
     # Before nginx is installed, so that the package's first start is already hardened.
     hardening = files.template(
         name="Ensure nginx runs hardened (systemd drop-in)",
@@ -103,7 +104,7 @@ def prepare_host(data: Any) -> None:
         host=data.app_host,
         port=data.app_port,
         log_dir=data.app_log_dir,
-        read_timeout_s=data.unit_stop_timeout_s,
+        read_timeout_s=stop_timeout_s(data.drain_timeout_s),
     )
     files.directory(
         name="Ensure the colours directory exists",
@@ -290,18 +291,34 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
     remote.run(f"systemctl enable {shlex.quote(unit)} 2>/dev/null || true")
     set_links(remote, spec, before.after_switch_to(target))
     remote.say(f"nginx now sends traffic to {idle} ({target})")
+    drained = None
     if live is not None:
         old = spec.layout.colour_unit(live)
         if not stop_first:
-            remote.say(f"draining {live} for {spec.drain_s:.0f} s, then stopping it")
-            time.sleep(spec.drain_s)
+            drained = _drain(remote, spec, live)
         remote.run(f"systemctl disable --now {shlex.quote(old)} 2>/dev/null || true")
     how = f", {live} stopped first: GPU memory" if stop_first else ""
+    if drained is not None:
+        how += f", {drained.open_at_switch} connection(s) drained in {drained.seconds:.1f} s"
     return Live(
         f"{spec.action} of {target} healthy (blue/green: {idle} live{how})",
         f"previous={before.current or '-'} colour={idle}"
         + (" gpu-memory-short=stopped-first" if stop_first else ""),
     )
+
+
+def _drain(remote: Remote, spec: Spec, live: str) -> Drained | None:
+    """After the switch: LIVE (no longer routed to) keeps serving the connections it has until
+    they end, at most drain_timeout_s; what was open and how long it took is reported."""
+    remote.say(f"draining {live}: nginx's old workers finish for {spec.drain_s:.0f} s")
+    time.sleep(spec.drain_s)
+    port = spec.colour_ports[COLOURS.index(live)]
+    drained = wait_drained(remote, port, spec.drain_timeout_s)
+    if drained is None:
+        remote.warn(f"could not count {live}'s open connections (no `ss`): stopping it now")
+    else:
+        remote.say(drained.message(f"draining {live}"))
+    return drained
 
 
 def leave(remote: Remote, spec: Spec, keep: set[str]) -> bool:

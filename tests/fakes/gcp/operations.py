@@ -84,6 +84,24 @@ class OperationsApi(FakeCore):
                 for op in self.state.operations.values()
             )
 
+    def max_in_flight(self, operation_type: str) -> int:
+        """The most operations of OPERATION_TYPE (`setMetadata`, `insert`, ...) that were in
+        flight (started, not yet DONE) at the same moment, over the fake's whole life."""
+        with self.lock:
+            self._advance_operations()
+            events: list[tuple[float, int]] = []
+            for op in self.state.operations.values():
+                if op.body["operationType"] != operation_type:
+                    continue
+                events.append((op.started_at, 1))
+                if op.finished_at is not None:
+                    events.append((op.finished_at, -1))
+        most = current = 0
+        for _, step in sorted(events):  # an end before a start at the same moment
+            current += step
+            most = max(most, current)
+        return most
+
     def _replayed_operation(self, request: RecordedRequest) -> dict[str, Any] | None:
         """The operation an earlier request with this requestId started, if any."""
         request_id = (request.query.get("requestId") or [""])[0]
@@ -141,6 +159,7 @@ class OperationsApi(FakeCore):
             zone=zone,
             running_at=started + min(seconds / 4, 0.5),
             done_at=started + seconds,
+            started_at=started,
         )
         self.state.operations[name] = op
         request_id = (request.query.get("requestId") or [""])[0]
@@ -164,6 +183,7 @@ class OperationsApi(FakeCore):
                 op.body["progress"] = 50
 
     def _finish_operation(self, op: FakeOperation) -> None:
+        op.finished_at = time.monotonic()
         op.body["status"] = "DONE"
         op.body["progress"] = 100
         op.body.setdefault("startTime", rfc3339(datetime.now(timezone.utc)))

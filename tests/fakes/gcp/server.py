@@ -48,6 +48,9 @@ class Fault:
     delay: float = 0.0
     # Apply the request normally, then answer with the fault (the answer was lost).
     applied: bool = False
+    # Apply the request at once and answer normally, but only this many seconds later (the
+    # window where Compute accepted a write and the caller does not know it yet).
+    answer_delay: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
         return method == self.method.upper() and bool(self.pattern.search(path))
@@ -152,12 +155,15 @@ class FakeGcp(
         before: Callable[[RecordedRequest], None] | None = None,
         delay: float = 0.0,
         applied: bool = False,
+        answer_delay: float = 0.0,
     ) -> Fault:
         """Answer the next `times` requests matching METHOD and PATH (a regex searched in the
         path) with STATUS and Google's error body (or BODY); `status=None` keeps the normal
         answer and only runs BEFORE / waits DELAY first. `times=None` means every time.
         APPLIED: the request still takes effect, only its answer is the error (as when a
-        load balancer loses the reply); a DELAY longer than the client's timeout is a timeout."""
+        load balancer loses the reply); a DELAY longer than the client's timeout is a timeout.
+        ANSWER_DELAY (with `status=None`): the request takes effect at once, its normal answer
+        leaves that many seconds later."""
         fault = Fault(
             method=method.upper(),
             pattern=re.compile(path),
@@ -169,6 +175,7 @@ class FakeGcp(
             before=before,
             delay=delay,
             applied=applied,
+            answer_delay=answer_delay,
         )
         with self.lock:
             self._faults.append(fault)
@@ -280,6 +287,8 @@ class FakeGcp(
             payload = fault.body or google_error_body(fault.status, fault.reason, fault.message)
         else:
             status, payload = self._route(request)
+            if fault is not None and fault.answer_delay:
+                time.sleep(fault.answer_delay)
         data = json.dumps(payload).encode()
         try:
             handler.send_response(status)

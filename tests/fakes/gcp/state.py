@@ -24,6 +24,9 @@ class FakeOperation:
     # time.monotonic() values: when it turns RUNNING, and when DONE (once no polls remain)
     running_at: float = 0.0
     done_at: float = 0.0
+    # time.monotonic() values: when it was started, and when it was in fact seen DONE
+    started_at: float = 0.0
+    finished_at: float | None = None
 
 
 @dataclass

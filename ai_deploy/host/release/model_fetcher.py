@@ -1,12 +1,12 @@
-"""Fetches model files into the host's blob store, or verifies the ones there; copied to the host
-and run there by root with its python3 (3.8+, standard library only): `python3 fetcher.py JOB.json`
-
-JOB: store (absolute), group, files [{sha256, size, url, path}]; the rest default to DEFAULTS.
+"""Fetches model files into the host's blob store (model_store.py, shipped beside it), or verifies
+the ones there; run on the host by root with its python3 (3.8+, standard library only):
+`python3 FILE JOB.json`.
+JOB: store, blobs, partial (absolute paths), group, files [{sha256, size, url, path}], DEFAULTS.
 gs://BUCKET/OBJECT is read through the Cloud Storage JSON API with JOB's token, or else with the
 metadata server's (asked again once when storage answers 401). Timeouts, cut connections, 5xx and
 429 are retried (RETRIES in a row; an attempt that brought bytes counts as a first failure).
-STORE: blobs/<sha256> (0640, group GROUP), blobs/<sha256>.verified (written once it was hashed;
-fetch trusts it, verify hashes again), .partial/<sha256>.part (0600, dir 0700) resumed by Range.
+BLOBS/<sha256> (0640, group GROUP), BLOBS/<sha256>.verified (written once it was hashed; fetch
+trusts it, verify hashes again), PARTIAL/<sha256>.part (0600, dir 0700) resumed by Range.
 Stdout, one line per event, never the token (RESULT's JSON is for programs, the rest for people):
   PRESENT sha path | MISSING sha path | VERIFIED sha path | DAMAGED sha path got=SHA
   PROGRESS sha path bytes total rate_bytes_s eta_s | DONE sha path bytes seconds
@@ -26,16 +26,17 @@ import json
 import os
 import re
 import shutil
-import stat
 import sys
 import time
 import urllib.error
 from urllib.parse import quote, urlsplit
 from urllib.request import HTTPRedirectHandler, ProxyHandler, Request, build_opener
 
-CHUNK = 1 << 20
-OK, BAD_JOB, NOSPACE, MISMATCH, FAILED = 0, 2, 3, 4, 5
-REQUIRED = ("store", "group", "files")
+# Shipped beside this file, whose directory python3 puts first on sys.path.
+from model_store import BAD_JOB, CHUNK, FAILED, MISMATCH, NOSPACE, OK, Stop, Store, hash_file, say
+
+PATHS = ("store", "blobs", "partial")
+REQUIRED = (*PATHS, "group", "files")
 DEFAULTS = {"mode": "fetch", "allow_http": False, "token": None, "reserve_bytes": 0, "retries": 5}
 DEFAULTS.update(backoff_s=1.0, timeout_s=60.0, progress_every_s=10.0, run=None)  # run: a label
 DEFAULTS.update(metadata_host="metadata.google.internal", gcs_base="https://storage.googleapis.com")
@@ -45,16 +46,8 @@ TOKEN = re.compile(r"[\x21-\x7e]+\Z")  # one line of printable ASCII: a header c
 NET_ERRORS = (OSError, http.client.HTTPException)  # timeouts, resets, short reads, refusals
 
 
-class Stop(Exception):
-    """The run ends: Stop(CODE, LINE) prints LINE and exits with CODE."""
-
-
 class Transient(Exception):
     """Worth another try, resuming from where the partial ends."""
-
-
-def say(*words: object) -> None:
-    print(" ".join(str(word) for word in words), flush=True)
 
 
 def good_file(item: object, schemes: tuple) -> bool:
@@ -78,11 +71,12 @@ def load_job(path: str) -> dict:
     job = dict(DEFAULTS, **given)
     schemes = ("gs://", "https://") + (("http://",) if job["allow_http"] is True else ())
     numbers = ("retries", "reserve_bytes", "backoff_s", "timeout_s", "progress_every_s")
+    relative = [k for k in PATHS if not os.path.isabs(str(job.get(k, "/")))]
     token, token_ok = job["token"], job["token"] is None  # a token goes in a header: one line
     token_ok = token_ok or (isinstance(token, str) and TOKEN.match(token) is not None)
     for bad, why in (  # in order: each rule may count on the ones before
         (lambda: unknown or missing, f"unknown keys {unknown}, missing keys {missing}"),
-        (lambda: not os.path.isabs(str(job["store"])), "store must be an absolute path"),
+        (lambda: relative, f"not an absolute path: {', '.join(relative)}"),
         (lambda: job["mode"] not in ("fetch", "verify"), 'mode must be "fetch" or "verify"'),
         (lambda: not re.match(r"https?://[^/?#]+/?\Z", str(job["gcs_base"])), "bad gcs_base"),
         (lambda: not re.match(r"[\w.:\[\]-]+\Z", str(job["metadata_host"])), "bad metadata_host"),
@@ -100,95 +94,6 @@ def load_job(path: str) -> dict:
     for item in job["files"]:
         unique.setdefault(item["sha256"], item)
     return dict(job, files=list(unique.values()))
-
-
-def hash_file(path: str) -> hashlib._Hash:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest
-
-
-class Store:
-    """The blob store's directories and records; every name in it is a checked sha256."""
-
-    def __init__(self, root: str, gid: int) -> None:
-        self.root, self.gid = root, gid
-        self.blobs, self.partial = os.path.join(root, "blobs"), os.path.join(root, ".partial")
-        os.makedirs(root, 0o755, exist_ok=True)
-        for path, mode, group in ((self.blobs, 0o750, gid), (self.partial, 0o700, -1)):
-            if not os.path.lexists(path):
-                os.mkdir(path, mode)
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise Stop(FAILED, f"ERROR {path}: not a directory")
-            os.chown(path, -1, group)
-            os.chmod(path, mode)
-
-    def blob(self, sha: str) -> str:
-        return os.path.join(self.blobs, sha)
-
-    def part(self, sha: str) -> str:
-        return os.path.join(self.partial, sha + ".part")
-
-    def identity(self, sha: str) -> dict:
-        st = os.lstat(self.blob(sha))
-        found = {"sha256": sha, "size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns}
-        return dict(found, kind="file" if stat.S_ISREG(st.st_mode) else "other")
-
-    def recorded(self, sha: str, size: int) -> bool:
-        """True when the blob is the very file its record was written for, after hashing it."""
-        try:
-            with open(self.blob(sha) + ".verified", encoding="utf-8") as f:
-                record = json.load(f)
-            found = self.identity(sha)
-        except (OSError, ValueError):
-            return False
-        same = isinstance(record, dict) and all(record.get(k) == v for k, v in found.items())
-        return same and found["size"] == size
-
-    def record(self, sha: str) -> None:
-        record = dict(self.identity(sha), verified_at=int(time.time()))
-        tmp = self.blob(sha) + ".verified.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chown(tmp, -1, self.gid)
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, self.blob(sha) + ".verified")
-        fd = os.open(self.blobs, os.O_RDONLY | os.O_DIRECTORY)  # the renames made durable
-        os.fsync(fd)
-        os.close(fd)
-
-    def install(self, sha: str) -> None:
-        """The verified partial becomes the blob (synced), then its record is written."""
-        os.chown(self.part(sha), -1, self.gid)
-        os.chmod(self.part(sha), 0o640)
-        os.replace(self.part(sha), self.blob(sha))
-        self.record(sha)  # which syncs the directory: this rename too
-
-    def check(self, item: dict) -> str:
-        """Hashes the blob there: "verified" (record written), "damaged" (dropped), "missing"."""
-        sha, path = item["sha256"], item["path"]
-        if not os.path.lexists(self.blob(sha)):
-            return "missing"
-        found = self.identity(sha)
-        got = "not-a-file" if found["kind"] != "file" else f"size={found['size']}"
-        if found["kind"] == "file" and found["size"] == item["size"]:
-            got = hash_file(self.blob(sha)).hexdigest()
-        if got == sha:
-            self.record(sha)
-            say("VERIFIED", sha, path)
-            return "verified"
-        for name in (self.blob(sha) + ".verified", self.blob(sha)):
-            if os.path.isdir(name) and not os.path.islink(name):
-                shutil.rmtree(name)  # a directory where the blob goes, never a file of ours
-            elif os.path.lexists(name):
-                os.unlink(name)
-        say("DAMAGED", sha, path, "got=" + got)
-        return "damaged"
 
 
 class Redirects(HTTPRedirectHandler):
@@ -351,7 +256,7 @@ def run(job: dict, results: list) -> int:
         gid = grp.getgrnam(job["group"]).gr_gid
     except KeyError:
         raise Stop(BAD_JOB, f"ERROR job: no group {job['group']!r} on this host") from None
-    store = Store(job["store"], gid)
+    store = Store(*(job[k] for k in PATHS), gid)
     with open(os.path.join(store.partial, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one run at a time per store
         todo = []
@@ -383,7 +288,7 @@ def run(job: dict, results: list) -> int:
 
 def main(argv: list) -> int:
     if len(argv) != 2:
-        print("usage: python3 fetcher.py JOB.json", file=sys.stderr)
+        print(f"usage: python3 {argv[0]} JOB.json", file=sys.stderr)
         return BAD_JOB
     results: list = []
     try:

@@ -1,0 +1,45 @@
+"""The command line as one list of verbs: each verb's module adds its own parser, and building
+the parser loads neither pyinfra nor the GCP client libraries (every verb's module is imported
+for it, so `ai-deploy --help` stays quick)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from ai_deploy import cli
+
+pytestmark = pytest.mark.unit
+
+
+def test_each_verb_comes_from_its_own_module() -> None:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    names = list(sub.choices)
+    assert len(names) == len(cli.VERBS)
+    for verb, name in zip(cli.VERBS, names, strict=True):
+        defaults = sub.choices[name]._defaults
+        func = defaults.get("func")
+        if func is None:  # a verb with actions: its actions' functions
+            inner = next(
+                a for a in sub.choices[name]._actions if isinstance(a, argparse._SubParsersAction)
+            )
+            funcs = {p._defaults["func"] for p in inner.choices.values()}
+        else:
+            funcs = {func}
+        assert {f.__module__ for f in funcs} == {verb.__name__}, name
+
+
+def test_building_the_parser_loads_no_heavy_library() -> None:
+    code = (
+        "import sys\n"
+        "from ai_deploy.cli import build_parser\n"
+        "build_parser().parse_args(['status'])\n"
+        "heavy = ('pyinfra', 'pyinfra_cli', 'gevent', 'paramiko', 'google')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
