@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_verbose(args)
     try:
         if getattr(args, "day2", False):
-            from ai_deploy.ci.reach import run_reached, through_gcp
+            from ai_deploy.ci.connect.reach import run_reached, through_gcp
             from ai_deploy.inventory import resolve_inventory
 
             if through_gcp(os.environ):

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.options import DeployOptions, HostSettings
+from ai_deploy.report import output as ci_output
 
 
 @dataclass

@@ -12,12 +12,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ai_deploy.ci import exitcodes
 from ai_deploy.ci.context import Run
-from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
-from ai_deploy.ci.secrets import mask_secret_like
+from ai_deploy.report.secrets import mask_secret_like
+from ai_deploy.rollout import exitcodes
 from ai_deploy.rollout.fleetlock import FleetLockError
 from ai_deploy.rollout.plan import PlanError
+from ai_deploy.rollout.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.rollout.run import Health, Outcome, Rollout, plan_only, run_rollout
 from ai_deploy.settings.ssh import Reach
 

@@ -1,13 +1,13 @@
 """`ai-deploy deploy`: one engine for every target kind, one function a phase.
 
-check the artifact and settings → the targets and the way to each (ai_deploy.ci.access: the
+check the artifact and settings → the targets and the way to each (ai_deploy.ci.connect.access: the
 window or IAP tunnels, host keys, the run's key) → the rollout (ai_deploy.ci.fleet and
 ai_deploy.rollout: every lock taken, canary and batches, each host checked from outside, a
 switch-back of exactly the hosts this run switched, each to what it served before, with every
 lock still held; one target is a rollout of one) → the report. Access contexts sit on one
 stack, so they are removed on every way out, SIGINT, SIGTERM and SIGHUP included (pyinfra is
 stopped first and the locks released). The exit code comes from the hosts' outcomes
-(ai_deploy.ci.exitcodes); notifications and the job summary come last and never change it."""
+(ai_deploy.rollout.exitcodes); notifications and the job summary come last and never change it."""
 
 from __future__ import annotations
 
@@ -23,17 +23,17 @@ from pathlib import Path
 from ai_deploy.artifact.build import ArtifactError
 from ai_deploy.artifact.check import check_artifact
 from ai_deploy.artifact.checksum import check_sidecar
-from ai_deploy.ci import exitcodes
-from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.access import open_access
+from ai_deploy.ci.connect.access import open_access
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.fleet import fleet_phase, print_json, table_message
-from ai_deploy.ci.notify import DeployEvent, Outcome, notify
 from ai_deploy.ci.options import SETTINGS_PROBE_HOST, DeployOptions, PhaseFailed
-from ai_deploy.ci.secrets import mask_secret_like, mask_secrets
 from ai_deploy.ci.settings_probe import check_settings, read_settings
 from ai_deploy.gcp import Terminated, raise_on_termination
 from ai_deploy.inventory import RemoteError, resolve_inventory
+from ai_deploy.report import output as ci_output
+from ai_deploy.report.notify import DeployEvent, Outcome, notify
+from ai_deploy.report.secrets import mask_secret_like, mask_secrets
+from ai_deploy.rollout import exitcodes
 
 
 def _say(message: str) -> None:
@@ -41,7 +41,7 @@ def _say(message: str) -> None:
 
 
 def run_deploy(opts: DeployOptions, env: Mapping[str, str] | None = None) -> int:
-    """The whole CI deploy; returns the exit code (see ai_deploy.ci.exitcodes). With --json,
+    """The whole CI deploy; returns the exit code (see ai_deploy.rollout.exitcodes). With --json,
     everything it prints goes to stderr and stdout holds the result as JSON alone."""
     run = Run(opts, dict(os.environ if env is None else env), ci_output.Phases())
     if not opts.json:

@@ -1,4 +1,4 @@
-"""How rollback and restart end, as a deploy does (ai_deploy.ci.output.closing_lines): each
+"""How rollback and restart end, as a deploy does (ai_deploy.report.output.closing_lines): each
 phase with its time, then one summary line built from what the hosts reported."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.exitcodes import EXIT_OK
-from ai_deploy.ci.notify import DeployEvent, Outcome
 from ai_deploy.host.outcome import HostOutcome
+from ai_deploy.report import output as ci_output
+from ai_deploy.report.notify import DeployEvent, Outcome
+from ai_deploy.rollout.exitcodes import EXIT_OK
 
 
 def print_closing(

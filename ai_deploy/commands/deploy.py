@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ai_deploy.ci.exitcodes import TABLE
 from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.verbosity import add_verbose
+from ai_deploy.rollout.exitcodes import TABLE
 
 
 def add_parser(sub: Any) -> None:

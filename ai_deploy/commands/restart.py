@@ -10,9 +10,6 @@ import argparse
 import time
 from typing import Any
 
-from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.exitcodes import EXIT_OK, exit_for_outcomes
-from ai_deploy.ci.notify import DeployEvent
 from ai_deploy.commands.closing import print_closing
 from ai_deploy.commands.hostlines import HostLines, PrintedRemote
 from ai_deploy.commands.options import add_inventory
@@ -22,6 +19,9 @@ from ai_deploy.host.outcome import FAILED, HostOutcome
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.host.settings import Spec
 from ai_deploy.inventory import connected
+from ai_deploy.report import output as ci_output
+from ai_deploy.report.notify import DeployEvent
+from ai_deploy.rollout.exitcodes import EXIT_OK, exit_for_outcomes
 
 
 def restart_host(remote: PyinfraRemote) -> HostOutcome:

@@ -10,15 +10,15 @@ import os
 import time
 from typing import Any
 
-from ai_deploy.ci import exitcodes
-from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.options import SETTINGS_PROBE_HOST, PhaseFailed
-from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.ci.settings_probe import read_settings
 from ai_deploy.commands.closing import print_closing
 from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.verbosity import add_verbose
 from ai_deploy.inventory import resolve_inventory
+from ai_deploy.report import output as ci_output
+from ai_deploy.rollout import exitcodes
+from ai_deploy.rollout.pyinfra_run import run_pyinfra_streamed
 
 
 def rollback(inventory: str | None, release: str | None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ai_deploy.ci.output import VERBOSE_ENV
+from ai_deploy.report.output import VERBOSE_ENV
 
 PYINFRA_STREAM = "pyinfra's whole stream (each operation, its results table), not only what changed"
 

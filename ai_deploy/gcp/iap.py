@@ -5,7 +5,7 @@ What the VPC must already allow (checked here, never created): ingress from IAP'
 range 35.235.240.0/20 to tcp:22 of the instance's tag. What the caller needs:
 roles/iap.tunnelResourceAccessor. The tunnel itself is `gcloud compute start-iap-tunnel
 INSTANCE 22 --local-host-port=localhost:0 --zone Z --project P`, run for the deploy; ssh and
-pyinfra connect to the local port it reports (ai_deploy/ci/tunnel.py).
+pyinfra connect to the local port it reports (ai_deploy/ci/connect/tunnel.py).
 """
 
 from __future__ import annotations

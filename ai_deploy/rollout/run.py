@@ -14,13 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ai_deploy.ci import exitcodes
-from ai_deploy.ci.health import check_health
-from ai_deploy.ci.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.host import outcome as host_outcome
-from ai_deploy.rollout import report
+from ai_deploy.rollout import exitcodes, report
 from ai_deploy.rollout.fleetlock import Fleet, holding
+from ai_deploy.rollout.health import check_health
 from ai_deploy.rollout.plan import HostFacts, batch_label, make_batches, plan_hosts, render_plan
+from ai_deploy.rollout.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.rollout.report import HostResult
 
 

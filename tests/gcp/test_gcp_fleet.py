@@ -26,7 +26,7 @@ import pytest
 
 from ai_deploy.artifact.build import build_artifact
 from ai_deploy.artifact.check import check_artifact
-from ai_deploy.ci.tunnel import TUNNELS_DIR_ENV
+from ai_deploy.ci.connect.tunnel import TUNNELS_DIR_ENV
 from ai_deploy.gcp.iap import IAP_SOURCE_RANGE
 from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.hosts import Host

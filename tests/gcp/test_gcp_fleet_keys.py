@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from google.oauth2.credentials import Credentials as TokenCredentials
 
-from ai_deploy.ci import exitcodes
-from ai_deploy.ci.fleet_access import _SshPhaseOnExit
+from ai_deploy.ci.connect.fleet_access import _SshPhaseOnExit
 from ai_deploy.ci.options import PhaseFailed
 from ai_deploy.gcp import operations
 from ai_deploy.gcp.fleetkeys import MAX_WORKERS, fleet_ssh_keys
 from ai_deploy.gcp.keypair import generate_key_pair, ssh_keys_entry
 from ai_deploy.gcp.runkeys import LeftoverKeys, RunMark
 from ai_deploy.gcp.sshkeys import SshAccess, SshKeyError, SshSettings
+from ai_deploy.rollout import exitcodes
 from tests.fakes.gcp import FakeGcp, RecordedRequest
 from tests.gcp.flowkit_keys import METADATA_SECONDS, ZONE, instance_names
 

@@ -30,9 +30,9 @@ from google.oauth2.credentials import Credentials as TokenCredentials
 
 from ai_deploy.artifact.build import build_artifact
 from ai_deploy.artifact.check import check_artifact
+from ai_deploy.ci.connect.ssh import SshAccess, host_key_mismatch, prepare_access, ssh_options
+from ai_deploy.ci.connect.tunnel import TUNNELS_DIR_ENV, iap_tunnel
 from ai_deploy.ci.options import DeployOptions, PhaseFailed
-from ai_deploy.ci.ssh import SshAccess, host_key_mismatch, prepare_access, ssh_options
-from ai_deploy.ci.tunnel import TUNNELS_DIR_ENV, iap_tunnel
 from ai_deploy.gcp.hostkeys import HostKey, parse_host_key, published_host_keys
 from ai_deploy.gcp.iap import (
     IAP_ROLE,

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from google.oauth2.credentials import Credentials as TokenCredentials
 
-from ai_deploy.ci import fleet_access
-from ai_deploy.ci import output as ci_output
-from ai_deploy.ci import ssh as ci_ssh
+from ai_deploy.ci.connect import fleet_access
+from ai_deploy.ci.connect import ssh as ci_ssh
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.options import DeployOptions, PhaseFailed
 from ai_deploy.gcp.oslogin import OsLoginState, oslogin_state, ssh_settings_for
 from ai_deploy.gcp.sshkeys import SshKeyError, SshSettings
+from ai_deploy.report import output as ci_output
 from tests.fakes.gcp import FakeGcp
 
 pytestmark = pytest.mark.gcp

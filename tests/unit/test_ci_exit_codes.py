@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from ai_deploy.artifact.build import build_artifact
-from ai_deploy.ci import exitcodes
 from ai_deploy.ci.flow import run_deploy
 from ai_deploy.ci.options import DeployOptions
 from ai_deploy.ci.settings_probe import read_settings
 from ai_deploy.cli import build_parser
 from ai_deploy.project import group_data_defaults
+from ai_deploy.rollout import exitcodes
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy.ci.notify import DeployEvent
-from ai_deploy.ci.output import (
+from ai_deploy.report.notify import DeployEvent
+from ai_deploy.report.output import (
     Phases,
     add_mask,
     commands_stopped,

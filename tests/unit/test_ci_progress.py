@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy.ci import flow, pyinfra_run, secretlike
-from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.notify import DeployEvent, Outcome
+from ai_deploy.ci import flow
 from ai_deploy.ci.options import DeployOptions
-from ai_deploy.ci.progress import HostProgress
 from ai_deploy.host.events import CHANGED, ERROR, SAY, WARN, HostEvent
+from ai_deploy.report import output as ci_output
+from ai_deploy.report import secretlike
+from ai_deploy.report.notify import DeployEvent, Outcome
+from ai_deploy.report.progress import HostProgress
+from ai_deploy.rollout import pyinfra_run
 from ai_deploy.rollout.report import HostResult
 from ai_deploy.rollout.run import Outcome as RolloutOutcome
 

@@ -14,17 +14,18 @@ from typing import Any
 
 import pytest
 
-from ai_deploy.ci import flow, secretlike
-from ai_deploy.ci import output as ci_output
+from ai_deploy.ci import flow
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.fleet import masked_say
-from ai_deploy.ci.notify import Outcome
 from ai_deploy.ci.options import DeployOptions
-from ai_deploy.ci.pyinfra_run import PyinfraRun
 from ai_deploy.host.outcome import HostOutcome
+from ai_deploy.report import output as ci_output
+from ai_deploy.report import secretlike
+from ai_deploy.report.notify import Outcome
 from ai_deploy.rollout import run as rollout_run
 from ai_deploy.rollout.fleetlock import Fleet
 from ai_deploy.rollout.plan import HostFacts
+from ai_deploy.rollout.pyinfra_run import PyinfraRun
 from ai_deploy.rollout.report import HostResult
 from ai_deploy.rollout.run import Health, Rollout
 from ai_deploy.rollout.run import Outcome as Outcome_

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy.ci import secretlike
-from ai_deploy.ci.secretlike import LineRedactor, find_secrets, redact
-from ai_deploy.ci.secrets import env_values, mask_secret_like, mask_secrets
+from ai_deploy.report import secretlike
+from ai_deploy.report.secretlike import LineRedactor, find_secrets, redact
+from ai_deploy.report.secrets import env_values, mask_secret_like, mask_secrets
 
 pytestmark = pytest.mark.unit
 
@@ -146,7 +146,7 @@ def test_mask_secret_like_masks_before_returning_the_redacted_text(
 def test_pyinfra_output_is_redacted_before_it_is_printed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ai_deploy.ci import pyinfra_run
+    from ai_deploy.rollout import pyinfra_run
 
     script = tmp_path / "fake_pyinfra.py"
     script.write_text(

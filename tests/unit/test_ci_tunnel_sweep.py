@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_deploy.ci import tunnel
+from ai_deploy.ci.connect import tunnel
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hostkit import FakeHost
 
-from ai_deploy.ci.notify_payloads import DeployEvent, discord_payload, slack_payload
 from ai_deploy.host.outcome import SWITCHED_BACK
+from ai_deploy.report.notify_payloads import DeployEvent, discord_payload, slack_payload
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ai_deploy.ci.connect.tunnel import iap_tunnel
 from ai_deploy.ci.options import PhaseFailed
-from ai_deploy.ci.tunnel import iap_tunnel
 
 REPORTS_PORT = """\
 import os, sys, time

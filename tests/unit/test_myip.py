@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import pytest
 
-from ai_deploy.ci.myip import (
+from ai_deploy.ci.connect.myip import (
     DEFAULT_MYIP_URLS,
     MYIP_ALLOW_NETWORKS_ENV,
     MYIP_SINGLE_SERVICE_ENV,

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from ai_deploy.ci.notify import (
+from ai_deploy.report.notify import (
     DISCORD_WEBHOOK_ENV,
     SLACK_WEBHOOK_ENV,
     DeployEvent,

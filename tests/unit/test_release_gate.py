@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from hostkit import FakeHost
 
-from ai_deploy.ci.exitcodes import exit_for_outcomes
 from ai_deploy.host.outcome import (
     ALREADY_SERVING,
     FAILED,
@@ -23,6 +22,7 @@ from ai_deploy.host.outcome import (
     read_outcomes,
     report,
 )
+from ai_deploy.rollout.exitcodes import exit_for_outcomes
 
 pytestmark = pytest.mark.unit
 

@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 
-from ai_deploy.ci import exitcodes
-from ai_deploy.ci.pyinfra_run import PyinfraRun
 from ai_deploy.host.outcome import SERVED, HostOutcome
-from ai_deploy.rollout import fleetlock, report
+from ai_deploy.rollout import exitcodes, fleetlock, report
 from ai_deploy.rollout import run as rollout_run
 from ai_deploy.rollout.fleetlock import Fleet, holding
 from ai_deploy.rollout.plan import HostFacts
+from ai_deploy.rollout.pyinfra_run import PyinfraRun
 from ai_deploy.rollout.run import Health, Rollout, run_rollout
 
 pytestmark = pytest.mark.unit

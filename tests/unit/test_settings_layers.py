@@ -298,8 +298,8 @@ def test_a_host_outside_gcp_gets_the_variables_key_else_the_environments(
     app_dir: Path, tmp_path: Path
 ) -> None:
     """`deploy --no-gcp --host`: the run's own SSH check uses the same key the settings name."""
+    from ai_deploy.ci.connect.ssh import provided_identity
     from ai_deploy.ci.options import PhaseFailed
-    from ai_deploy.ci.ssh import provided_identity
 
     toml_key = str(app_dir / "keys" / "id_deploy")
     production = "ai-deploy.toml [environments.production]"

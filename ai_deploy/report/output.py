@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from ai_deploy.ci.notify import DeployEvent, Outcome
-from ai_deploy.ci.secretlike import redact
+from ai_deploy.report.notify import DeployEvent, Outcome
+from ai_deploy.report.secretlike import redact
 
 __all__ = [
     "GITHUB_ACTIONS_ENV",
@@ -164,7 +164,7 @@ def error(
     """Report MESSAGE as an error: an `::error title=...::` annotation in GitHub Actions (shown on
     the run's page; all values escaped, so the text cannot inject other commands), else an
     `error: TITLE: MESSAGE` line on stderr. Key- or token-like values in MESSAGE are shown as
-    *** (see ai_deploy.ci.secretlike)."""
+    *** (see ai_deploy.report.secretlike)."""
     _annotation("error", message, title, file, line, env, stream)
 
 

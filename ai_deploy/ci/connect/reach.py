@@ -17,12 +17,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from ai_deploy.ci import exitcodes
-from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.access import open_access
+from ai_deploy.ci.connect.access import open_access
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.fleet import fleet_env
 from ai_deploy.ci.options import DeployOptions, PhaseFailed
+from ai_deploy.report import output as ci_output
+from ai_deploy.rollout import exitcodes
 
 REACHED_ENV = "AI_DEPLOY_REACHED"  # set in the child: the hosts are reachable already
 

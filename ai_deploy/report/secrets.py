@@ -1,7 +1,7 @@
 """Secrets kept out of the CI log: every value of the .env given with env_file, and a provided
 SSH private key, are masked in GitHub Actions (`::add-mask::`) before anything else is printed;
 text about to be printed that holds something shaped like a key or token (see
-ai_deploy.ci.secretlike) has it masked first and is printed redacted."""
+ai_deploy.report.secretlike) has it masked first and is printed redacted."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.secretlike import find_secrets, redact, register
-from ai_deploy.ci.ssh import PRIVATE_KEY_ENV
+from ai_deploy.report import output as ci_output
+from ai_deploy.report.secretlike import find_secrets, redact, register
+from ai_deploy.settings.ssh import SSH_KEY_ENV as PRIVATE_KEY_ENV
 
 MIN_MASKED = 4  # shorter values ("1", "yes") would mask every occurrence in the log, uselessly
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from contextlib import ExitStack
 from datetime import timedelta
 
-from ai_deploy.ci import output as ci_output
 from ai_deploy.ci.context import Run
 from ai_deploy.ci.options import PhaseFailed
+from ai_deploy.report import output as ci_output
 
 
 def _say(message: str) -> None:
@@ -28,7 +28,7 @@ def auth_phase(run: Run) -> None:
 
 
 def runner_ip_phase(run: Run) -> None:
-    from ai_deploy.ci.myip import MyIpSettings, RunnerIpError, find_runner_address
+    from ai_deploy.ci.connect.myip import MyIpSettings, RunnerIpError, find_runner_address
 
     with run.phases.phase("runner-ip", "Find this runner's address"):
         try:

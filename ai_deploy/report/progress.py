@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from ai_deploy.ci.secretlike import LineRedactor
 from ai_deploy.host.events import CHANGED, ERROR, WARN, HostEvent
+from ai_deploy.report.secretlike import LineRedactor
 
 _NAMED_CHANGES = 3  # a task with more changed operations than this is said as a count
 
@@ -21,7 +21,7 @@ def _print(line: str) -> None:
 
 class HostProgress:
     """Prints host events as they come; every line is redacted first (key- and token-like
-    values, registered secrets: ai_deploy.ci.secretlike).
+    values, registered secrets: ai_deploy.report.secretlike).
 
     + errors: how many ERROR events were printed (a failure that needs no more explaining)"""
 

@@ -2,7 +2,7 @@
 the rollout, one function per transport, everything undone on every way out (each undo is a
 context on the run's stack).
 
-- GCP instances (GCP_INSTANCE, or a label or filter: ai_deploy.ci.fleet_access): their host
+- GCP instances (GCP_INSTANCE, or a label or filter: ai_deploy.ci.connect.fleet_access): their host
   keys pinned, then the firewall window for this runner (direct) or, through Identity-Aware
   Proxy, the standing rule checked and one gcloud tunnel per instance; one key for the run
   authorized on every instance (ssh-keys metadata, OS Login, or a provided key).
@@ -15,16 +15,16 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-from ai_deploy.ci.context import Run
-from ai_deploy.ci.fleet_access import (
+from ai_deploy.ci.connect.fleet_access import (
     fleet_host_keys_phase,
     fleet_instances_phase,
     fleet_keys_phase,
     instance_filter_of,
 )
-from ai_deploy.ci.gcp_phases import auth_phase, firewall_phase, runner_ip_phase
+from ai_deploy.ci.connect.gcp_phases import auth_phase, firewall_phase, runner_ip_phase
+from ai_deploy.ci.connect.ssh import Identity, provided_identity, wait_for_ssh
+from ai_deploy.ci.context import Run
 from ai_deploy.ci.options import PhaseFailed
-from ai_deploy.ci.ssh import Identity, provided_identity, wait_for_ssh
 
 
 def _say(message: str) -> None:
@@ -164,7 +164,7 @@ def outside_gcp_identity(run: Run, tmp: Path, default_user: str) -> Identity:
 def iap_tunnels_phase(run: Run, stack: ExitStack) -> None:
     """One gcloud IAP tunnel per target, each on its own local port until STACK closes; the
     tunnels a killed run left are ended first."""
-    from ai_deploy.ci.tunnel import iap_tunnel, sweep_left_tunnels
+    from ai_deploy.ci.connect.tunnel import iap_tunnel, sweep_left_tunnels
 
     with run.phases.phase("ssh", "Open the IAP tunnel" + ("s" if len(run.targets) > 1 else "")):
         sweep_left_tunnels(run.environ, _say)

@@ -1,7 +1,7 @@
 """What a deploy notification says: the event (DeployEvent, Outcome) and the message bodies
 for Slack and Discord incoming webhooks, within each service's length limits.
 
-Pure data and formatting, no network: ai_deploy.ci.notify sends these bodies.
+Pure data and formatting, no network: ai_deploy.report.notify sends these bodies.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ai_deploy.ci.secretlike import redact
+from ai_deploy.report.secretlike import redact
 
 __all__ = [
     "DeployEvent",

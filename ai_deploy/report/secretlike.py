@@ -1,6 +1,6 @@
 """What looks like a key or a token in text meant for people, and that text with it blanked.
 
-Pure functions and one process-wide registry, no output: ai_deploy.ci.secrets turns what is
+Pure functions and one process-wide registry, no output: ai_deploy.report.secrets turns what is
 found here into `::add-mask::` commands, the pyinfra stream, notifications and the job summary
 print only redacted text. Over-masking a log line is cheap; a leaked key is not.
 

@@ -1,8 +1,8 @@
 """deploy.py run by pyinfra from the CI entry, each host's outcome read back as data from the
-run's result file. What it prints by default is each host's events (ai_deploy.ci.progress: what
+run's result file. What it prints by default is each host's events (ai_deploy.report.progress: what
 changed, the gate's progress, errors); with `-v` (AI_DEPLOY_VERBOSE) pyinfra's whole stream
 instead. Every line printed is redacted of key- and token-like values and registered secrets
-first (ai_deploy.ci.secretlike)."""
+first (ai_deploy.report.secretlike)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ai_deploy.ci import output as ci_output
-from ai_deploy.ci.progress import HostProgress
-from ai_deploy.ci.secretlike import LineRedactor
 from ai_deploy.gcp import deferred_termination
 from ai_deploy.host.events import EVENTS_FD_ENV, HostEvent
 from ai_deploy.host.outcome import RESULT_FILE_ENV, HostOutcome, read_outcomes
 from ai_deploy.inventory import pyinfra_command
 from ai_deploy.project import project_dir
+from ai_deploy.report import output as ci_output
+from ai_deploy.report.progress import HostProgress
+from ai_deploy.report.secretlike import LineRedactor
 
 # A cancelled GitHub job gets SIGINT, SIGTERM 7.5 s later and SIGKILL 2.5 s after that: pyinfra
 # is stopped and its lock released well inside the first 7.5 s.

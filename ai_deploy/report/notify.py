@@ -7,7 +7,7 @@ and notify() never raises for it and never waits longer than a bounded time.
 Webhook URLs are secrets (whoever holds one can post to the channel), so they never appear in
 logs, results or exception messages: notifiers are named "slack" and "discord" only.
 
-What the messages say is built in ai_deploy.ci.notify_payloads; this module sends them.
+What the messages say is built in ai_deploy.report.notify_payloads; this module sends them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import requests
 from requests.utils import requote_uri
 
-from ai_deploy.ci.notify_payloads import (
+from ai_deploy.report.notify_payloads import (
     DeployEvent,
     Outcome,
     cut,

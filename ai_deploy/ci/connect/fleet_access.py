@@ -146,7 +146,7 @@ class _SshPhaseOnExit:
 
 def fleet_keys_phase(run: Run, stack: ExitStack, tmp: Path) -> None:
     """One key for the run, authorized on every instance at once; SSH checked on each."""
-    from ai_deploy.ci.ssh import SshAccess, wait_for_ssh
+    from ai_deploy.ci.connect.ssh import SshAccess, wait_for_ssh
     from ai_deploy.gcp import GcpError
     from ai_deploy.gcp.fleetkeys import fleet_ssh_keys
     from ai_deploy.gcp.keypair import generate_key_pair
