@@ -130,9 +130,11 @@ rollout_canary = "1"  # "0": no canary
 rollout_batch_size = "25%"
 rollout_wait_s = 0  # after each step but the last: seconds its hosts' health is watched
 
-# What this run does (set with --data): artifact=PATH deploys it; rollback=RELEASE|previous
+# What this run does (set with --data): artifact=PATH deploys it; rollback=RELEASE|previous;
+# restart_current=true restarts the current release through the health gate (`ai-deploy restart`)
 artifact = None
 rollback = None
+restart_current = False
 # Set by `ai-deploy deploy` on a fleet: the rollout already holds every host's lock (with this
 # token in its info) for all its batches; the run works under that lock and leaves it held.
 rollout_lock_token = None

@@ -2,7 +2,8 @@
 or the same upload), then put it in service behind the health gate (lock, fresh release
 directory, venv by lock hash, atomic switch, restart, health, automatic switch back). With
 `rollback`, the previous (or named) release goes back through the same gate. With neither, the
-current release is left alone and restarted only when its unit or .env changed."""
+current release is left alone and restarted only when its unit or .env changed, or through the
+gate when `restart_current` asks for it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ai_deploy.artifact.check import ArtifactLimits, CheckedArtifact, check_arti
 from ai_deploy.host.event_hooks import tell
 from ai_deploy.host.facts import AppTreeFact
 from ai_deploy.host.ops import release_in_service
-from ai_deploy.host.settings import Spec
+from ai_deploy.host.settings import Spec, flag
 
 _checked: dict[tuple[str, str, ArtifactLimits, bool], CheckedArtifact] = {}
 
@@ -94,5 +95,5 @@ def release_serving(restart: bool = False) -> None:
     release_in_service(
         name=f"Ensure release {spec.release_id} serves and is healthy",
         spec=spec,
-        restart=restart,
+        restart=restart or flag(d.restart_current),
     )

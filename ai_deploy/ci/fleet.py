@@ -74,17 +74,18 @@ def fleet_phase(run: Run) -> tuple[int, str]:
         wait_s=opts.batch_wait_s,
         say=masked_say(run),
         model_sizes=dict(run.model_sizes),
+        action=opts.action,
     )
-    title = "Plan the rollout (nothing changes)" if opts.preview else "Roll out"
-    with run.phases.phase("deploy", title):
+    title = "Plan the rollout (nothing changes)" if opts.preview else _TITLES[opts.action]
+    with run.phases.phase(opts.action, title):
         try:
             keep = lambda o: setattr(run, "fleet", o)  # noqa: E731
             out = plan_only(rollout) if opts.preview else run_rollout(rollout, keep)
         except PlanError as exc:
-            run.phases.fail("deploy")
+            run.phases.fail(opts.action)
             return exitcodes.EXIT_CONFIG, str(exc)
         except FleetLockError as exc:
-            run.phases.fail("deploy")
+            run.phases.fail(opts.action)
             code = {
                 "refused": exitcodes.EXIT_DEPLOY,
                 "unreachable": exitcodes.EXIT_SSH,
@@ -94,13 +95,22 @@ def fleet_phase(run: Run) -> tuple[int, str]:
             return code.get(exc.kind, exitcodes.EXIT_UNEXPECTED), f"{exc}; {why}"
         run.fleet = out
         run.hosts[:] = [r.host for r in out.results]
-        if out.failed_phase:
-            run.phases.fail(out.failed_phase)
+        if opts.action != "deploy":  # the releases the hosts serve now, for the report
+            run.release = ", ".join(sorted({r.after for r in out.results if r.after})) or "-"
+        if out.failed_phase:  # a step that failed is this verb's phase
+            run.phases.fail(opts.action if out.failed_phase == "deploy" else out.failed_phase)
     if opts.dry_run:
         return _dry_diff(run, rollout)
     if opts.plan:
         return exitcodes.EXIT_OK, "plan only: nothing changed"
     return out.code, out.message
+
+
+_TITLES = {
+    "deploy": "Roll out",
+    "rollback": "Put the previous (or the named) release back in service, host by host",
+    "restart": "Restart behind the health gate, one host at a time",
+}
 
 
 def _dry_diff(run: Run, rollout: Rollout) -> tuple[int, str]:

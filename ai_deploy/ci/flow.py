@@ -1,4 +1,5 @@
-"""`ai-deploy deploy`: one engine for every target kind, one function a phase.
+"""`ai-deploy deploy`, `rollback` and `restart`: one engine for every target kind and verb, one
+function a phase.
 
 check the artifact and settings → the targets and the way to each (ai_deploy.ci.connect.access: the
 window or IAP tunnels, host keys, the run's key) → the rollout (ai_deploy.ci.fleet and
@@ -7,7 +8,9 @@ switch-back of exactly the hosts this run switched, each to what it served befor
 lock still held; one target is a rollout of one) → the report. Access contexts sit on one
 stack, so they are removed on every way out, SIGINT, SIGTERM and SIGHUP included (pyinfra is
 stopped first and the locks released). The exit code comes from the hosts' outcomes
-(ai_deploy.rollout.exitcodes); notifications and the job summary come last and never change it."""
+(ai_deploy.rollout.exitcodes); notifications and the job summary come last and never change it.
+A rollback or a restart checks the settings only (no artifact) and is the same rollout, each
+host to its previous (or the named) release, or its current one restarted."""
 
 from __future__ import annotations
 
@@ -41,8 +44,9 @@ def _say(message: str) -> None:
 
 
 def run_deploy(opts: DeployOptions, env: Mapping[str, str] | None = None) -> int:
-    """The whole CI deploy; returns the exit code (see ai_deploy.rollout.exitcodes). With --json,
-    everything it prints goes to stderr and stdout holds the result as JSON alone."""
+    """The whole CI deploy (or rollback, or restart: `opts.action`); returns the exit code (see
+    ai_deploy.rollout.exitcodes). With --json, everything it prints goes to stderr and stdout
+    holds the result as JSON alone."""
     run = Run(opts, dict(os.environ if env is None else env), ci_output.Phases())
     if not opts.json:
         return _run(run)
@@ -65,23 +69,23 @@ def _run(run: Run) -> int:
             exitcodes.EXIT_SWITCHED_BACK: Outcome.ROLLBACK,
         }.get(code, Outcome.FAILURE)
         if outcome is not Outcome.SUCCESS:
-            title = f"deploy failed (exit {code})"
+            title = f"{run.opts.action} failed (exit {code})"
     except PhaseFailed as exc:
         message = str(exc)
         code = exitcodes.PHASE_EXIT.get(exc.phase, exitcodes.EXIT_UNEXPECTED)
-        title = f"deploy failed in phase {exc.phase}"
+        title = f"{run.opts.action} failed in phase {exc.phase}"
     except Terminated as exc:
         message = f"{exc}; cleanup ran (any rule or key it could not remove is named above)"
         code = exc.exit_code
-        title = "deploy stopped"
+        title = f"{run.opts.action} stopped"
     except KeyboardInterrupt:
         message = "interrupted; cleanup ran (a rule or key it could not remove is named above)"
         code = 130
-        title = "deploy stopped"
+        title = f"{run.opts.action} stopped"
     except Exception as exc:
         message = f"unexpected error: {type(exc).__name__}: {exc}"
         code = exitcodes.EXIT_UNEXPECTED
-        title = "deploy stopped"
+        title = f"{run.opts.action} stopped"
     _report(run, outcome, message, time.monotonic() - started, error_title=title)
     run.final_message = message
     return code
@@ -109,6 +113,7 @@ def _report(
         failed_phase=failed,
         message=message,
         run_url=ci_output.run_url(run.environ),
+        action=run.opts.action,
     )
     quiet = run.opts.preview  # nothing happened: nobody is told
     if not quiet:
@@ -137,16 +142,16 @@ def _phases(run: Run) -> tuple[int, str]:
 
 
 def check_artifact_phase(run: Run) -> None:
+    """The settings (and, for a deploy, the artifact) checked before anything is opened."""
+    if run.opts.action != "deploy":  # a rollback or a restart: the settings alone
+        _check_settings(run)
+        run.release = run.opts.rollback_to or (
+            "previous" if run.opts.action == "rollback" else "current"
+        )
+        return
     with run.phases.phase("artifact", "Check the artifact and the settings"):
-        try:
-            run.inventory = resolve_inventory(run.opts.inventory)
-        except RemoteError as exc:
-            raise PhaseFailed("config", str(exc)) from exc
-        run.opts.check_access_settings()
-        check_settings(run.opts.data, run.environ, Path.cwd())
-        probe = run.opts.host or SETTINGS_PROBE_HOST
-        run.settings = read_settings(run.inventory, run.opts.data, run.environ, probe)
-        mask_secrets(run.settings.env_file, run.environ)
+        _check_settings(run)
+        assert run.settings is not None
         try:
             art = check_artifact(
                 run.opts.artifact,
@@ -163,3 +168,15 @@ def check_artifact_phase(run: Run) -> None:
         run.release, run.lock_hash = art.release_id, art.lock_hash
         run.model_sizes = {f.sha256: f.size for m in art.models for f in m.files}
         _say(f"release {run.release} ({art.members} members, sha256 {art.sha256[:16]}...; {said})")
+
+
+def _check_settings(run: Run) -> None:
+    try:
+        run.inventory = resolve_inventory(run.opts.inventory)
+    except RemoteError as exc:
+        raise PhaseFailed("config", str(exc)) from exc
+    run.opts.check_access_settings()
+    check_settings(run.opts.data, run.environ, Path.cwd())
+    probe = run.opts.host or SETTINGS_PROBE_HOST
+    run.settings = read_settings(run.inventory, run.opts.data, run.environ, probe)
+    mask_secrets(run.settings.env_file, run.environ)

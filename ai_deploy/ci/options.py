@@ -58,6 +58,10 @@ class DeployOptions:
     batch_wait_s: float | None = None  # None: rollout_wait_s
     plan: bool = False  # print the plan, change nothing
     json: bool = False  # the result as JSON on stdout (everything else on stderr)
+    # what the rollout does on each host: "deploy" (ARTIFACT), "rollback" (to ROLLBACK_TO, a
+    # release id, or None: each host's previous release) or "restart" (its current release)
+    action: str = "deploy"
+    rollback_to: str | None = None
 
     @classmethod
     def from_env(

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ai_deploy.commands.options import add_inventory
+from ai_deploy.commands.options import add_inventory, add_target
 from ai_deploy.commands.verbosity import add_verbose
 from ai_deploy.rollout.exitcodes import TABLE
 
@@ -29,14 +29,7 @@ def add_parser(sub: Any) -> None:
     deploy.add_argument("--artifact", required=True, metavar="PATH", help="the release tar.gz")
     add_inventory(deploy)
     add_verbose(deploy)
-    deploy.add_argument("--host", metavar="ADDRESS", help="deploy to this address (no lookup)")
-    deploy.add_argument(
-        "--no-gcp",
-        action="store_true",
-        help="a non-GCP target: no auth, firewall window or key (use --host, or the hosts of "
-        "-i INV or of -e ENV; SSH as ssh_user with ssh_key of ai-deploy.toml's environment, "
-        "or AI_DEPLOY_SSH_USER and AI_DEPLOY_SSH_PRIVATE_KEY: the key's text or path)",
-    )
+    add_target(deploy, "deploy to this address (no lookup)")
     deploy.add_argument(
         "--dry-run",
         action="store_true",

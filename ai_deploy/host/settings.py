@@ -113,10 +113,10 @@ class Spec:
             gpu_memory_needed_mib=_optional_int(get("gpu_memory_needed_mib")),
             gpu_memory_when_short=str(get("gpu_memory_when_short")),
             app_group=str(get("app_group")),
-            models_allow_http=_flag(get("models_allow_http")),
+            models_allow_http=flag(get("models_allow_http")),
             models_fetch_timeout_s=float(get("models_fetch_timeout_s")),
             models_fetch_retries=int(get("models_fetch_retries")),
-            models_verify=_flag(get("models_verify")),
+            models_verify=flag(get("models_verify")),
             models_reserve_bytes=int(get("models_space_reserve_bytes")),
             models_gcs_url=str(get("models_gcs_url")),
             models_metadata_host=str(get("models_metadata_host")),
@@ -164,7 +164,7 @@ def setting_reader(data: Any) -> Callable[[str], Any]:
     return get
 
 
-def _flag(value: Any) -> bool:
+def flag(value: Any) -> bool:
     """A setting given as True/False, or as text from --data ("true", "yes", "1")."""
     if isinstance(value, str):
         return value.strip().lower() in ("true", "yes", "1", "on")

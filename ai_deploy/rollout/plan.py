@@ -91,28 +91,31 @@ def plan_hosts(
     release: str,
     lock_hash: str,
     model_sizes: dict[str, int] | None = None,
+    targets: dict[str, str] | None = None,
 ) -> list[HostPlan]:
     """Each host's line of the plan, batch by batch. MODEL_SIZES: the release's model files
-    (sha256 -> bytes); those a host has not verified yet are to be fetched there."""
+    (sha256 -> bytes); those a host has not verified yet are to be fetched there. TARGETS: the
+    release each host goes to, by name, where not RELEASE (a rollback, a restart)."""
     plans = []
     for number, batch in enumerate(batches):
         for name in batch:
             f = facts[name]
-            builds = release not in f.releases and bool(lock_hash) and lock_hash not in f.venvs
+            want = (targets or {}).get(name, release)
+            builds = want not in f.releases and bool(lock_hash) and lock_hash not in f.venvs
             missing = {s: n for s, n in (model_sizes or {}).items() if s not in f.model_blobs}
-            if f.current == release:
+            if f.current == want:
                 missing = {}
             plans.append(
                 HostPlan(
                     name,
                     number,
                     f.current,
-                    release,
+                    want,
                     builds,
                     f.strategy,
                     len(missing),
                     sum(missing.values()),
-                    tuple(f.units) if f.current != release else (),
+                    tuple(f.units) if f.current != want else (),
                 )
             )
     return plans

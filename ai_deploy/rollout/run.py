@@ -1,10 +1,13 @@
-"""One rollout, step by step: every lock held (ai_deploy.rollout.fleetlock), the plan printed,
-then the canary and each batch put live by one pyinfra run limited to its hosts, each host's
-health checked from outside, the switched hosts watched for rollout_wait_s between steps.
-Any failure stops it and switches every host it switched back to the release that host served
-before, through the same release gate, with the locks still held. A lock the holder lost (its
-lease taken over, or a host silent for most of a lease) stops it before its next step or
-switch-back, and from then on it changes no host."""
+"""One rollout, step by step (a deploy, a rollback or a restart: `Rollout.action`): every
+lock held (ai_deploy.rollout.fleetlock), the plan printed, then the canary and each batch put
+live by one pyinfra run limited to its hosts, each host's health checked from outside, the
+switched hosts watched for rollout_wait_s between steps. Any failure stops it and switches every
+host it switched back to the release that host served before, through the same release gate,
+with the locks still held. A lock the holder lost (its lease taken over, or a host silent for
+most of a lease) stops it before its next step or switch-back, and from then on it changes no
+host. A rollback puts each host on the release it served before its current one (or the one
+named), a restart restarts each host's current release behind the gate, one host a step; both
+are the same steps, outside check and switch-back."""
 
 from __future__ import annotations
 
@@ -18,7 +21,14 @@ from ai_deploy.host import outcome as host_outcome
 from ai_deploy.rollout import exitcodes, report
 from ai_deploy.rollout.fleetlock import Fleet, holding
 from ai_deploy.rollout.health import check_health
-from ai_deploy.rollout.plan import HostFacts, batch_label, make_batches, plan_hosts, render_plan
+from ai_deploy.rollout.plan import (
+    HostFacts,
+    PlanError,
+    batch_label,
+    make_batches,
+    plan_hosts,
+    render_plan,
+)
 from ai_deploy.rollout.pyinfra_run import run_pyinfra_streamed
 from ai_deploy.rollout.report import HostResult
 
@@ -39,7 +49,9 @@ class Health:
 
 @dataclass
 class Rollout:
-    """What one rollout needs. CANARY, BATCH_SIZE and WAIT_S: None takes group_data's."""
+    """What one rollout needs. CANARY, BATCH_SIZE and WAIT_S: None takes group_data's. ACTION:
+    "deploy" (ARTIFACT, as RELEASE), "rollback" (RELEASE: a release id, or "previous": each
+    host's previous one) or "restart" (each host's current release; one host a step)."""
 
     inventory: str
     artifact: Path
@@ -55,6 +67,35 @@ class Rollout:
     say: Callable[[str], None] = print
     model_sizes: dict[str, int] = field(default_factory=dict)  # the release's model files
     token: str = field(default_factory=lambda: "rollout-" + secrets.token_hex(8))
+    action: str = "deploy"
+
+    def target_of(self, f: HostFacts) -> str:
+        """The release host F is to serve after its step; PlanError when it has none."""
+        if self.action == "restart":
+            if not f.current:
+                raise PlanError(f"{f.host}: no release is deployed there: nothing to restart")
+            return f.current
+        if self.action != "rollback":
+            return self.release
+        target = f.previous if self.release == "previous" else self.release
+        if not target:
+            raise PlanError(
+                f"{f.host}: no previous release to roll back to; name one of its releases "
+                f"(kept: {', '.join(f.releases) or 'none'})"
+            )
+        if target not in f.releases:
+            kept = ", ".join(f.releases) or "none"
+            raise PlanError(f"{f.host}: release {target} is not on the host (kept: {kept})")
+        return target
+
+    def step_data(self) -> list[str]:
+        """The pyinfra run's data for one step: what it does, under the rollout's locks."""
+        what = {
+            "deploy": f"artifact={self.artifact.resolve()}",
+            "rollback": f"rollback={self.release}",
+            "restart": "restart_current=true",
+        }[self.action]
+        return [what, f"rollout_lock_token={self.token}", *self.data]
 
 
 @dataclass
@@ -73,6 +114,8 @@ def _steps(r: Rollout, fleet: Fleet) -> tuple[list[list[str]], bool, float]:
     wait = r.wait_s if r.wait_s is not None else float(str(s.get("rollout_wait_s") or 0))
     if len(fleet.facts) == 1:  # a single target: a rollout of one host, no canary
         canary = "0"
+    if r.action == "restart":  # one host at a time, so a fleet keeps serving
+        canary, size = "0", "1"
     batches = make_batches(list(fleet.facts), canary, size)
     has_canary = str(canary).strip() not in ("0", "0%")
     return batches, has_canary, wait
@@ -88,7 +131,8 @@ def plan_only(r: Rollout) -> Outcome:
 def _planned(r: Rollout, f: Fleet, batches: list[list[str]], canary: bool, wait: float) -> Outcome:
     from ai_deploy.rollout.plan import plan_json
 
-    plans = plan_hosts(f.facts, batches, r.release, r.lock_hash, r.model_sizes)
+    targets = {name: r.target_of(facts) for name, facts in f.facts.items()}
+    plans = plan_hosts(f.facts, batches, r.release, r.lock_hash, r.model_sizes, targets)
     for line in render_plan(plans, canary, wait):
         r.say(line)
     for name, facts in f.facts.items():
@@ -155,13 +199,13 @@ class _Steps:
                 )
                 self._switch_back(failure)
                 return
-        self.out.message = f"release {self.r.release} serves on {len(self.facts)} host(s)"
+        if self.r.action == "deploy":
+            self.out.message = f"release {self.r.release} serves on {len(self.facts)} host(s)"
+        else:
+            self.out.message = f"{self.r.action} done; {self._serving()}"
 
     def _step(self, batch: list[str]) -> str:
-        data = [f"artifact={self.r.artifact.resolve()}", f"rollout_lock_token={self.r.token}"]
-        result = run_pyinfra_streamed(
-            self.r.inventory, [*data, *self.r.data], self.r.env, limit=batch
-        )
+        result = run_pyinfra_streamed(self.r.inventory, self.r.step_data(), self.r.env, limit=batch)
         tail = result.unexplained_tail()
         if tail:
             self.r.say("\n".join(["last lines of the pyinfra run:", *tail]))
@@ -174,11 +218,13 @@ class _Steps:
                 continue
             res.seconds = o.seconds
             if o.status == host_outcome.SERVED:
-                res.after, res.outcome = self.r.release, report.UPDATED
-                if o.previous != self.r.release:
+                res.after, res.outcome = o.serving or o.release, report.UPDATED
+                if o.previous != res.after:
                     self.switched.append(name)
+                if self.r.action == "restart":
+                    self.r.say(f"{name} | release {res.after} restarted and healthy")
             elif o.status == host_outcome.ALREADY_SERVING:
-                res.after, res.outcome = self.r.release, report.UNCHANGED
+                res.after, res.outcome = o.serving or o.release, report.UNCHANGED
             else:
                 res.after = o.serving or (
                     None if o.status == host_outcome.SWITCH_BACK_FAILED else res.before

@@ -37,7 +37,6 @@ def sh(script: str) -> list[str]:
         ["releases", "--json"],
         ["audit", "--lines", "3"],
         ["exec", "--", "python", "-c", "import fastapi"],
-        ["restart"],
         ["status", "--json"],
     ],
 )
@@ -45,6 +44,15 @@ def test_every_host_reaching_verb_is_day2_and_takes_an_inventory(argv: list[str]
     args = build_parser().parse_args([*argv[:1], "-i", "inv.py", *argv[1:]])
     assert args.day2 is True
     assert args.inventory == "inv.py"
+
+
+@pytest.mark.parametrize("argv", [["rollback", "R1"], ["restart"]])
+def test_rollback_and_restart_take_the_targets_of_a_deploy(argv: list[str]) -> None:
+    """They open access themselves, through the deploy's engine: never re-run as a child."""
+    given = [*argv, "-i", "inv.py", "--host", "10.0.0.5", "--no-gcp"]
+    args = build_parser().parse_args(given)
+    assert getattr(args, "day2", False) is False
+    assert (args.inventory, args.host, args.no_gcp) == ("inv.py", "10.0.0.5", True)
 
 
 def test_logs_arguments() -> None:
