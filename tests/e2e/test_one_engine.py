@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import shlex
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,11 +30,11 @@ from tests.e2e.deploykit import (
     run_deploy,
     serving_release,
 )
+from tests.e2e.lockwitness import lock_left, lock_witness
 
 pytestmark = pytest.mark.e2e
 
 AI_DEPLOY = REPO / ".venv" / "bin" / "ai-deploy"
-LOCK = f"{APP_ROOT}/.deploy.lock"
 
 
 @dataclass
@@ -60,45 +57,6 @@ def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[One]:
         yield One(Sandbox(started[0], inventory), first, second, env_file)
     finally:
         hosts.down([h.name for h in started])
-
-
-@dataclass
-class LockWitness:
-    """A health URL on loopback that answers 503 and, on each request, reads whether HOST's
-    deploy lock exists at that moment."""
-
-    host: Sandbox
-    seen: list[bool] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        witness = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-            def do_GET(self) -> None:
-                out = read_host(
-                    witness.host, f"test -d {shlex.quote(LOCK)} && echo HELD || true", "the lock"
-                )
-                witness.seen.append("HELD" in out)
-                body = b"not healthy from outside\n"
-                self.send_response(503)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/health"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _closed_port_url() -> str:
@@ -126,20 +84,16 @@ def test_the_lock_is_held_while_the_outside_check_asks_and_through_the_switch_ba
 ) -> None:
     code, out = _deploy(one, one.first, "--health-attempts", "20")
     assert code == 0, out
-    witness = LockWitness(one.host)
-    try:
+    with lock_witness([one.host], 503) as witness:
         code, out = _deploy(one, one.second, "--health-attempts", "2",
                             AI_DEPLOY_HEALTH_URL=witness.url)  # fmt: skip
-    finally:
-        witness.close()
     assert code != 0, out
     assert witness.seen, f"the outside health check never asked the witness:\n{out}"
-    assert all(witness.seen), (
+    assert witness.always_held, (
         f"the host's lock was free while the outside check asked ({witness.seen}): another "
         f"deploy could have slipped in before the switch-back\n{out}"
     )
-    leftover = read_host(one.host, f"test -e {shlex.quote(LOCK)} && echo LEFT || true", "lock")
-    assert "LEFT" not in leftover, "the run ended with the host's lock still taken"
+    assert not lock_left(one.host), "the run ended with the host's lock still taken"
 
 
 def test_an_already_serving_host_is_not_moved_past_where_it_started(one: One) -> None:
