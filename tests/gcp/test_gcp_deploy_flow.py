@@ -19,10 +19,12 @@ import secrets
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -773,6 +775,70 @@ def test_rollback_status_and_logs_from_a_laptop_open_and_close_the_window(
     assert 0 < len(shown) <= 5, logs.output
     assert len(flow.rules_created()) == windows + 3  # one window per command
     flow.assert_nothing_left(logs.output)
+
+
+class AccessWitness:
+    """A loopback health URL that, on each request, reads from the fake whether a firewall rule
+    and the instance's ssh-keys entry exist at that moment, then answers 200."""
+
+    def __init__(self, fake: FakeGcp) -> None:
+        self.seen: list[tuple[bool, bool]] = []
+        witness = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:
+                with fake.lock:
+                    window = bool(fake.state.firewalls)
+                    key = "ssh-keys" in fake.state.instance.metadata
+                witness.seen.append((window, key))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/health"
+
+
+def test_a_gcp_instance_rollback_opens_its_window_and_key_and_closes_them(
+    flow: Flow, make_release: Callable[[str], Release]
+) -> None:
+    """`ai-deploy rollback` on GCP_INSTANCE in CI is the deploy's engine: its window and its key
+    are there while the outside check asks (a health URL that reads the fake's state), all gone
+    when it ends, and it reports as a rollback (closing line and notifications)."""
+    first, second = make_release("flow"), make_release("next")
+    for release in (first, second):
+        code, output = flow.deploy(release, "--data", flow.env_data())
+        assert code == 0, output
+    windows = len(flow.rules_created())
+    told = len(flow.hooks.received("slack"))
+    witness = AccessWitness(flow.fake)
+    try:
+        extra = {**flow.myip.env(), **flow.hooks.env(), "AI_DEPLOY_HEALTH_URL": witness.url}
+        env = deploy_environment(os.environ, flow.fake, extra)
+        rollback = DeployProcess([], env, command=("rollback",))
+        flow.processes.append(rollback)
+        code = rollback.finish(timeout=300)
+    finally:
+        witness.server.shutdown()
+        witness.server.server_close()
+    print(rollback.output)
+
+    assert code == 0, rollback.output
+    assert flow.release_served() == first.release_id
+    assert witness.seen, f"the outside check never asked:\n{rollback.output}"
+    assert all(window and key for window, key in witness.seen), (witness.seen, rollback.output)
+    assert len(flow.rules_created()) == windows + 1  # one window, for the rollback
+    assert rollback.lines[-1].startswith(
+        f"\u2705 ai-server rollback succeeded: release {first.release_id}"
+    ), rollback.output
+    slack = flow.hooks.received("slack")
+    assert len(slack) == told + 1, slack
+    assert slack_facts(slack[-1]).get("release") == first.release_id, slack[-1]
+    flow.assert_nothing_left(rollback.output)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
