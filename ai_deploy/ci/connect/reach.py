@@ -1,9 +1,10 @@
-"""Day-2 commands (`rollback`, `status`, `lock`, `logs`, `exec`, `restart`, ...) reach a GCP
-instance the way `ai-deploy deploy` does: credentials (Workload Identity in CI, Application
-Default Credentials on a laptop), the firewall window for this machine's address or the IAP
-tunnel, the instance's pinned host keys and a key made for this run. The command itself then
-runs again as a child with the environment the inventory needs (AI_DEPLOY_HOSTS, the key,
-known_hosts, the tunnel's endpoint), and everything is closed when it ends, on every exit.
+"""Day-2 commands (`status`, `lock`, `logs`, `exec`, ...; `rollback` and `restart` are rollouts
+of the deploy's engine and open access themselves) reach a GCP instance the way `ai-deploy
+deploy` does: credentials (Workload Identity in CI, Application Default Credentials on a
+laptop), the firewall window for this machine's address or the IAP tunnel, the instance's
+pinned host keys and a key made for this run. The command itself then runs again as a child
+with the environment the inventory needs (AI_DEPLOY_HOSTS, the key, known_hosts, the tunnel's
+endpoint), and everything is closed when it ends, on every exit.
 
 Without GCP_ZONE and GCP_INSTANCE the command runs directly on its inventory, as before."""
 
