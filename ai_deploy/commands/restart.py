@@ -22,7 +22,7 @@ def add_parser(sub: Any) -> None:
         "from outside, a `restart` line in revisions.log). A host that does not come back "
         "healthy stops the run; exit codes as for deploy (14, 15, 16).",
     )
-    add_targets(parser, "each step of the health gate, not only each host's verdict")
+    add_targets(parser)
     parser.set_defaults(func=_run)
 
 

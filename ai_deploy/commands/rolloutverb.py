@@ -12,13 +12,10 @@ from ai_deploy.commands.options import add_inventory, add_target
 from ai_deploy.commands.verbosity import add_verbose
 
 
-def add_targets(parser: argparse.ArgumentParser, verbose: str | None = None) -> None:
-    """-i / -e, --host and --no-gcp on PARSER, with -v (VERBOSE: what it adds)."""
+def add_targets(parser: argparse.ArgumentParser) -> None:
+    """-i / -e, --host and --no-gcp on PARSER, with -v (pyinfra's whole stream)."""
     add_inventory(parser)
-    if verbose is None:
-        add_verbose(parser)
-    else:
-        add_verbose(parser, verbose)
+    add_verbose(parser)
     add_target(parser, "this address only (no lookup)")
 
 

@@ -5,7 +5,8 @@
   request), both locks are there, the first host's after its own step and the second's before.
 - Each host goes back to the release it served before its current one, step by step; rolling
   back again to the release already served changes and restarts nothing.
-- A restart restarts each host, one at a time, behind the gate and the outside check."""
+- A restart restarts each host, one at a time, behind the gate and the outside check; with
+  `--no-gcp --host ADDRESS` only that host."""
 
 from __future__ import annotations
 
@@ -108,4 +109,17 @@ def test_a_restart_goes_host_by_host_behind_the_outside_check(pair: Pair) -> Non
         assert main_pid(h) not in ("0", before), out
         assert f"{h.name} | release {serving} restarted and healthy" in out, out
         assert revisions(h)[-1].split()[1:4] == ["restart", serving, "ok"]
+    _no_lock_left(pair)
+
+
+def test_a_restart_of_one_host_by_address_leaves_the_other_alone(pair: Pair) -> None:
+    one, other = pair.hosts
+    serving = serving_release(one.address)
+    pids = [main_pid(h) for h in pair.hosts]
+    code, out = run_cli(AI_DEPLOY, REPO, "restart", "--no-gcp", "--host", one.address)
+    assert code == 0, out
+    assert f"{one.address} | release {serving} restarted and healthy" in out, out
+    assert main_pid(one) not in ("0", pids[0]), out
+    assert main_pid(other) == pids[1], f"{other.name} was restarted too:\n{out}"
+    assert revisions(one)[-1].split()[1:4] == ["restart", serving, "ok"]
     _no_lock_left(pair)
