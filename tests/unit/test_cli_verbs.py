@@ -43,3 +43,15 @@ def test_building_the_parser_loads_no_heavy_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_deploy_without_gcp_loads_no_compute_client() -> None:
+    """The Compute client takes seconds to import: a `--no-gcp` deploy's engine never loads it
+    (the GCP phases import it when they run)."""
+    code = (
+        "import sys\n"
+        "import ai_deploy.ci.flow\n"
+        "print(sorted(m for m in sys.modules if m.startswith('google.cloud')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
