@@ -87,6 +87,18 @@ gpu_memory_when_short = "restart"
 releases_keep = 5  # newest releases kept; current and previous are never removed
 health_path = "/health"
 health_deadline_s = 300  # generous: a release may spend minutes loading its model
+# A start whose health path reports progress ({"loading": {"done": D, "total": T}} in its JSON,
+# optional) gets health_deadline_s more after each step forward, up to this from its start; one
+# that stops moving fails health_deadline_s after its last step, with that step in the reason.
+health_deadline_max_s = 1800
+# The ready probe: after health_path answers 200, one request from the host itself that must
+# answer ready_status before the release is live ("healthy" servers may still be warming up).
+# None: health_path alone. E.g. ready_path = "/v1/completions", ready_method = "POST",
+# ready_body = '{"model": "my-model", "prompt": "hi", "max_tokens": 1}' (sent as JSON).
+ready_path = None
+ready_method = "GET"
+ready_body = None
+ready_status = 200
 health_interval_s = 1.0
 health_fail_after_errors = 3  # consecutive 5xx answers that end the wait at once
 lock_wait_s = 0  # 0: a deploy that finds the host locked fails at once with the holder

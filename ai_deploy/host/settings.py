@@ -30,6 +30,11 @@ class Spec:
     port: int
     health_path: str
     deadline_s: float
+    deadline_max_s: float  # progress reported on health_path extends deadline_s up to this
+    ready_path: str | None  # the ready probe (ai_deploy.host.release.readiness); None: none
+    ready_method: str
+    ready_body: str | None
+    ready_status: int
     interval_s: float
     fail_after_errors: int
     keep: int
@@ -90,6 +95,11 @@ class Spec:
             port=int(get("app_port")),
             health_path=str(get("health_path")),
             deadline_s=float(get("health_deadline_s")),
+            deadline_max_s=float(get("health_deadline_max_s")),
+            ready_path=_optional_str(get("ready_path")),
+            ready_method=str(get("ready_method")),
+            ready_body=_optional_str(get("ready_body")),
+            ready_status=int(get("ready_status")),
             interval_s=float(get("health_interval_s")),
             fail_after_errors=int(get("health_fail_after_errors")),
             keep=int(get("releases_keep")),
@@ -169,6 +179,10 @@ def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "yes", "1", "on")
     return bool(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def _optional_int(value: Any) -> int | None:
