@@ -55,6 +55,10 @@ unit_restart_sec = 5
 # a release switch): uvicorn's --timeout-graceful-shutdown; systemd's TimeoutStopSec is 15 s
 # more. A stream still open after it is cut. A stop waits as long as the longest open stream.
 drain_timeout_s = 300
+# socket / restart (one copy): before the old process stops, the deploy counts the connections
+# it holds. "wait": they finish (at most drain_timeout_s; the deploy says how many were still
+# cut then); "cut": it is killed at once, a shorter outage, and the deploy says how many it cut.
+drain_mode = "wait"
 # The hardened units (DevicePolicy=closed) open only these devices besides /dev/null and the
 # like: DeviceAllow= entries, a path or "char-<name in /proc/devices>" (globs allowed).
 # "char-nvidia*" is every NVIDIA node (nvidia-frontend: /dev/nvidia0..N and /dev/nvidiactl;

@@ -54,6 +54,7 @@ class Spec:
     colour_ports: tuple[int, int]  # bluegreen: blue, green
     drain_s: float  # bluegreen: how long the old colour finishes its requests
     drain_timeout_s: float  # the longest an open connection is waited for before a stop
+    drain_mode: str  # socket/restart: "wait" for the old process's connections, or "cut" them
     nginx_upstream: str
     # bluegreen on a GPU host: MiB a second copy needs (None: what the live colour holds), and
     # what happens when it does not fit ("restart": the live colour stops first; "refuse")
@@ -119,6 +120,7 @@ class Spec:
             colour_ports=tuple(int(p) for p in get("bluegreen_ports")),  # type: ignore[arg-type]
             drain_s=float(get("bluegreen_drain_s")),
             drain_timeout_s=float(get("drain_timeout_s")),
+            drain_mode=str(get("drain_mode")),
             nginx_upstream=str(get("bluegreen_upstream")),
             gpu_memory_needed_mib=_optional_int(get("gpu_memory_needed_mib")),
             gpu_memory_when_short=str(get("gpu_memory_when_short")),

@@ -20,6 +20,7 @@ from ai_deploy.project import project_dir
 # tests/unit/test_settings_check.py keeps the two in step).
 CHOICES: dict[str, tuple[str, ...]] = {
     "deploy_strategy": ("socket", "restart", "bluegreen"),
+    "drain_mode": ("wait", "cut"),
     "gpu_driver": ("auto", "skip"),
     "gpu_driver_method": ("cuda-installer", "ubuntu-drivers", "packages", "command"),
     "gpu_memory_when_short": ("restart", "refuse"),

@@ -14,16 +14,13 @@ back to keeps its own fast start).
 from __future__ import annotations
 
 import json
-import os
 import re
-import runpy
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from ai_deploy.sandbox import hosts
-from tests.e2e.conftest import Sandbox, require_root
+from tests.e2e.conftest import Sandbox
 from tests.e2e.deploykit import (
     APP_ROOT,
     Artifact,
@@ -34,6 +31,7 @@ from tests.e2e.deploykit import (
     grand_total,
     revisions,
     run_deploy,
+    sandbox_with,
     serving_release,
 )
 
@@ -50,17 +48,8 @@ READY = {
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """A fresh host whose inventory carries the ready probe and a short deadline as host data
-    (a JSON body on pyinfra's --data would be read as a literal)."""
-    require_root()
-    started, inventory = hosts.up(count=1, name=f"r24-ready-{os.getpid() % 100_000}")
-    try:
-        listed = runpy.run_path(str(inventory))["sandbox"]
-        ours = tmp_path_factory.mktemp("r24-inventory") / "sandbox.py"
-        ours.write_text(f"sandbox = {[(n, {**d, **READY}) for n, d in listed]!r}\n")
-        yield Sandbox(started[0], ours)
-    finally:
-        hosts.down([started[0].name])
+    with sandbox_with("r24-ready", READY, tmp_path_factory.mktemp("r24-inventory")) as sandbox:
+        yield sandbox
 
 
 @pytest.fixture(scope="module")
