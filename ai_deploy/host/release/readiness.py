@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from dataclasses import dataclass, field
 
 from ai_deploy.host.remote import Remote
@@ -141,4 +140,4 @@ def probe_ready(remote: Remote, spec: Spec, port: int) -> int:
 
 def ready_name(spec: Spec, port: int) -> str:
     """The ready probe in words: `POST http://127.0.0.1:8000/v1/completions`."""
-    return f"{spec.ready_method} http://127.0.0.1:{port}{shlex.quote(spec.ready_path or '')}"
+    return f"{spec.ready_method} http://127.0.0.1:{port}{spec.ready_path or ''}"
