@@ -1,4 +1,4 @@
-"""End-to-end on one sandbox host (socket strategy, one copy): a token stream open when a new
+"""End-to-end on one sandbox host (socket, then restart: one copy): a token stream open when a new
 release goes live. With drain_mode "wait" (the default) the deploy counts it before the old
 process stops, the stream finishes intact and the deploy says so; with "cut" the deploy says it
 cut one connection, and the stream is cut. Never a silent cut."""
@@ -78,3 +78,15 @@ def test_cut_says_how_many_it_cut(host: Sandbox, base: Artifact, workdir: Path) 
     stream, out = deploy_under_stream(host, new, "drain_mode=cut")
     assert "drain_mode=cut: cutting 1 connection(s) open on port 8000" in out, out
     assert not stream.done and 0 < len(stream.tokens) < TOKENS
+
+
+def test_the_restart_strategy_looks_at_the_same_connections(
+    host: Sandbox, base: Artifact, workdir: Path
+) -> None:
+    """Under `restart` the old process binds the port itself: its stream is waited for too."""
+    assert_ok(run_deploy(host.inventory, base.data, "deploy_strategy=restart"))
+    assert host.sudo("systemctl is-active ai-server.socket || true").strip() != "active"
+    new = build_variant(workdir, "r24-restart", patch_main=lambda t: t + "\n# restart\n")
+    stream, out = deploy_under_stream(host, new, "deploy_strategy=restart")
+    assert "1 connection(s) open at the stop, all finished" in out, out
+    assert stream.error == "" and stream.done, f"cut after {len(stream.tokens)} tokens"
