@@ -39,6 +39,7 @@ from bench.models_report import (
     throughput_table,
 )
 from bench.proc import CmdResult
+from bench.report import contention
 from bench.startup import start
 from testkit.load import OK, http_get
 from testkit.variants import Variant
@@ -178,15 +179,6 @@ class ModelsBench:
                 self.deploys.append(d)
 
 
-def _contention(seen: dict[str, list[str]]) -> str:
-    busy = {step: names for step, names in seen.items() if names}
-    if not busy:
-        return f"no other sandbox host running before any of the {len(seen)} measured steps"
-    return "other sandbox hosts running before: " + "; ".join(
-        f"{step}: {', '.join(names)}" for step, names in busy.items()
-    )
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.models", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 256 MiB, 1 pair")
@@ -235,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Machine", f"{os.cpu_count()} CPUs; load average {load_start} at start, {load_end} at "
          f"the end; other sandbox hosts running: {len(others_start)} at start, "
          f"{len(others_end)} at the end"),
-        ("Contention", _contention(bench.seen)),
+        ("Contention", contention(bench.seen, "measured steps")),
         ("Host", "one systemd-nspawn sandbox guest; the file server "
          "(tests/fakes/model_server.py) and the fetcher both run in it, over its loopback, "
          "so they share the machine's cores"),

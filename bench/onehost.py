@@ -52,6 +52,7 @@ from bench.fleet_load import variant_of
 from bench.onehost_parse import parse_phases, pyinfra_breakdown, tool_breakdown
 from bench.onehost_report import Run, render_markdown, walls_table
 from bench.proc import CmdResult, run_streamed
+from bench.report import contention
 from bench.startup import start
 from testkit.load import OK, http_get
 from testkit.variants import Variant, build
@@ -257,15 +258,6 @@ class OneHostBench:
                 self.turn(tool, rnd)
 
 
-def _contention(busy: dict[str, list[str]]) -> str:
-    found = {name: others for name, others in busy.items() if others}
-    if not found:
-        return f"no other sandbox host running before any of the {len(busy)} runs"
-    return "other sandbox hosts running before: " + "; ".join(
-        f"{name}: {', '.join(others)}" for name, others in found.items()
-    )
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.onehost", description=__doc__.split("\n")[0])
     p.add_argument("--base", default=BASE, help=f"git ref of the before tool ({BASE})")
@@ -321,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         ("Date", f"{date}; runtime {(time.monotonic() - _T0) / 60:.1f} min"),
         ("Machine", f"{os.cpu_count()} CPUs; load average {load_start} at start, {load_end} "
          "at the end"),
-        ("Contention", _contention(bench.busy)),
+        ("Contention", contention(bench.busy, "runs")),
         *((f"Tool: {t.name}", t.what) for t in tools),
         ("Host", "one systemd-nspawn sandbox guest; the example app, MODEL_LOAD_SECONDS="
          f"{args.model_load:g}, strategy from group_data (socket); {args.settle:g} s pause "

@@ -316,3 +316,14 @@ def chart(path: Path, measurements: Sequence[Measurement]) -> None:
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def contention(seen: dict[str, list[str]], what: str) -> str:
+    """Which other sandbox hosts were running before each measured WHAT (a step, a run): the
+    report's note on how shared the machine was."""
+    busy = {step: names for step, names in seen.items() if names}
+    if not busy:
+        return f"no other sandbox host running before any of the {len(seen)} {what}"
+    return "other sandbox hosts running before: " + "; ".join(
+        f"{step}: {', '.join(names)}" for step, names in busy.items()
+    )

@@ -55,6 +55,10 @@ unit_restart_sec = 5
 # a release switch): uvicorn's --timeout-graceful-shutdown; systemd's TimeoutStopSec is 15 s
 # more. A stream still open after it is cut. A stop waits as long as the longest open stream.
 drain_timeout_s = 300
+# socket / restart (one copy): before the old process stops, the deploy counts the connections
+# it holds. "wait": they finish (at most drain_timeout_s; the deploy says how many were still
+# cut then); "cut": it is killed at once, a shorter outage, and the deploy says how many it cut.
+drain_mode = "wait"
 # The hardened units (DevicePolicy=closed) open only these devices besides /dev/null and the
 # like: DeviceAllow= entries, a path or "char-<name in /proc/devices>" (globs allowed).
 # "char-nvidia*" is every NVIDIA node (nvidia-frontend: /dev/nvidia0..N and /dev/nvidiactl;
@@ -87,6 +91,18 @@ gpu_memory_when_short = "restart"
 releases_keep = 5  # newest releases kept; current and previous are never removed
 health_path = "/health"
 health_deadline_s = 300  # generous: a release may spend minutes loading its model
+# A start whose health path reports progress ({"loading": {"done": D, "total": T}} in its JSON,
+# optional) gets health_deadline_s more after each step forward, up to this from its start; one
+# that stops moving fails health_deadline_s after its last step, with that step in the reason.
+health_deadline_max_s = 1800
+# The ready probe: after health_path answers 200, one request from the host itself that must
+# answer ready_status before the release is live ("healthy" servers may still be warming up).
+# None: health_path alone. E.g. ready_path = "/v1/completions", ready_method = "POST",
+# ready_body = '{"model": "my-model", "prompt": "hi", "max_tokens": 1}' (sent as JSON).
+ready_path = None
+ready_method = "GET"
+ready_body = None
+ready_status = 200
 health_interval_s = 1.0
 health_fail_after_errors = 3  # consecutive 5xx answers that end the wait at once
 lock_wait_s = 0  # 0: a deploy that finds the host locked fails at once with the holder

@@ -15,12 +15,10 @@ import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from google.api_core import exceptions as api_exceptions
-from google.auth.credentials import Credentials
-from google.cloud import compute_v1
-
-from ai_deploy.gcp.operations import CALL_TIMEOUT, compute_client, retry_transient
+if TYPE_CHECKING:  # the Compute client loads for seconds: only a read imports it
+    from google.auth.credentials import Credentials
 
 HOSTKEYS_QUERY_PATH = "hostkeys/"
 # The IAM permission instances.getGuestAttributes needs (without it the keys are not pinned).
@@ -79,6 +77,11 @@ def published_host_keys(
 ) -> tuple[HostKey, ...] | None:
     """The host keys under the instance's `hostkeys/` guest attributes; None when guest
     attributes are off or nothing is published yet (404, or no well-formed entry)."""
+    from google.api_core import exceptions as api_exceptions
+    from google.cloud import compute_v1
+
+    from ai_deploy.gcp.operations import CALL_TIMEOUT, compute_client, retry_transient
+
     client = compute_client(compute_v1.InstancesClient, credentials)
     request = compute_v1.GetGuestAttributesInstanceRequest(
         project=project, zone=zone, instance=instance, query_path=HOSTKEYS_QUERY_PATH

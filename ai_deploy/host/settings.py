@@ -30,6 +30,11 @@ class Spec:
     port: int
     health_path: str
     deadline_s: float
+    deadline_max_s: float  # progress reported on health_path extends deadline_s up to this
+    ready_path: str | None  # the ready probe (ai_deploy.host.release.readiness); None: none
+    ready_method: str
+    ready_body: str | None
+    ready_status: int
     interval_s: float
     fail_after_errors: int
     keep: int
@@ -49,6 +54,7 @@ class Spec:
     colour_ports: tuple[int, int]  # bluegreen: blue, green
     drain_s: float  # bluegreen: how long the old colour finishes its requests
     drain_timeout_s: float  # the longest an open connection is waited for before a stop
+    drain_mode: str  # socket/restart: "wait" for the old process's connections, or "cut" them
     nginx_upstream: str
     # bluegreen on a GPU host: MiB a second copy needs (None: what the live colour holds), and
     # what happens when it does not fit ("restart": the live colour stops first; "refuse")
@@ -90,6 +96,11 @@ class Spec:
             port=int(get("app_port")),
             health_path=str(get("health_path")),
             deadline_s=float(get("health_deadline_s")),
+            deadline_max_s=float(get("health_deadline_max_s")),
+            ready_path=_optional_str(get("ready_path")),
+            ready_method=str(get("ready_method")),
+            ready_body=_optional_str(get("ready_body")),
+            ready_status=int(get("ready_status")),
             interval_s=float(get("health_interval_s")),
             fail_after_errors=int(get("health_fail_after_errors")),
             keep=int(get("releases_keep")),
@@ -109,6 +120,7 @@ class Spec:
             colour_ports=tuple(int(p) for p in get("bluegreen_ports")),  # type: ignore[arg-type]
             drain_s=float(get("bluegreen_drain_s")),
             drain_timeout_s=float(get("drain_timeout_s")),
+            drain_mode=str(get("drain_mode")),
             nginx_upstream=str(get("bluegreen_upstream")),
             gpu_memory_needed_mib=_optional_int(get("gpu_memory_needed_mib")),
             gpu_memory_when_short=str(get("gpu_memory_when_short")),
@@ -169,6 +181,10 @@ def flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "yes", "1", "on")
     return bool(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
 
 
 def _optional_int(value: Any) -> int | None:

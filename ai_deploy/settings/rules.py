@@ -7,6 +7,7 @@ say what a well-kinded value may hold."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -125,6 +126,22 @@ def _drain_seconds(value: str) -> str | None:
     return None if ok else "whole seconds from 1 to 86400 (a day), e.g. 300"
 
 
+def _http_status(value: str) -> str | None:
+    ok = value.isdigit() and 100 <= int(value) <= 599
+    return None if ok else "an HTTP status from 100 to 599, e.g. 200"
+
+
+def _json_body(value: str) -> str | None:
+    rule = "JSON text of at most 4096 characters with no control character, e.g. '{\"a\": 1}'"
+    if len(value) > 4096 or re.search(r"[\x00-\x1f\x7f]", value):
+        return rule
+    try:
+        json.loads(value)
+    except ValueError:
+        return rule
+    return None
+
+
 def _environment(value: Any) -> str | None:
     for key, item in dict(value).items():
         if not _VAR.fullmatch(str(key)):
@@ -164,6 +181,9 @@ SCALAR_RULES: dict[str, Callable[[str], str | None]] = {
     "app_host": _host,
     "models_metadata_host": _host_port,
     "health_path": _url_path,
+    "ready_path": _url_path,
+    "ready_body": _json_body,
+    "ready_status": _http_status,
     "gpu_installer_url": _url,
     "models_gcs_url": _url,
     "uv_version": _token,

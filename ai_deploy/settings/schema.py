@@ -20,15 +20,18 @@ from ai_deploy.project import project_dir
 # tests/unit/test_settings_check.py keeps the two in step).
 CHOICES: dict[str, tuple[str, ...]] = {
     "deploy_strategy": ("socket", "restart", "bluegreen"),
+    "drain_mode": ("wait", "cut"),
     "gpu_driver": ("auto", "skip"),
     "gpu_driver_method": ("cuda-installer", "ubuntu-drivers", "packages", "command"),
     "gpu_memory_when_short": ("restart", "refuse"),
+    "ready_method": ("GET", "POST", "HEAD", "PUT"),
     "uv_python_downloads": ("never", "manual", "automatic"),
 }
 # Integer defaults that are read with float(): a fraction is fine.
 NUMBERS = frozenset(
     {
         "health_deadline_s",
+        "health_deadline_max_s",
         "lock_wait_s",
         "lock_lease_s",
         "artifact_max_ratio",

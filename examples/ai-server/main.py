@@ -2,8 +2,9 @@
 that only answers once the model is loaded, and a predict endpoint with blocking inference work.
 
 It is also the stand-in engine (engine.py) for tests and the bench: a start-up in phases, a
-readiness endpoint (``GET /ready``, 200 only once warm), an SSE token stream (``GET /stream``)
-and, while loading, a progress field on ``/health``: ``{"loading": {"done": D, "total": T}}``.
+readiness endpoint (``GET /ready``, 200 only once warm), a completion in the OpenAI shape
+(``POST /v1/completions``, what a ready probe asks), an SSE token stream (``GET /stream``) and,
+while loading, a progress field on ``/health``: ``{"loading": {"done": D, "total": T}}``.
 Environment variables beyond those in engine.py:
 
 - ``ENGINE_SERVE_WHILE_LOADING=1``: answer requests during start-up (``/health`` 503 with the
@@ -29,7 +30,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from engine import Engine, EngineConfig, env_float
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 # Settings: environment variables only (the service loads /app/ai-server/.env through systemd's
@@ -125,6 +126,27 @@ async def ready() -> JSONResponse:
     return JSONResponse(
         content={"ready": True, "release": RELEASE, "compile_cache_hit": engine.compile_cache_hit}
     )
+
+
+@app.post("/v1/completions")
+async def completions(request: Request) -> JSONResponse:
+    """A completion in the OpenAI shape, one token per ``max_tokens`` (what a ready probe
+    asks for): 503 while starting, 404 for a model other than MODEL_NAME, 422 for a body that
+    is not a JSON object."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return JSONResponse(status_code=422, content={"detail": "expected a JSON object"})
+    if not _state["ready"]:
+        return JSONResponse(status_code=503, content={"ready": False})
+    model = body.get("model", MODEL_NAME)
+    if model != MODEL_NAME:
+        return JSONResponse(status_code=404, content={"detail": f"model {model!r} not served"})
+    tokens = max(1, min(int(body.get("max_tokens") or 1), 64))
+    text = " ".join(f"tok{i}" for i in range(tokens))
+    return JSONResponse(content={"model": model, "choices": [{"index": 0, "text": text}]})
 
 
 @app.get("/stream", response_model=None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -23,9 +24,10 @@ import testinfra.backend
 import testinfra.host
 
 from ai_deploy.artifact.build import build_artifact, release_id_from_artifact
+from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.image import SandboxError
 from ai_deploy.sandbox.paths import ssh_key_path
-from tests.e2e.conftest import Sandbox
+from tests.e2e.conftest import Sandbox, require_root
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "ai-server"
@@ -230,6 +232,22 @@ def cli(
 def cli_ok(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+@contextmanager
+def sandbox_with(label: str, settings: dict[str, object], where: Path) -> Iterator[Sandbox]:
+    """A fresh sandbox host named LABEL-<pid> whose inventory (written in WHERE) carries
+    SETTINGS as host data, so every run and command reads them (a JSON text on pyinfra's --data
+    would be read as a literal); the host goes down on every way out."""
+    require_root()
+    started, inventory = hosts.up(count=1, name=f"{label}-{os.getpid() % 100_000}")
+    try:
+        listed = runpy.run_path(str(inventory))["sandbox"]
+        ours = where / "sandbox.py"
+        ours.write_text(f"sandbox = {[(n, {**d, **settings}) for n, d in listed]!r}\n")
+        yield Sandbox(started[0], ours)
+    finally:
+        hosts.down([started[0].name])
 
 
 # --- what the host serves -------------------------------------------------------------------

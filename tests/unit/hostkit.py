@@ -304,6 +304,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_POST(self) -> None:
+        """As GET, after recording the request's path and body (the ready probe's)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        self.server.host.posted.append((self.path, self.rfile.read(length)))
+        self.do_GET()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -379,6 +385,7 @@ class FakeHost:
         }
         self.remote = LocalRemote(self.sysroot, env, tmp)
         self._artifacts = 0
+        self.posted: list[tuple[str, bytes]] = []  # POSTs any port got: (path, body)
 
     def __enter__(self) -> FakeHost:
         return self

@@ -105,10 +105,12 @@ def make_repo(tmp_path: Path) -> Path:
 SHIPPED_FROM_REPO = {
     "README.md",
     "main.py",
+    "engine.py",
     "pyproject.toml",
     "uv.lock",
     "tests",
     "tests/test_main.py",
+    "tests/test_engine.py",
     "dist",
     "dist/keep.txt",
     "kept.log",

@@ -114,7 +114,7 @@ def instance_phase(run: Run) -> None:
 def _plain_host(run: Run, stack: ExitStack, tmp: Path) -> None:
     """`--host ADDRESS`: one target reached with the given user and key."""
     from ai_deploy.gcp import GcpError
-    from ai_deploy.gcp.sshkeys import SshSettings
+    from ai_deploy.gcp.sshsettings import SshSettings
 
     opts = run.opts
     if opts.ssh_transport == "iap":

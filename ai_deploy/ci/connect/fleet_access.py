@@ -23,11 +23,11 @@ def _say(message: str) -> None:
 
 def instance_filter_of(run: Run) -> str | None:
     """The fleet's filter when the run lists instances (GCP mode, no single instance)."""
-    from ai_deploy.gcp import GcpError
-    from ai_deploy.gcp.instances import environment_filter
-
     if not run.opts.use_gcp:
         return None
+    from ai_deploy.gcp import GcpError
+    from ai_deploy.gcp.instances import environment_filter  # loads the Compute client
+
     try:
         return environment_filter(run.environ)
     except GcpError as exc:

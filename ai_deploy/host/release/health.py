@@ -10,6 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ai_deploy.host.outcome import DeployFailed
+from ai_deploy.host.release.readiness import (
+    LOADING_LINES,
+    Deadline,
+    parse_loading,
+    probe_ready,
+    ready_name,
+)
 from ai_deploy.host.remote import Remote, tail
 from ai_deploy.host.safetext import safe_line
 from ai_deploy.host.settings import Spec
@@ -30,14 +37,18 @@ class Health:
 # process that died meanwhile is seen in the same round.
 PROBE = """
 python3 - <<'EOF'
-import urllib.request, urllib.error
+import json, re, urllib.request, urllib.error
+raw = b""
 try:
     with urllib.request.urlopen({url}, timeout=2) as r:
-        print("HTTP", r.status, r.read(300).decode(errors="replace").replace("\\n", " "))
+        raw = r.read(65536)
+        print("HTTP", r.status, raw[:300].decode(errors="replace").replace("\\n", " "))
 except urllib.error.HTTPError as e:
-    print("HTTP", e.code, e.read(300).decode(errors="replace").replace("\\n", " "))
+    raw = e.read(65536)
+    print("HTTP", e.code, raw[:300].decode(errors="replace").replace("\\n", " "))
 except Exception as e:
     print("HTTP 0", type(e).__name__, str(e)[:200])
+{loading}
 EOF
 systemctl show -p ActiveState -p SubState -p NRestarts -p ExecMainStatus -p MainPID {service}
 """
@@ -45,7 +56,7 @@ systemctl show -p ActiveState -p SubState -p NRestarts -p ExecMainStatus -p Main
 
 def probe_script(service: str, port: int, path: str) -> str:
     url = json.dumps(f"http://127.0.0.1:{int(port)}{path}")  # a Python literal, never code
-    return PROBE.format(service=shlex.quote(service), url=url)
+    return PROBE.format(service=shlex.quote(service), url=url, loading=LOADING_LINES)
 
 
 def parse_probe(lines: list[str]) -> tuple[dict[str, str], int, str]:
@@ -84,24 +95,41 @@ def wait_healthy(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Health:
-    """Poll the service and GET health_path on the host until healthy, failed or out of time.
+    """Poll the service and GET health_path on the host until healthy and ready (the ready
+    probe, when ready_path is set, answers ready_status), failed or out of time.
 
     A process that exits, a unit systemd reports failed or restarting, or repeated 5xx answers
-    end the wait at once: only a release that is still starting uses the whole deadline.
+    without progress end the wait at once: only a release that is still starting uses the whole
+    deadline, which each step of reported progress extends (readiness.Deadline).
     """
     unit, port = service or spec.service, port or spec.port
     probe = probe_script(unit, port, spec.health_path)
     url = f"http://127.0.0.1:{port}{spec.health_path}"
     started = clock()
+    deadline = Deadline(started, spec.deadline_s, spec.deadline_max_s)
     next_note = started + 5
-    errors = 0
+    errors, healthy_after, ready_code = 0, None, None
     while True:
-        props, code, body = parse_probe(remote.run(probe).stdout)
+        lines = remote.run(probe).stdout
+        props, code, body = parse_probe(lines)
+        progress = parse_loading(lines)
+        deadline.saw(progress, clock())
         state = f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}"
         restarts = int(props.get("NRestarts", "0") or 0)
         if code == 200:
-            _said_body(remote, url, code, body)
-            return Health(True, f"{url} answered 200 after {clock() - started:.1f} s")
+            if healthy_after is None:
+                healthy_after = clock() - started
+                _said_body(remote, url, code, body)
+            said = f"{url} answered 200 after {healthy_after:.1f} s"
+            if spec.ready_path is None:
+                return Health(True, said)
+            ready_code = probe_ready(remote, spec, port)
+            if ready_code == spec.ready_status:
+                return Health(
+                    True,
+                    f"{said}; {ready_name(spec, port)} answered {ready_code} "
+                    f"after {clock() - started:.1f} s",
+                )
         if (
             props.get("ActiveState") == "failed"
             or restarts > baseline_restarts
@@ -111,7 +139,7 @@ def wait_healthy(
             return Health(
                 False, f"the service exited while starting (exit status {status}, {state})"
             )
-        if code >= 500:
+        if code >= 500 and progress is None:
             errors += 1
             if errors >= spec.fail_after_errors:
                 _said_body(remote, url, code, body)
@@ -119,14 +147,22 @@ def wait_healthy(
         else:
             errors = 0
         now = clock()
-        if now - started >= spec.deadline_s:
-            return Health(
-                False, f"{url} not healthy within health_deadline_s={spec.deadline_s:.0f} s"
-            )
+        late = deadline.expired(now)
+        if late is not None:
+            if code == 200 and ready_code is not None:
+                return Health(
+                    False,
+                    f"{url} answered 200 but {ready_name(spec, port)} did not answer "
+                    f"{spec.ready_status} (last answer {ready_code or 'none'}) {late}",
+                )
+            return Health(False, f"{url} not healthy {late}")
         if now >= next_note:
+            ready = f", ready probe {ready_code or 'none'}" if ready_code is not None else ""
+            loading = f", {progress.text()}" if progress else ""
             remote.say(
-                f"waiting for {url}: {now - started:.0f} s of {spec.deadline_s:.0f} s "
-                f"(service {state}, last answer {code or 'none'})"
+                f"waiting for {url}: {now - started:.0f} s, deadline in "
+                f"{deadline.ends - now:.0f} s (service {state}, last answer "
+                f"{code or 'none'}{ready}{loading})"
             )
             next_note = now + 5
         sleep(spec.interval_s)

@@ -1,12 +1,13 @@
-"""The change shared by the in-place strategies (restart, socket): switch `current`, restart the
-one service behind the health gate, and on failure switch back to the previous release, which
-must be healthy again."""
+"""The change shared by the in-place strategies (restart, socket): switch `current`, stop the
+one service looking at the connections it holds (drain_mode), restart it behind the health
+gate, and on failure switch back to the previous release, which must be healthy again."""
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
 
+from ai_deploy.host.drain import stop_draining
 from ai_deploy.host.outcome import SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.release.health import Health, wait_healthy, warn_unhealthy
 from ai_deploy.host.release.links import Links, set_links
@@ -33,11 +34,19 @@ def go_live_in_place(
     restart counter afterwards (for the health gate)."""
     target = spec.release_id
     set_links(remote, spec, before.after_switch_to(target))
+    stopped = stop_draining(
+        remote, spec.service, spec.port, timeout_s=spec.drain_timeout_s, mode=spec.drain_mode
+    )
+    if stopped is not None:
+        remote.say(stopped.message(spec.service, spec.drain_mode))
     remote.say(f"current -> releases/{target}; restarting {spec.service} ({name})")
     health = _restart_healthy(remote, spec, restart)
     if health.ok:
         remote.say(health.reason)
-        return Live(f"{spec.action} of {target} healthy", f"previous={before.current or '-'}")
+        drained = f" {stopped.journal}" if stopped and stopped.open_at_stop else ""
+        return Live(
+            f"{spec.action} of {target} healthy", f"previous={before.current or '-'}{drained}"
+        )
     warn_unhealthy(remote, spec, health)
     if before.current == target and target in before.healthy:
         raise DeployFailed(

@@ -29,3 +29,11 @@ def test_predict_names_the_release(client: TestClient) -> None:
     reply = client.get("/predict", params={"q": "hello"})
     assert reply.status_code == 200
     assert "release" in reply.json()
+
+
+def test_completions_answer_the_served_model_only(client: TestClient) -> None:
+    reply = client.post("/v1/completions", json={"model": "demo-model", "max_tokens": 2})
+    assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == "tok0 tok1"
+    assert client.post("/v1/completions", json={"model": "other"}).status_code == 404
+    assert client.post("/v1/completions", content=b"[1]").status_code == 422
+    assert client.post("/v1/completions", content=b"{not json").status_code == 422
