@@ -121,13 +121,21 @@ class Engine:
         self.compile_cache_hit = entry.is_file()
         seconds = self.config.compile_warm_s if self.compile_cache_hit else self.config.compile_s
         await self._phase("compile", self._wait(seconds))
-        if not self.compile_cache_hit:
+        if not self.compile_cache_hit and self.config.compile_s:
+            self._keep_compiled(entry)
+        await self._phase("warmup", self._wait(self.config.warmup_s))
+        self.warm = True
+
+    def _keep_compiled(self, entry: Path) -> None:
+        """The compile cache entry, written atomically (a start cut mid-compile leaves the cache
+        cold); a cache that cannot be written (no writable home) only costs the next start."""
+        try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             partial = entry.with_suffix(f".{os.getpid()}.tmp")
             partial.write_text(f"{self.config.model_name}\n", encoding="utf-8")
-            partial.replace(entry)  # atomic: a start cut mid-compile leaves the cache cold
-        await self._phase("warmup", self._wait(self.config.warmup_s))
-        self.warm = True
+            partial.replace(entry)
+        except OSError:
+            return
 
     async def _phase(self, name: str, steps: AsyncIterator[int]) -> None:
         self.phase = name

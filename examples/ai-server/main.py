@@ -20,6 +20,7 @@ Run from this directory: ``uvicorn main:app --host 127.0.0.1 --port 8000``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,12 +30,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from engine import Engine, EngineConfig, env_float
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi.requests import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from engine import Engine, EngineConfig, env_float
 
 # Settings: environment variables only (the service loads /app/ai-server/.env through systemd's
 # EnvironmentFile), so the same code runs unchanged on every host and in every release.
+MODEL_LOAD_SECONDS = float(os.environ.get("MODEL_LOAD_SECONDS", "2"))
 MODEL_NAME = os.environ.get("MODEL_NAME", "demo-model")
 INFERENCE_SECONDS = 0.05
 REVISION_FILE = Path(__file__).resolve().parent / "REVISION"
@@ -59,7 +63,8 @@ def read_release() -> str:
 
 RELEASE = read_release()
 _state: dict[str, object] = {"ready": False, "loaded_at": None}
-engine = Engine(EngineConfig.from_env())
+# the load phase takes MODEL_LOAD_SECONDS (a test may set it in this file)
+engine = Engine(dataclasses.replace(EngineConfig.from_env(), load_s=MODEL_LOAD_SECONDS))
 
 
 async def start_engine() -> None:
@@ -105,16 +110,17 @@ async def health() -> JSONResponse:
             status_code=503,
             content={"status": "loading", "release": RELEASE, "loading": engine.progress()},
         )
-    content: dict[str, object] = {
-        "status": "ok",
-        "release": RELEASE,
-        "model": MODEL_NAME,
-        "pid": os.getpid(),
-        "loaded_at": _state["loaded_at"],
-    }
-    if not _state["ready"]:
-        content["loading"] = engine.progress()
-    return JSONResponse(content=content)
+    loading = {} if _state["ready"] else {"loading": engine.progress()}
+    return JSONResponse(
+        content={
+            "status": "ok",
+            "release": RELEASE,
+            "model": MODEL_NAME,
+            "pid": os.getpid(),
+            "loaded_at": _state["loaded_at"],
+            **loading,
+        }
+    )
 
 
 @app.get("/ready")

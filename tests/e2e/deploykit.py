@@ -478,5 +478,5 @@ def link_member(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
 
 def example_members(*, without: tuple[str, ...] = ()) -> list[tuple[tarfile.TarInfo, bytes]]:
     """The example app's files as tar members (a good artifact's content)."""
-    names = ("README.md", "main.py", "pyproject.toml", "uv.lock")
+    names = ("README.md", "main.py", "engine.py", "pyproject.toml", "uv.lock")
     return [file_member(n, (EXAMPLE / n).read_bytes()) for n in names if n not in without]
