@@ -34,7 +34,9 @@ from tests.e2e.deploykit import (
 )
 
 pytestmark = pytest.mark.e2e
-TOKENS, INTERVAL_S = 25, 0.2  # a five-second stream
+# A 45-second stream: still open when `ai-deploy restart` (connect, facts, plan: several
+# seconds on a loaded machine) reaches the stop, which each test checks in the deploy's report.
+TOKENS, INTERVAL_S = 225, 0.2
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def restart_under_stream(host: Sandbox, inventory: Path) -> tuple[Stream, str]:
     stream, thread = open_stream(host.address)
     assert stream.first.wait(30) and stream.tokens, stream.error
     out = cli_ok(cli(inventory, "restart"))
-    thread.join(60)
+    thread.join(120)
     assert not thread.is_alive()
     return stream, out
 
@@ -134,20 +136,17 @@ def test_a_stream_shorter_than_the_drain_finishes_across_a_restart(
     assert stream.done, f"the stream was cut after {len(stream.tokens)} tokens"
     assert [t["index"] for t in stream.tokens] == list(range(TOKENS))
     assert main_pid(host) != before  # the stream was served across a real restart
+    assert "1 connection(s) open at the stop, all finished" in out, out
     assert "restarted and healthy" in out
     assert serving_release(host.address) == release.release_id
 
 
-@pytest.mark.xfail(
-    reason="known regression, open: on main the restart strategy lets a stream longer than "
-    "drain_timeout_s finish (seen after drain_mode joined the one-copy stop)",
-    strict=False,
-)
 def test_a_stream_longer_than_the_drain_is_cut_at_the_drain(
     host: Sandbox, release: Artifact
 ) -> None:
     inventory = deploy(host, release, 1)
-    stream, _ = restart_under_stream(host, inventory)
+    stream, out = restart_under_stream(host, inventory)
+    assert "1 connection(s) open at the stop, 1 still open after drain_timeout_s" in out, out
     assert not stream.done, "a stream longer than drain_timeout_s finished"
     assert 0 < len(stream.tokens) < TOKENS
     assert serving_release(host.address) == release.release_id
