@@ -16,6 +16,7 @@ from ai_deploy.host.outcome import (
     DeployFailed,
     HostOutcome,
 )
+from ai_deploy.host.page_cache import warm_model_files
 from ai_deploy.host.release.journal import mark_healthy, record
 from ai_deploy.host.release.lease import LeasedRemote
 from ai_deploy.host.release.links import read_links
@@ -53,6 +54,7 @@ def put_in_service(remote: Remote, spec: Spec, *, host: str, have_release: bool)
         before = read_links(remote, spec)
         previous = before.current
         prepare_release(remote, spec, token, have_release)
+        warm_model_files(remote, spec)  # while the old release still serves
         keep = set(strategy.units(spec.layout))
 
         def leave_others() -> None:
