@@ -18,6 +18,7 @@ from ai_deploy.host.outcome import (
 )
 from ai_deploy.host.page_cache import warm_model_files
 from ai_deploy.host.release.journal import mark_healthy, record
+from ai_deploy.host.release.laststart import record_last_start
 from ai_deploy.host.release.lease import LeasedRemote
 from ai_deploy.host.release.links import read_links
 from ai_deploy.host.release.lock import acquire_lock, release_lock
@@ -63,6 +64,8 @@ def put_in_service(remote: Remote, spec: Spec, *, host: str, have_release: bool)
 
         live = strategy.go_live(remote, spec, before, leave_others)
         mark_healthy(remote, spec)
+        if live.start is not None:
+            record_last_start(remote, spec, live.start)
         record(remote, spec, "ok", live.journal)
         prune(remote, spec)
     except DeployFailed as exc:

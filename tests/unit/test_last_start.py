@@ -60,3 +60,54 @@ def test_the_gate_line_says_the_outage_or_that_there_was_none() -> None:
     assert Start("r1", "bluegreen", None, 8.04).line() == (
         "start 8.0 s: release r1 ready, no outage"
     )
+
+
+def last_start(host: FakeHost) -> dict[str, object]:
+    return json.loads((host.app_root / "last-start.json").read_text())
+
+
+def outage_lines(host: FakeHost) -> list[str]:
+    return [s for s in host.remote.said if s.startswith(("outage ", "start "))]
+
+
+@pytest.mark.parametrize("strategy", ["socket", "restart"])
+def test_a_one_copy_switch_says_its_outage_and_records_it(strategy: str, tmp_path: Path) -> None:
+    with FakeHost(tmp_path) as host:
+        assert host.deploy("r1", strategy=strategy).status == "served"
+        first = last_start(host)
+        assert first["outage_s"] is None  # nothing served before the first start
+        assert outage_lines(host) == [
+            f"start {first['start_s']:.1f} s: release r1 ready, no outage"
+        ]
+        assert host.deploy("r2", strategy=strategy).status == "served"
+        second = last_start(host)
+        assert (second["release"], second["strategy"]) == ("r2", strategy)
+        assert isinstance(second["outage_s"], float) and second["outage_s"] > 0
+        assert second["outage_s"] == second["start_s"] and second["at"] >= first["at"]
+        assert outage_lines(host)[-1] == (
+            f"outage {second['outage_s']:.1f} s: from stopping the old process to release r2 "
+            "passing readiness"
+        )
+
+
+def test_blue_green_records_its_start_and_no_outage(tmp_path: Path) -> None:
+    with FakeHost(tmp_path) as host:
+        assert host.deploy("r1", strategy="bluegreen").status == "served"
+        assert host.deploy("r2", strategy="bluegreen").status == "served"
+        record = last_start(host)
+        assert (record["release"], record["strategy"], record["outage_s"]) == (
+            "r2",
+            "bluegreen",
+            None,
+        )
+        assert isinstance(record["start_s"], float) and record["start_s"] > 0
+        assert outage_lines(host)[-1].endswith("release r2 ready, no outage")
+
+
+def test_a_release_switched_back_leaves_the_last_good_start(tmp_path: Path) -> None:
+    with FakeHost(tmp_path) as host:
+        assert host.deploy("r1").status == "served"
+        assert host.deploy("r2").status == "served"
+        before = (host.app_root / "last-start.json").read_bytes()
+        assert host.deploy("r3", behaviour="crash").status == "switched-back"
+        assert (host.app_root / "last-start.json").read_bytes() == before
