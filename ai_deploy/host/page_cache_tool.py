@@ -5,7 +5,9 @@ read into it when it fits in the memory the kernel says is available.
     python3 page_cache_tool.py '{"mode": "check"|"warm", "margin": BYTES, "max_s": SECONDS}' DIR
 
 Every regular file under DIR counts once (links followed, the same file through two links
-once). Residency is mincore(2) over a read-only mapping, so looking costs no read. "warm" reads
+once). Residency is mincore(2) over a read-only mapping, so looking costs no read (it must run
+as root: the kernel tells a process that neither owns nor may write a file that all of it is
+resident, and the service's system-call filter refuses mincore). "warm" reads
 only the files that are not wholly resident, in order, after posix_fadvise(WILLNEED), and stops
 after MAX_S seconds. It fits when the bytes not resident are at most MemAvailable less MARGIN.
 
