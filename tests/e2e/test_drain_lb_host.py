@@ -136,13 +136,19 @@ def test_nginx_answers_lb_health_in_front_of_the_app(host: Sandbox, release: Art
     try:
         assert _lb_health(host) == (503, "drained")
         assert serving_release(host.address) == release.release_id
+        shown = cli_ok(cli(host.inventory, "status"))
+        assert "  lb:        drained (/lb-health on port 8000: 503)\n" in shown, shown
     finally:
         host.sudo("rm -f /run/ai-server.lb-drained")
     assert _lb_health(host)[0] == 200
+    shown = cli_ok(cli(host.inventory, "status"))
+    assert "  lb:        in service (/lb-health on port 8000: 200)\n" in shown, shown
     # The app down: "not ready", whatever nginx gets (a refused connection).
     host.sudo("systemctl stop ai-server")
     try:
         assert _lb_health(host) == (503, "not ready")
+        shown = cli(host.inventory, "status")
+        assert shown.returncode == 1 and "  lb:        not ready (/lb-health" in shown.stdout
     finally:
         host.sudo("systemctl start ai-server")
     for _ in range(100):
