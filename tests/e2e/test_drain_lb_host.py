@@ -216,6 +216,36 @@ def test_a_failing_release_stays_drained_until_the_previous_one_is_back(
     assert serving_release(host.address) == release.release_id
 
 
+@pytest.mark.parametrize(
+    ("strategy", "app_listens"),
+    [
+        ("socket", "127.0.0.1:18000"),
+        ("bluegreen", "127.0.0.1:8001"),
+        ("restart", "127.0.0.1:18000"),
+    ],
+)
+def test_every_strategy_answers_lb_health_and_keeps_its_steady_state(
+    host: Sandbox, release: Artifact, strategy: str, app_listens: str
+) -> None:
+    """The host moves restart -> socket -> blue/green -> restart with lb_drain on: each answers
+    lb_health_path from nginx, the drain flag works on each, a second run changes nothing."""
+    _deployed(host, release)
+    data = (release.data, f"deploy_strategy={strategy}")
+    assert_ok(run_deploy(host.inventory, *data))
+    assert _lb_health(host)[0] == 200
+    assert serving_release(host.address) == release.release_id
+    listening = host.sudo("ss -Htlnp")
+    assert app_listens in listening and "nginx" in listening.split("0.0.0.0:8000")[1][:200]
+    host.sudo("touch /run/ai-server.lb-drained")
+    try:
+        assert _lb_health(host) == (503, "drained")
+    finally:
+        host.sudo("rm -f /run/ai-server.lb-drained")
+    again = assert_ok(run_deploy(host.inventory, *data))
+    assert grand_total(again).success == 0, again
+    assert "drained from the load balancer" not in again
+
+
 def test_lb_drain_off_gives_the_port_back_to_the_app(host: Sandbox, release: Artifact) -> None:
     _deployed(host, release)
     assert_ok(run_deploy(host.inventory, release.data, "lb_drain=false"))
