@@ -220,6 +220,29 @@ def test_a_failing_release_stays_drained_until_the_previous_one_is_back(
     assert serving_release(host.address) == release.release_id
 
 
+def test_a_host_that_ends_unhealthy_stays_drained(host: Sandbox, lb_health: Samples) -> None:
+    """A restart of a release that then fails (its .env breaks the model load) has nothing to
+    switch back to: the host stays drained, 503 "drained", until a restart is healthy again."""
+    env = "/app/ai-server/.env"
+    host.sudo(f"cp -p {env} {env}.l25 && echo MODEL_LOAD_SECONDS=broken >> {env}")
+    try:
+        failed = cli(host.inventory, "restart", timeout=400)
+        assert failed.returncode != 0, failed.stdout
+        assert _lb_health(host) == (503, "drained")
+        time.sleep(2)  # the load balancer keeps seeing it drained
+        assert _lb_health(host) == (503, "drained")
+        shown = cli(host.inventory, "status")
+        assert "  lb:        drained (" in shown.stdout, shown.stdout
+    finally:
+        host.sudo(f"mv -f {env}.l25 {env}")
+    out = cli_ok(cli(host.inventory, "restart", timeout=400))
+    lb_health.stop.set()
+    assert "it was not in service: /lb-health answered 503), no wait" in out, out
+    assert f"back in service after {WAIT_S} s" in out
+    assert lb_health.changes() == [200, 503, 200], lb_health.runs()
+    assert _lb_health(host)[0] == 200
+
+
 @pytest.mark.parametrize(
     ("strategy", "app_listens"),
     [
