@@ -13,11 +13,11 @@ import time
 from io import StringIO
 from typing import Any, NoReturn
 
-from ai_deploy.host import gpu_memory
-from ai_deploy.host.drain import Drained, stop_timeout_s, wait_drained
+from ai_deploy.host import gpu_memory, lbdrain
+from ai_deploy.host.drain import Drained, wait_drained
 from ai_deploy.host.facts import AppTree
 from ai_deploy.host.outcome import FAILED, SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
-from ai_deploy.host.paths import COLOURS, Layout
+from ai_deploy.host.paths import COLOURS, LB_FRONT_MARK, Layout
 from ai_deploy.host.release.health import (
     Health,
     restart_service,
@@ -30,9 +30,9 @@ from ai_deploy.host.release.venv import ensure_release_venv
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
 from ai_deploy.host.strategies.base import Leave, Live, UnitFile, must
+from ai_deploy.host.strategies.nginx import nginx_installed, site_rendered
 
 name = "bluegreen"
-NGINX_HARDENING = "/etc/systemd/system/nginx.service.d/ai-deploy-hardening.conf"
 
 
 def unit_files(data: Any) -> list[UnitFile]:
@@ -51,42 +51,11 @@ def boot_units(layout: Layout) -> list[str]:
 def prepare_host(data: Any) -> None:
     """nginx from the distribution, our site (not yet enabled), the colours' ports."""
     from pyinfra import host
-    from pyinfra.facts.deb import DebPackages
     from pyinfra.facts.files import File
-    from pyinfra.operations import apt, files, server, systemd
-
-    from ai_deploy.project import template
+    from pyinfra.operations import files
 
     blue_port, green_port = (int(p) for p in data.bluegreen_ports)
-    layout = Layout.from_data(data)
-    # Before nginx is installed, so that the package's first start is already hardened.
-    hardening = files.template(
-        name="Ensure nginx runs hardened (systemd drop-in)",
-        src=template("nginx-ai-deploy-hardening.conf.j2"),
-        dest=NGINX_HARDENING,
-        mode="644",
-        create_remote_dir=True,
-        log_dir=data.app_log_dir,
-    )
-    systemd.daemon_reload(name="Reload systemd: nginx's drop-in changed", _if=hardening.did_change)
-    if "nginx" not in host.get_fact(DebPackages):
-        apt.packages(
-            name="Ensure nginx is installed (blue/green proxy)",
-            packages=["nginx"],
-            update=True,
-            cache_time=86400,
-        )
-    # A running nginx takes new sandbox settings only when it starts again (not on reload).
-    server.shell(
-        name="Restart nginx, if it runs, under the changed drop-in",
-        commands=["systemctl try-restart nginx.service"],
-        _if=hardening.did_change,
-    )
-    files.link(
-        name="Ensure nginx's default site (port 80) is off",
-        path="/etc/nginx/sites-enabled/default",
-        present=False,
-    )
+    nginx_installed(data)
     upstream = data.bluegreen_upstream
     if not host.get_fact(File, path=upstream):
         files.put(
@@ -95,18 +64,7 @@ def prepare_host(data: Any) -> None:
             dest=upstream,
             mode="644",
         )
-    files.template(
-        name="Ensure the nginx site for blue/green is rendered",
-        src=template("ai-server.nginx.j2"),
-        dest=layout.nginx_site_available,
-        mode="644",
-        app_name=data.app_name,
-        upstream=upstream,
-        host=data.app_host,
-        port=data.app_port,
-        log_dir=data.app_log_dir,
-        read_timeout_s=stop_timeout_s(data.drain_timeout_s),
-    )
+    site_rendered(data, front=None, what="blue/green")
     files.directory(
         name="Ensure the colours directory exists",
         path=f"{data.app_root}/colors",
@@ -131,6 +89,7 @@ def is_steady(tree: AppTree, layout: Layout) -> bool:
         and "nginx.service" in active
         and layout.service not in active
         and layout.socket not in active
+        and not tree.lb_front
     )
 
 
@@ -227,6 +186,7 @@ def _live_again(
             journal=f"gpu-memory-short rollback-to={before.current or '-'} also-unhealthy",
         )
     remote.say(f"{live} serves {before.current or 'its release'} again: {back.reason}")
+    lbdrain.put_back(remote, spec)
     raise DeployFailed(
         phase,
         f"{spec.action} of {target} failed: {reason}; {live} was stopped for it (GPU memory) "
@@ -247,6 +207,8 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
     _point_colour(remote, spec, idle, target)
     began = time.monotonic()  # the start, or the stop of the live colour that makes room
     if live is not None and stop_first:
+        # One copy at a time: behind a load balancer the host is drained before live stops.
+        lbdrain.take_out(remote, spec, spec.colour_ports[COLOURS.index(live)])
         remote.run(f"systemctl stop {shlex.quote(spec.layout.colour_unit(live))}")
     remote.say(f"starting release {target} as {idle} on 127.0.0.1:{port} (live: {live or 'none'})")
     try:
@@ -302,6 +264,8 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
         if not stop_first:
             drained = _drain(remote, spec, live)
         remote.run(f"systemctl disable --now {shlex.quote(old)} 2>/dev/null || true")
+    if stop_first:
+        lbdrain.put_back(remote, spec)
     how = f", {live} stopped first: GPU memory" if stop_first else ""
     if drained is not None:
         how += f", {drained.open_at_switch} connection(s) drained in {drained.seconds:.1f} s"
@@ -328,16 +292,24 @@ def _drain(remote: Remote, spec: Spec, live: str) -> Drained | None:
 
 
 def leave(remote: Remote, spec: Spec, keep: set[str]) -> bool:
-    """Take our site out of nginx (frees the public port) and stop both colours."""
+    """Take our site out of nginx (frees the public port) and stop both colours. The in-place
+    strategies' lb front is the same site (rendered over ours when the host moves to them with
+    lb_drain): it stays, and keeps the port, while the colours stop."""
     layout = spec.layout
-    if not remote.run(f"test -e {layout.nginx_site}").ok:
+    site = shlex.quote(layout.nginx_site)
+    if not remote.run(f"test -e {site}").ok:
         return False
-    remote.say("leaving blue/green: nginx stops serving the public port")
-    # nginx stops too when no other site is left in it (it was there for blue/green).
-    remote.run(
-        f'rm -f {layout.nginx_site} && if [ -z "$(ls -A /etc/nginx/sites-enabled)" ]; then '
-        "systemctl disable --now nginx; else systemctl reload nginx; fi; true"
-    )
+    if remote.run(f"grep -qs {shlex.quote('^' + LB_FRONT_MARK)} {site}").ok:
+        if not remote.run(f"test -e {layout.colors}/LIVE").ok:
+            return False  # no colour was live: nothing of blue/green to leave
+        remote.say("leaving blue/green: nginx's lb front keeps the public port")
+    else:
+        remote.say("leaving blue/green: nginx stops serving the public port")
+        # nginx stops too when no other site is left in it (it was there for blue/green).
+        remote.run(
+            f'rm -f {layout.nginx_site} && if [ -z "$(ls -A /etc/nginx/sites-enabled)" ]; then '
+            "systemctl disable --now nginx; else systemctl reload nginx; fi; true"
+        )
     for colour in COLOURS:
         unit = shlex.quote(layout.colour_unit(colour))
         remote.run(f"systemctl disable --now {unit} 2>/dev/null || true")

@@ -1,7 +1,9 @@
 """The change shared by the in-place strategies (restart, socket): switch `current`, stop the
 one service looking at the connections it holds (drain_mode), restart it behind the health
 gate, and on failure switch back to the previous release, which must be healthy again. The
-outage, from the stop to the new process passing the gate, is said as a number."""
+outage, from the stop to the new process passing the gate, is said as a number. With lb_drain
+the host is drained from the load balancer first and put back only once a release passed the
+gate (ai_deploy.host.lbdrain); one that ends unhealthy stays drained."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import shlex
 import time
 from collections.abc import Callable
 
+from ai_deploy.host import lbdrain
 from ai_deploy.host.drain import main_pid, stop_draining
 from ai_deploy.host.outcome import SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.release.health import Health, wait_healthy, warn_unhealthy
@@ -17,6 +20,7 @@ from ai_deploy.host.release.links import Links, set_links
 from ai_deploy.host.release.venv import ensure_release_venv
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
+from ai_deploy.host.strategies import front
 from ai_deploy.host.strategies.base import Live
 
 
@@ -27,7 +31,7 @@ def _restart_healthy(remote: Remote, spec: Spec, restart: Callable[[], int]) -> 
         baseline = restart()
     except DeployFailed as exc:
         return Health(False, str(exc))
-    return wait_healthy(remote, spec, baseline)
+    return wait_healthy(remote, spec, baseline, port=front.app_port(spec))
 
 
 def go_live_in_place(
@@ -36,11 +40,16 @@ def go_live_in_place(
     """RESTART brings the host's units to the strategy and restarts the service, returning its
     restart counter afterwards (for the health gate)."""
     target = spec.release_id
+    lbdrain.take_out(remote, spec, front.app_port(spec))
     set_links(remote, spec, before.after_switch_to(target))
     serving = main_pid(remote, spec.service) != 0  # else nothing is cut off by the stop
     stop_began = time.monotonic()
     stopped = stop_draining(
-        remote, spec.service, spec.port, timeout_s=spec.drain_timeout_s, mode=spec.drain_mode
+        remote,
+        spec.service,
+        front.app_port(spec),
+        timeout_s=spec.drain_timeout_s,
+        mode=spec.drain_mode,
     )
     if stopped is not None:
         remote.say(stopped.message(spec.service, spec.drain_mode))
@@ -51,6 +60,7 @@ def go_live_in_place(
         took = time.monotonic() - stop_began
         start = Start(target, name, took if serving else None, took)
         remote.say(start.line())
+        lbdrain.put_back(remote, spec)
         drained = f" {stopped.journal}" if stopped and stopped.open_at_stop else ""
         return Live(
             f"{spec.action} of {target} healthy",
@@ -104,6 +114,7 @@ def go_live_in_place(
             journal=f"rollback-to={back_to.current} also-unhealthy",
         )
     remote.say(f"release {back_to.current} serves again: {back.reason}")
+    lbdrain.put_back(remote, spec)
     raise DeployFailed(
         "health",
         f"{spec.action} of {target} failed: {health.reason}; rolled back to {back_to.current}, "
