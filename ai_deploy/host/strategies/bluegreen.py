@@ -31,6 +31,7 @@ from ai_deploy.host.settings import Spec
 from ai_deploy.host.strategies.base import Leave, Live, UnitFile, must
 
 name = "bluegreen"
+keeps_serving = True  # the old colour serves until the new one is ready
 NGINX_HARDENING = "/etc/systemd/system/nginx.service.d/ai-deploy-hardening.conf"
 
 
