@@ -109,6 +109,7 @@ class Outcome:
     plan: list[dict[str, object]]
     results: list[HostResult]
     failed_phase: str | None = None
+    floor: dict[str, object] = field(default_factory=dict)  # the plan's floor, as data
 
 
 def _steps(r: Rollout, fleet: Fleet) -> tuple[list[list[str]], bool, float]:
@@ -168,7 +169,7 @@ def _planned(
     if refused:
         raise PlanError(f"{refused}; nothing changed on any host")
     results = [HostResult(p.host, batch_label(p.batch, canary), p.before, p.before) for p in plans]
-    out = Outcome(exitcodes.EXIT_OK, "", plan_json(plans, canary), results)
+    out = Outcome(exitcodes.EXIT_OK, "", plan_json(plans, canary), results, floor=floor.data())
     return out, {p.host: p for p in plans}, floor
 
 
