@@ -134,6 +134,8 @@ def plan_only(r: Rollout) -> Outcome:
 
 
 def _unhealthy(r: Rollout, f: Fleet, names: Iterable[str]) -> dict[str, str]:
+    if r.health.url:  # one URL for every host (a load balancer's): it cannot say which host
+        return {}
     urls = {name: r.health.url_of(f.facts[name]) for name in names}
     return unhealthy_now(urls, r.health.timeout_s, check_health)
 
