@@ -328,6 +328,9 @@ def test_through_iap_each_instance_gets_a_tunnel_and_a_killed_runs_tunnels_are_e
         killed = fleet.start(*argv, "--data", f"env_file={fleet.env_file}", env=slow)
         killed.wait_for(r"IAP tunnel to \S+ listens on 127\.0\.0\.1:\d+")
         assert wait_until(lambda: len(list(records.glob("*.json"))) == 2, timeout=30)
+        # Both stand-ins have started (each logs its call first): one ended by the next run's
+        # sweep before its interpreter got that far would be missing from the calls below.
+        assert wait_until(lambda: len(calls.read_text().splitlines()) == 2, timeout=30)
         left = [json.loads(p.read_text()) for p in records.glob("*.json")]
         assert sorted(r["instance"] for r in left) == [FIRST, SECOND]
         killed.kill()

@@ -155,17 +155,18 @@ def _record(proc: subprocess.Popen[str], instance: str, environ: Mapping[str, st
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{proc.pid}.json"
     me = os.getpid()
-    path.write_text(
-        json.dumps(
-            {
-                "instance": instance,
-                "pid": proc.pid,
-                "started": _started(proc.pid),
-                "run": me,
-                "run_started": _started(me),
-            }
-        )
-    )
+    record = {
+        "instance": instance,
+        "pid": proc.pid,
+        "started": _started(proc.pid),
+        "run": me,
+        "run_started": _started(me),
+    }
+    # Whole or not at all: a run killed while it writes must not leave a record the next run
+    # cannot read (its tunnel would never be ended). The sweep reads only *.json.
+    partial = directory / f".{proc.pid}.json.partial"
+    partial.write_text(json.dumps(record))
+    os.replace(partial, path)
     return path
 
 
