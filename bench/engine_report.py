@@ -110,44 +110,68 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A markdown table: HEAD, then one line per row."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _said(r: Round) -> str:
+    return "<br>".join(r.drained) or "-"
+
+
+def _how(r: Round) -> str:
+    return " ".join((r.strategy, *r.data))
+
+
 def strategies_table(rounds: Sequence[Round]) -> str:
-    rows = [
-        "| deploy | strategy | exit | wall s | failed / requests | streams cut | p99 steady ms "
-        "| p99 deploy ms | deploy / steady | no answer s | the deploy on open connections |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    head = ("deploy", "strategy", "exit", "wall s", "failed / requests", "streams cut",
+            "p99 steady ms", "p99 deploy ms", "deploy / steady", "no answer s",
+            "the deploy on open connections")  # fmt: skip
+    rows: list[Sequence[object]] = []
     for r in rounds:
         s = r.summary
         if s is None:
-            rows.append(f"| {r.key} | {r.strategy} | {r.rc} | - | {r.error or '-'} ||||||")
+            rows.append((r.key, r.strategy, r.rc, "-", r.error or "-", *["-"] * 6))
             continue
-        x = format_ratio(ratio(s.deploy_p99_ms, s.steady_p99_ms))
-        drained = "<br>".join(r.drained) or "-"
-        rows.append(
-            f"| {r.key} | {r.strategy} {' '.join(r.data)} | {r.rc} | {_s(r.wall_s)} | "
-            f"{s.failed} / {s.requests} | {r.streams_cut} / {len(r.streams)} | "
-            f"{_ms(s.steady_p99_ms)} | {_ms(s.deploy_p99_ms)} | {x} | {_s(r.outage_s)} | "
-            f"{drained} |"
-        )
-    return "\n".join(rows)
+        rows.append((
+            r.key, _how(r), r.rc, _s(r.wall_s),
+            f"{s.failed} / {s.requests}", f"{r.streams_cut} / {len(r.streams)}",
+            _ms(s.steady_p99_ms), _ms(s.deploy_p99_ms),
+            format_ratio(ratio(s.deploy_p99_ms, s.steady_p99_ms)), _s(r.outage_s), _said(r),
+        ))  # fmt: skip
+    return _table(head, rows)
+
+
+def stream_table(rounds: Sequence[Round]) -> str:
+    head = ("deploy", "strategy", "exit", "wall s", "tokens / asked", "intact",
+            "tokens from release", "the deploy on open connections")  # fmt: skip
+    rows: list[Sequence[object]] = []
+    for r in rounds:
+        s = r.streams[0] if r.streams else None
+        got = (f"{s.tokens} / {s.asked}", s.intact, ", ".join(sorted(s.releases))) if s else (
+            r.error or "-", "-", "-"
+        )  # fmt: skip
+        rows.append((r.key, _how(r), r.rc, _s(r.wall_s), *got,
+                     _said(r)))  # fmt: skip
+    return _table(head, rows)
 
 
 def outage_table(rounds: Sequence[Round]) -> str:
-    rows = [
-        "| deploy | preparation | exit | no answer s (clients) | outage s (host) | weights s "
-        "| compile s | cache hit | start s | weights bytes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    head = ("deploy", "preparation", "exit", "no answer s (clients)", "outage s (host)",
+            "weights s", "compile s", "compile cache hit", "start s", "weights MB")  # fmt: skip
+    rows: list[Sequence[object]] = []
     for r in rounds:
         f = r.start
         phases = f.phases if f else {}
-        rows.append(
-            f"| {r.key} | {r.kind} | {r.rc} | {_s(r.outage_s)} | {_s(r.host_outage_s)} | "
-            f"{_s(phases.get('weights'))} | {_s(phases.get('compile'))} | "
-            f"{f.compile_cache_hit if f else '-'} | {_s(f.total_s if f else None)} | "
-            f"{f.weights_bytes if f else '-'} |"
-        )
-    return "\n".join(rows)
+        rows.append((
+            r.key, r.kind, r.rc, _s(r.outage_s), _s(r.host_outage_s),
+            _s(phases.get("weights")), _s(phases.get("compile")),
+            f.compile_cache_hit if f else "-", _s(f.total_s if f else None),
+            f"{f.weights_bytes / 1e6:.0f}" if f else "-",
+        ))  # fmt: skip
+    return _table(head, rows)
 
 
 @dataclass(frozen=True)
@@ -201,23 +225,6 @@ def stream_verdict(r: Round) -> Verdict:
         )  # fmt: skip
     got = f"{s.tokens}/{s.asked} tokens, [DONE] {'seen' if s.done else 'missing'}"
     return Verdict(ok, f"{r.key} (exit {r.rc}): {what}; {got}; deploy: {said}")
-
-
-def stream_table(rounds: Sequence[Round]) -> str:
-    rows = [
-        "| deploy | strategy | exit | wall s | tokens / asked | intact | tokens from release "
-        "| the deploy on open connections |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rounds:
-        s = r.streams[0] if r.streams else None
-        got = f"{s.tokens} / {s.asked}" if s else (r.error or "-")
-        rows.append(
-            f"| {r.key} | {r.strategy} {' '.join(r.data)} | {r.rc} | {_s(r.wall_s)} | {got} | "
-            f"{s.intact if s else '-'} | {', '.join(sorted(s.releases)) if s else '-'} | "
-            f"{'<br>'.join(r.drained) or '-'} |"
-        )
-    return "\n".join(rows)
 
 
 def render_markdown(info: Sequence[tuple[str, str]], rounds: Sequence[Round],

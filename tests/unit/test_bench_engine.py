@@ -118,6 +118,7 @@ def server() -> Iterator[tuple[int, type[_Streams]]]:
     handler = type("Handler", (_Streams,), {})
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
+    srv.handle_error = lambda *_: None  # type: ignore[method-assign]  # clients that leave early
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv.server_address[1], handler
@@ -209,3 +210,20 @@ def test_the_run_scales_down_and_measures_every_case() -> None:
     assert keys[6:] == ["without-1", "with-1", "without-2", "with-2"]
     with pytest.raises(SystemExit):
         parse_args(["--start-s", "0"])
+
+
+def test_the_report_has_every_table_whole() -> None:
+    from bench.engine_report import render_markdown
+
+    stream = stream_round("stream-bluegreen", "bluegreen", (), True, "[h] 1 connection(s) x")
+    unmeasured = Round("socket", "strategy", "socket", (), error="not measured: put failed")
+    outage = Round("without-1", "without", "socket", (), rc=0, outage_s=31.0, start=StartFigures(
+        {"weights": 5.0, "compile": 15.0}, False, 2_000_000_000))  # fmt: skip
+    text = render_markdown([("Command", "`x`")], [unmeasured, stream, outage], False, ["n"])
+    tables = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(tables) == 3 * 2 + 3  # each header and its rule line, one row per round
+    for block in text.split("\n\n"):
+        widths = {line.count("|") for line in block.splitlines() if line.startswith("|")}
+        assert len(widths) <= 1, block  # every row as wide as its header
+    assert "not measured: put failed" in text and "| 2000 |" in text
+    assert "outage: not measured (with - s, without 31.0 s" in text
