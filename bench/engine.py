@@ -29,7 +29,7 @@ from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.image import SandboxError
 from bench import engine_host, ours
 from bench.engine_load import CompletionsLoad, open_streams
-from bench.engine_report import Round, drain_lines, no_answer_s, render_markdown
+from bench.engine_report import Round, drain_lines, no_answer_s, render_markdown, stream_verdict
 from bench.fleet_cli import DEPLOY_LIMIT_S
 from bench.metrics import summarize
 from bench.models_host import ModelServerHost, Served, build_release
@@ -210,6 +210,8 @@ class EngineBench:
 
 
 def describe(r: Round) -> str:
+    if r.kind == "stream":
+        return stream_verdict(r).text
     s = r.summary
     if s is None:
         return r.error or "not measured"
