@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +230,21 @@ def test_the_report_has_every_table_whole() -> None:
         assert len(widths) <= 1, block  # every row as wide as its header
     assert "not measured: put failed" in text and "| 2000 |" in text
     assert "outage: not measured (with - s, without 31.0 s" in text
+
+
+def test_the_host_scripts_drop_pages_and_time_the_reads(tmp_path: Path) -> None:
+    """The scripts the bench runs inside the host, run here: every file under a tree (links
+    and nested folders) and a single file accepted; the read prints two timings."""
+    from bench.engine_host import _EVICT, _READ
+
+    (tmp_path / "store" / "a" / "b").mkdir(parents=True)
+    blob = tmp_path / "store" / "a" / "b" / "blob"
+    blob.write_bytes(b"x" * 3_000_000)
+    (tmp_path / "store" / "link").symlink_to(blob)
+    for script, target in ((_EVICT, tmp_path / "store"), (_EVICT, blob), (_READ, blob)):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(target)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    cold, warm = (float(v) for v in done.stdout.split())
+    assert cold >= 0 and warm >= 0
