@@ -80,11 +80,12 @@ def unprepare(address: str, *, compile_cache: bool) -> None:
 
 
 def last_start(address: str) -> StartFigures | None:
-    """The engine's last start, from the newest service error log (uvicorn's logger)."""
+    """The engine's last start, from the newest service error log (uvicorn's logger; its
+    access lines make the file too long to read whole)."""
     text = sudo(
         address,
         f"f=$(ls -t {LOG_DIR}/*error.log 2>/dev/null | head -1); "
-        '[ -n "$f" ] && tail -n 400 "$f" || true',
+        '[ -n "$f" ] && grep -a "start-up phases" "$f" | tail -n 1 || true',
         check=False,
     )
     return parse_start(text)
