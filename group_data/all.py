@@ -127,6 +127,10 @@ models_fetch_retries = 8  # failed attempts in a row on one file (backoff 1 s do
 models_space_reserve_bytes = 1024**3  # free space that must remain after the downloads
 models_gcs_url = "https://storage.googleapis.com"  # gs://: the JSON API's media download
 models_metadata_host = "metadata.google.internal"  # gs://: the VM's token (its service account)
+# Before the old process stops, the release's model files are read into the page cache, so the
+# new process loads them from memory: only what is not resident yet, and only when it fits in
+# the kernel's MemAvailable less 1 GiB (else skipped, said in the output). False: never.
+page_cache_warm = True
 
 # The NVIDIA driver (tasks/gpu.py): nothing happens on hosts without an NVIDIA GPU
 gpu_driver = "auto"  # "skip": never look at the GPU

@@ -16,7 +16,9 @@ from ai_deploy.host.outcome import (
     DeployFailed,
     HostOutcome,
 )
+from ai_deploy.host.page_cache import warm_model_files
 from ai_deploy.host.release.journal import mark_healthy, record
+from ai_deploy.host.release.laststart import record_last_start
 from ai_deploy.host.release.lease import LeasedRemote
 from ai_deploy.host.release.links import read_links
 from ai_deploy.host.release.lock import acquire_lock, release_lock
@@ -53,6 +55,7 @@ def put_in_service(remote: Remote, spec: Spec, *, host: str, have_release: bool)
         before = read_links(remote, spec)
         previous = before.current
         prepare_release(remote, spec, token, have_release)
+        warm_model_files(remote, spec)  # while the old release still serves
         keep = set(strategy.units(spec.layout))
 
         def leave_others() -> None:
@@ -61,6 +64,8 @@ def put_in_service(remote: Remote, spec: Spec, *, host: str, have_release: bool)
 
         live = strategy.go_live(remote, spec, before, leave_others)
         mark_healthy(remote, spec)
+        if live.start is not None:
+            record_last_start(remote, spec, live.start)
         record(remote, spec, "ok", live.journal)
         prune(remote, spec)
     except DeployFailed as exc:

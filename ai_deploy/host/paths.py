@@ -20,6 +20,7 @@ MODEL_STORE = "models"  # under app_root: model files stored once by sha256
 MODEL_BLOBS = "blobs"  # in the store: <sha256> and <sha256>.verified
 MODEL_PARTIALS = ".partial"  # in the store: downloads under way, <sha256>.part
 CACHE_DIR = "cache"  # under app_root, unless app_cache_dir names another directory
+LAST_START = "last-start.json"  # under app_root: the last start that passed the gate
 # What the deploy keeps directly under app_root: a cache directory may not be one of them.
 APP_TREE_NAMES = (
     "releases",
@@ -34,6 +35,7 @@ APP_TREE_NAMES = (
     LOCK_DIR,
     ".env",
     "revisions.log",
+    LAST_START,
 )
 
 
@@ -105,6 +107,13 @@ class Layout:
     @property
     def revisions(self) -> str:
         return f"{self.root}/revisions.log"
+
+    @property
+    def last_start(self) -> str:
+        """last-start.json: the last start that passed the gate, as JSON with `release`,
+        `strategy`, `outage_s` (null when the old release served throughout), `start_s` and
+        `at` (ai_deploy.host.release.laststart writes it)."""
+        return f"{self.root}/{LAST_START}"
 
     # --- the model store (ai_deploy.host.release.models; unquoted *_dir: for the fetcher's job)
     @property

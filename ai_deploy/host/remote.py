@@ -5,6 +5,7 @@ on a real host and, in tests, by a Remote that runs the same shell on a temporar
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,3 +63,13 @@ class PyinfraRemote:
 def tail(lines: list[str], n: int = 15) -> str:
     """The last N lines, indented, for an error message."""
     return "\n".join(f"    {line}" for line in lines[-n:])
+
+
+def write_script(q: str, data: bytes, mode: str) -> str:
+    """Shell writing DATA to the file Q (a path quoted for the shell, as Layout gives them; mode
+    MODE, root's), atomically: a reader sees the old file or the new one, never a part."""
+    blob = base64.b64encode(data).decode()
+    return (
+        f"printf '%s' {blob} | base64 -d > {q}.tmp && chmod {mode} {q}.tmp && "
+        f"chown root:root {q}.tmp && mv -f {q}.tmp {q}"
+    )

@@ -69,6 +69,7 @@ class Spec:
     models_reserve_bytes: int
     models_gcs_url: str
     models_metadata_host: str
+    page_cache_warm: bool  # model files read into the page cache before the switch
     # this run
     action: str = "deploy"  # deploy | rollback | restart
     release_id: str = ""
@@ -132,6 +133,7 @@ class Spec:
             models_reserve_bytes=int(get("models_space_reserve_bytes")),
             models_gcs_url=str(get("models_gcs_url")),
             models_metadata_host=str(get("models_metadata_host")),
+            page_cache_warm=flag(get("page_cache_warm")),
             **run,
         )
 

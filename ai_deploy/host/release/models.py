@@ -40,6 +40,7 @@ from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.paths import MODEL_BLOBS, MODEL_STORE, Layout
 from ai_deploy.host.release.lock import LEASE_FILE
 from ai_deploy.host.remote import Remote, tail
+from ai_deploy.host.remote import write_script as _write
 from ai_deploy.host.settings import Spec
 
 RECORD = ".ai-deploy-models.json"
@@ -83,16 +84,6 @@ def _job(spec: Spec, token: str) -> dict[str, object]:
         "reserve_bytes": spec.models_reserve_bytes,
         "run": token,
     }
-
-
-def _write(path: str, data: bytes, mode: str) -> str:
-    """Shell writing DATA to PATH (mode MODE, root's), atomically."""
-    blob = base64.b64encode(data).decode()
-    q = shlex.quote(path)
-    return (
-        f"printf '%s' {blob} | base64 -d > {q}.tmp && chmod {mode} {q}.tmp && "
-        f"chown root:root {q}.tmp && mv -f {q}.tmp {q}"
-    )
 
 
 def ensure_models(remote: Remote, spec: Spec, workdir: str, *, fresh: bool = False) -> None:
@@ -256,7 +247,8 @@ def _link(remote: Remote, spec: Spec, workdir: str, fresh: bool) -> None:
         script.append(f"rm -rf -- {shlex.quote(record)}")
     script.append(
         f"printf '%s' {base64.b64encode(data).decode()} | base64 -d | "
-        f"cmp -s - {shlex.quote(record)} 2>/dev/null || {{ {_write(record, data, '0644')}; }}"
+        f"cmp -s - {shlex.quote(record)} 2>/dev/null || "
+        f"{{ {_write(shlex.quote(record), data, '0644')}; }}"
     )
     done = remote.run("\n".join(script))
     if not done.ok:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from ai_deploy.host.facts import AppTree
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.paths import Layout
+from ai_deploy.host.release.laststart import Start
 from ai_deploy.host.release.links import Links
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
@@ -31,10 +32,12 @@ class UnitFile:
 
 @dataclass(frozen=True)
 class Live:
-    """A release went live: a one-line summary and the revisions.log detail."""
+    """A release went live: a one-line summary, the revisions.log detail, and how long its
+    start took (the gate records it at Layout.last_start)."""
 
     summary: str
     journal: str
+    start: Start | None = None
 
 
 Leave = Callable[[], None]

@@ -24,6 +24,7 @@ from ai_deploy.host.release.health import (
     wait_healthy,
     warn_unhealthy,
 )
+from ai_deploy.host.release.laststart import Start
 from ai_deploy.host.release.links import Links, set_links
 from ai_deploy.host.release.venv import ensure_release_venv
 from ai_deploy.host.remote import Remote
@@ -244,6 +245,7 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
     unit = spec.layout.colour_unit(idle)
     stop_first = live is not None and _stop_live_first(remote, spec, live, idle, before)
     _point_colour(remote, spec, idle, target)
+    began = time.monotonic()  # the start, or the stop of the live colour that makes room
     if live is not None and stop_first:
         remote.run(f"systemctl stop {shlex.quote(spec.layout.colour_unit(live))}")
     remote.say(f"starting release {target} as {idle} on 127.0.0.1:{port} (live: {live or 'none'})")
@@ -276,6 +278,9 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
             journal=f"never-in-service colour={idle} reason={health.reason!r}",
         )
     remote.say(health.reason)
+    took = time.monotonic() - began
+    start = Start(target, name, took if live is not None and stop_first else None, took)
+    remote.say(start.line())
     try:
         # Before the in-place units are left: a config nginx refuses must not cost the port.
         _stage_route(remote, spec, idle, port)
@@ -304,6 +309,7 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
         f"{spec.action} of {target} healthy (blue/green: {idle} live{how})",
         f"previous={before.current or '-'} colour={idle}"
         + (" gpu-memory-short=stopped-first" if stop_first else ""),
+        start,
     )
 
 

@@ -1,15 +1,18 @@
 """The change shared by the in-place strategies (restart, socket): switch `current`, stop the
 one service looking at the connections it holds (drain_mode), restart it behind the health
-gate, and on failure switch back to the previous release, which must be healthy again."""
+gate, and on failure switch back to the previous release, which must be healthy again. The
+outage, from the stop to the new process passing the gate, is said as a number."""
 
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Callable
 
-from ai_deploy.host.drain import stop_draining
+from ai_deploy.host.drain import main_pid, stop_draining
 from ai_deploy.host.outcome import SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.release.health import Health, wait_healthy, warn_unhealthy
+from ai_deploy.host.release.laststart import Start
 from ai_deploy.host.release.links import Links, set_links
 from ai_deploy.host.release.venv import ensure_release_venv
 from ai_deploy.host.remote import Remote
@@ -34,6 +37,8 @@ def go_live_in_place(
     restart counter afterwards (for the health gate)."""
     target = spec.release_id
     set_links(remote, spec, before.after_switch_to(target))
+    serving = main_pid(remote, spec.service) != 0  # else nothing is cut off by the stop
+    stop_began = time.monotonic()
     stopped = stop_draining(
         remote, spec.service, spec.port, timeout_s=spec.drain_timeout_s, mode=spec.drain_mode
     )
@@ -43,9 +48,14 @@ def go_live_in_place(
     health = _restart_healthy(remote, spec, restart)
     if health.ok:
         remote.say(health.reason)
+        took = time.monotonic() - stop_began
+        start = Start(target, name, took if serving else None, took)
+        remote.say(start.line())
         drained = f" {stopped.journal}" if stopped and stopped.open_at_stop else ""
         return Live(
-            f"{spec.action} of {target} healthy", f"previous={before.current or '-'}{drained}"
+            f"{spec.action} of {target} healthy",
+            f"previous={before.current or '-'}{drained}",
+            start,
         )
     warn_unhealthy(remote, spec, health)
     if before.current == target and target in before.healthy:
