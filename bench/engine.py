@@ -29,7 +29,15 @@ from ai_deploy.sandbox import hosts
 from ai_deploy.sandbox.image import SandboxError
 from bench import engine_host, ours
 from bench.engine_load import CompletionsLoad, open_streams
-from bench.engine_report import Round, drain_lines, no_answer_s, render_markdown, stream_verdict
+from bench.engine_report import (
+    DRAIN_WORDS,
+    PREP_WORDS,
+    Round,
+    no_answer_s,
+    render_markdown,
+    said_lines,
+    stream_verdict,
+)
 from bench.fleet_cli import DEPLOY_LIMIT_S
 from bench.metrics import summarize
 from bench.models_host import ModelServerHost, Served, build_release
@@ -129,7 +137,9 @@ class EngineBench:
             *DATA,
             *data,
             timeout=DEPLOY_LIMIT_S,
-            echo=lambda line: log(f"    {line}") if "connection" in line else None,
+            echo=lambda line: (
+                log(f"    {line}") if said_lines(line, DRAIN_WORDS + PREP_WORDS) else None
+            ),
         )
         logs = self.args.out / "engine-logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -152,7 +162,8 @@ class EngineBench:
         if kind in ("with", "without"):
             engine_host.unprepare(self.address, compile_cache=kind == "without")
         cmd = self._under_stream(r) if kind == "stream" else self._under_load(r)
-        r.rc, r.wall_s, r.drained = cmd.rc, cmd.wall_s, drain_lines(cmd.output)
+        r.rc, r.wall_s, r.drained = cmd.rc, cmd.wall_s, said_lines(cmd.output)
+        r.prepared = said_lines(cmd.output, PREP_WORDS)
         r.host_outage_s = engine_host.recorded_outage(self.address, r.release)
         r.start = engine_host.last_start(self.address)
         return r

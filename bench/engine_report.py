@@ -54,9 +54,13 @@ def no_answer_s(records: Sequence[RequestRecord], start: float, end: float) -> f
     return max(b - a for a, b in itertools.pairwise(marks))
 
 
-def drain_lines(output: str) -> list[str]:
-    """The deploy's own lines about the connections open at the stop or switch."""
-    return [line.strip() for line in output.splitlines() if any(w in line for w in DRAIN_WORDS)][:8]
+PREP_WORDS = ("page cache:", "] outage ", "] start ")  # its preparation and the outage line
+
+
+def said_lines(output: str, words: Sequence[str] = DRAIN_WORDS) -> list[str]:
+    """The deploy's own lines with one of WORDS (by default: about the connections open at
+    the stop or switch)."""
+    return [line.strip() for line in output.splitlines() if any(w in line for w in words)][:8]
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Round:
     start: StartFigures | None = None
     streams: list[StreamResult] = field(default_factory=list)
     drained: list[str] = field(default_factory=list)
+    prepared: list[str] = field(default_factory=list)  # page cache and outage lines
     error: str | None = None
 
     @property
@@ -98,6 +103,7 @@ class Round:
             "start": vars(self.start) if self.start else None,
             "streams": [s.as_dict() for s in self.streams],
             "drain_lines": self.drained,
+            "preparation_lines": self.prepared,
             "error": self.error,
         }
 
@@ -160,7 +166,8 @@ def stream_table(rounds: Sequence[Round]) -> str:
 
 def outage_table(rounds: Sequence[Round]) -> str:
     head = ("deploy", "preparation", "exit", "no answer s (clients)", "outage s (host)",
-            "weights s", "compile s", "compile cache hit", "start s", "weights MB")  # fmt: skip
+            "weights s", "compile s", "compile cache hit", "start s", "weights MB",
+            "the deploy on preparation and outage")  # fmt: skip
     rows: list[Sequence[object]] = []
     for r in rounds:
         f = r.start
@@ -169,7 +176,7 @@ def outage_table(rounds: Sequence[Round]) -> str:
             r.key, r.kind, r.rc, _s(r.outage_s), _s(r.host_outage_s),
             _s(phases.get("weights")), _s(phases.get("compile")),
             f.compile_cache_hit if f else "-", _s(f.total_s if f else None),
-            f"{f.weights_bytes / 1e6:.0f}" if f else "-",
+            f"{f.weights_bytes / 1e6:.0f}" if f else "-", "<br>".join(r.prepared) or "-",
         ))  # fmt: skip
     return _table(head, rows)
 

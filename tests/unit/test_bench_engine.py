@@ -20,12 +20,13 @@ from bench.engine import parse_args, plan
 from bench.engine_host import engine_env
 from bench.engine_load import COMPLETION, CompletionsLoad, StreamResult, TokenStream
 from bench.engine_report import (
+    PREP_WORDS,
     Round,
     StartFigures,
-    drain_lines,
     no_answer_s,
     outage_verdict,
     parse_start,
+    said_lines,
     stream_verdict,
 )
 from testkit.load import OK, REFUSED, RequestRecord
@@ -74,10 +75,12 @@ def test_only_the_deploys_lines_on_open_connections_are_kept() -> None:
         "[h] No changes\n"
         "[h] drain_mode=cut: cutting 1 connection(s) open on port 8000\n"
     )
-    assert drain_lines(out) == [
+    assert said_lines(out) == [
         "[h] 1 connection(s) open at the switch, drained in 118.2 s",
         "[h] drain_mode=cut: cutting 1 connection(s) open on port 8000",
     ]
+    prep = "[h] page cache: read 2147.5 MB of release r's model files\n[h] outage 12.3 s: from"
+    assert said_lines(out + prep, PREP_WORDS) == prep.splitlines()
 
 
 class _Streams(http.server.BaseHTTPRequestHandler):
