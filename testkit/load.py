@@ -61,6 +61,19 @@ class Answer:
 def http_get(address: str, port: int, path: str, timeout: float) -> Answer:
     """GET http://ADDRESS:PORT/PATH on a fresh connection, the whole exchange within TIMEOUT
     seconds; never raises for network errors (the status says what happened)."""
+    return http_request(address, port, path, timeout)
+
+
+def http_request(
+    address: str,
+    port: int,
+    path: str,
+    timeout: float,
+    *,
+    method: str = "GET",
+    json_body: bytes = b"",
+) -> Answer:
+    """As http_get, with METHOD and, when given, JSON_BODY sent as application/json."""
     check_address(address)
     deadline = time.monotonic() + timeout
     conn = http.client.HTTPConnection(address, port, timeout=timeout)
@@ -68,7 +81,10 @@ def http_get(address: str, port: int, path: str, timeout: float) -> Answer:
         conn.connect()
         assert conn.sock is not None
         conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
-        conn.request("GET", path, headers={"Connection": "close"})
+        headers = {"Connection": "close"}
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=json_body or None, headers=headers)
         conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
         response = conn.getresponse()
         body = response.read()

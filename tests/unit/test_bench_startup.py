@@ -34,3 +34,23 @@ def test_not_root_is_refused_naming_why(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert startup.start("a sandbox host") is False
     assert "boots a sandbox host: run it as root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("raised", "rc", "note"),
+    [(None, 0, None), (KeyboardInterrupt(), 130, "interrupted"), (OSError("disk"), 1, "disk")],
+)
+def test_the_hosts_go_on_every_exit_of_a_run(
+    raised: BaseException | None, rc: int, note: str | None
+) -> None:
+    downs: list[str] = []
+    logged: list[str] = []
+
+    def body() -> None:
+        if raised is not None:
+            raise raised
+
+    got_rc, notes = startup.run_guarded(body, lambda: downs.append("down"), logged.append)
+    assert got_rc == rc and downs == ["down"]
+    assert (notes == []) if note is None else (note in notes[0])
+    assert bool(logged) == (rc == 1)  # an error is logged with its traceback
