@@ -318,6 +318,9 @@ class UpSampler:
                 return
 
     def fewest_up(self, start: float = 0.0, end: float = float("inf")) -> int:
-        """The fewest hosts in service at any sample between START and END (0: none taken)."""
-        counts = [len(s.up) for s in self.samples if start <= s.at <= end]
-        return min(counts, default=0)
+        return fewest_up(self.samples, start, end)
+
+
+def fewest_up(samples: Sequence[Sample], start: float = 0.0, end: float = float("inf")) -> int:
+    """The fewest hosts in service at a sample from START to END (0 when none was taken)."""
+    return min((len(s.up) for s in samples if start <= s.at <= end), default=0)

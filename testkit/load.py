@@ -58,9 +58,12 @@ class Answer:
     error: str = ""
 
 
-def http_get(address: str, port: int, path: str, timeout: float) -> Answer:
-    """GET http://ADDRESS:PORT/PATH on a fresh connection, the whole exchange within TIMEOUT
-    seconds; never raises for network errors (the status says what happened)."""
+def http_get(
+    address: str, port: int, path: str, timeout: float, body: bytes | None = None
+) -> Answer:
+    """GET http://ADDRESS:PORT/PATH (a POST of BODY, JSON, when given) on a fresh connection,
+    the whole exchange within TIMEOUT seconds; never raises for network errors (the status
+    says what happened)."""
     check_address(address)
     deadline = time.monotonic() + timeout
     conn = http.client.HTTPConnection(address, port, timeout=timeout)
@@ -68,7 +71,11 @@ def http_get(address: str, port: int, path: str, timeout: float) -> Answer:
         conn.connect()
         assert conn.sock is not None
         conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
-        conn.request("GET", path, headers={"Connection": "close"})
+        if body is None:
+            conn.request("GET", path, headers={"Connection": "close"})
+        else:
+            headers = {"Connection": "close", "Content-Type": "application/json"}
+            conn.request("POST", path, body=body, headers=headers)
         conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
         response = conn.getresponse()
         body = response.read()
@@ -99,7 +106,7 @@ def _variant(body: bytes) -> str | None:
 
 class LoadGenerator:
     """RATE requests per second to http://ADDRESS:PORT/PATH from `start()` until `stop()` or
-    MAX_DURATION seconds, whichever comes first."""
+    MAX_DURATION seconds, whichever comes first; POSTs of BODY when it is given."""
 
     def __init__(
         self,
@@ -110,6 +117,7 @@ class LoadGenerator:
         rate: float = 20.0,
         timeout: float = 2.0,
         max_duration: float = 300.0,
+        body: bytes | None = None,
     ) -> None:
         if rate <= 0 or timeout <= 0 or max_duration <= 0:
             raise ValueError("rate, timeout and max_duration must be positive")
@@ -119,6 +127,7 @@ class LoadGenerator:
         self.rate = rate
         self.timeout = timeout
         self.max_duration = max_duration
+        self.body = body
         self.records: list[RequestRecord] = []
         self.t0 = 0.0
         self._stop = threading.Event()
@@ -166,7 +175,8 @@ class LoadGenerator:
 
     def _one(self, seq: int, scheduled: float) -> None:
         start = self.now()
-        answer = http_get(self.address, self.port, f"{self.path}?q=bench-{seq}", self.timeout)
+        path = f"{self.path}?q=bench-{seq}"
+        answer = http_get(self.address, self.port, path, self.timeout, self.body)
         end = self.now()
         variant = _variant(answer.body) if answer.status == OK else None
         self.records.append(

@@ -7,6 +7,7 @@ host it took out, and leaves no process, config or socket behind, a failing bloc
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from testkit.lb import Backend, HealthCheck, LoadBalancer, UpSampler, free_port, haproxy
+from testkit.lbtraffic import LbTraffic
 
 pytestmark = pytest.mark.e2e
 CHECK = HealthCheck(interval_s=0.2, threshold=2)
@@ -34,6 +36,7 @@ class FakeHost:
     service_port: int
     health_port: int
     health: int = 200
+    cut_streams_after: int = 0  # tokens a stream gets before its connection closes (0: all)
     hits: list[str] = field(default_factory=list)
     servers: list[ThreadingHTTPServer] = field(default_factory=list)
 
@@ -61,10 +64,14 @@ class FakeHost:
                     self.send_response(200)
                     self.end_headers()  # no length: the stream ends when the server closes
                     for i in range(10):
-                        self.wfile.write(f"data: {i}\n".encode())
+                        event = {"index": i, "release": host.name}
+                        self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                         self.wfile.flush()
+                        if i + 1 == host.cut_streams_after:
+                            self.close_connection = True
+                            return
                         time.sleep(0.2)
-                    self.wfile.write(b"data: [DONE]\n")
+                    self.wfile.write(b"data: [DONE]\n\n")
                     self.close_connection = True
                     return
                 self._answer(200, host.name.encode())
@@ -167,8 +174,42 @@ def test_a_stream_open_on_a_host_taken_out_finishes(hosts: list[FakeHost]) -> No
         lb.wait_for([], timeout=10)
         rest = reply.read().decode()
         conn.close()
-    assert first == b"data: 0\n"
-    assert rest.endswith("data: [DONE]\n"), rest
+    assert first.startswith(b"data: {")
+    assert rest.endswith("data: [DONE]\n\n"), rest
+
+
+def test_traffic_counts_what_failed_and_what_was_cut_and_who_was_up(
+    hosts: list[FakeHost],
+) -> None:
+    """Through the load balancer: a host taken out by its check costs no request; a host that
+    refuses connections before its check fails costs some; a stream cut on a host counts."""
+    with haproxy(backends(hosts), check_for(hosts)) as lb:
+        lb.wait_for(["h1", "h2", "h3"], timeout=10)
+        traffic = LbTraffic(lb, rate=30, timeout=5, max_duration=60, sample_every_s=0.05).start()
+        drained = traffic.open_streams(3, tokens=10, interval=0.2)
+        hosts[0].health = 503
+        lb.wait_for(["h2", "h3"], timeout=10)
+        time.sleep(0.5)
+        taken_out = traffic.now()
+        hosts[0].health = 200
+        lb.wait_for(["h1", "h2", "h3"], timeout=10)
+        clean = traffic.load.stop()  # nothing failed while h1 went out and back
+        traffic.wait_streams(30)
+        for fake in hosts:
+            fake.cut_streams_after = 3
+        cut = traffic.open_streams(2, tokens=10, interval=0.2)
+        hosts[1].stop_service()  # refused, and HAProxy still sends h2 its turn
+        late = LbTraffic(lb, rate=30, timeout=5, max_duration=1).start()
+        late.load.wait(10)
+        refused = late.stop()
+        result = traffic.stop()
+    assert [r for r in clean if not r.ok] == [] and len(clean) > 30
+    assert result.fewest_up() == 2 and result.fewest_up(0, taken_out) == 2
+    assert max(len(s.up) for s in result.samples) == 3
+    assert all(s.done and s.tokens == 10 and len(s.releases) == 1 for s in drained), drained
+    assert result.cut == cut and [s.tokens for s in cut] == [3, 3]
+    assert {r.code for r in refused.failed} == {503} and 0 < len(refused.failed) < 30
+    assert "streams cut" in result.describe()
 
 
 def _gone(lb: LoadBalancer) -> None:
