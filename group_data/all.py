@@ -87,6 +87,19 @@ gpu_memory_needed_mib = None
 # before anything changes (the live colour keeps serving).
 gpu_memory_when_short = "restart"
 
+# A fleet behind a load balancer (README: "Behind a load balancer"). lb_drain: before a host's
+# service stops or switches, the host answers lb_health_path with 503 (drained), the deploy
+# waits lb_drain_wait_s for the load balancer to see it, then for the requests in flight (at
+# most drain_timeout_s); once the release passes the gate it answers 200 again and the deploy
+# waits lb_drain_wait_s more. nginx answers lb_health_path on every strategy: with socket and
+# restart it takes app_port and the app listens on 127.0.0.1:lb_upstream_port. Keep-alive of
+# nginx and uvicorn is then 620 s, above a GCP backend service's 600 s.
+lb_drain = False
+lb_health_path = "/lb-health"  # 200: in service and health_path answers 200; 503: drained or not
+lb_health_port = None  # None: app_port (another port: nginx answers only lb_health_path there)
+lb_drain_wait_s = 12  # the load balancer's check interval x threshold, plus a margin
+lb_upstream_port = None  # socket / restart with lb_drain: the app's port (None: app_port + 10000)
+
 # Releases, health gate, lock
 releases_keep = 5  # newest releases kept; current and previous are never removed
 health_path = "/health"

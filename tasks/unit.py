@@ -14,6 +14,7 @@ from ai_deploy.host import strategies
 from ai_deploy.host.cache import cache_environment, unit_environment
 from ai_deploy.host.drain import unit_drain_values
 from ai_deploy.host.paths import UNIT_DIR, Layout
+from ai_deploy.host.strategies.nginx import keep_alive_s
 from ai_deploy.project import template
 
 
@@ -40,6 +41,7 @@ def _common() -> dict[str, object]:
         "environment": unit_environment(cache_environment(layout, d.app_cache_env)),
         "gpu_devices": list(d.unit_gpu_devices),
         "socket": False,
+        "keep_alive_s": keep_alive_s(d),  # lb_drain: above the load balancer's own
     }
 
 

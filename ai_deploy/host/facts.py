@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from ai_deploy.host.paths import ARTIFACT_SHA256, LOCK_DIR, Layout
+from ai_deploy.host.paths import ARTIFACT_SHA256, LB_FRONT_MARK, LOCK_DIR, Layout
 from ai_deploy.host.release.venv import venv_lines
 from ai_deploy.host.remote import Remote
 
@@ -32,6 +32,7 @@ class AppTree:
     units: dict[str, str] = field(default_factory=dict)  # unit -> `systemctl is-active`
     live: str | None = None  # blue/green: the colour nginx sends traffic to
     nginx_site: bool = False  # blue/green: our site is enabled in nginx
+    lb_front: bool = False  # socket / restart with lb_drain: that site is nginx's lb front
 
     def is_healthy(self, release: str) -> bool:
         """RELEASE passed the health gate (and was not replaced by other bytes since)."""
@@ -76,6 +77,7 @@ fi
 for u in {units}; do echo "unit $u $(systemctl is-active "$u" 2>/dev/null || true)"; done
 [ -f {r}/colors/LIVE ] && echo "live $(cat {r}/colors/LIVE)"
 [ -e {shlex.quote(layout.nginx_site)} ] && echo "nginx_site yes"
+grep -qs {shlex.quote("^" + LB_FRONT_MARK)} {shlex.quote(layout.nginx_site)} && echo "lb_front yes"
 true
 """
 
@@ -114,6 +116,8 @@ def parse_tree(lines: list[str]) -> AppTree:
             tree.live = rest.strip() or None
         elif kind == "nginx_site":
             tree.nginx_site = True
+        elif kind == "lb_front":
+            tree.lb_front = True
     return tree
 
 

@@ -15,6 +15,8 @@ LOCK_DIR = ".deploy.lock"
 UNIT_DIR = "/etc/systemd/system"
 NGINX_SITES_AVAILABLE = "/etc/nginx/sites-available"
 NGINX_SITES_ENABLED = "/etc/nginx/sites-enabled"
+# The first words of a line that marks our nginx site as the lb front (templates/ai-server.nginx.j2)
+LB_FRONT_MARK = "# ai-deploy: lb front"
 COLOURS = ("blue", "green")
 MODEL_STORE = "models"  # under app_root: model files stored once by sha256
 MODEL_BLOBS = "blobs"  # in the store: <sha256> and <sha256>.verified
@@ -177,6 +179,13 @@ class Layout:
     @property
     def nginx_site_available(self) -> str:
         return f"{NGINX_SITES_AVAILABLE}/{self.app_name}"
+
+    # --- behind a load balancer (lb_drain) ---
+    @property
+    def lb_drained(self) -> str:
+        """The flag that makes nginx answer lb_health_path with 503 (under /run: a reboot
+        clears it, and the host is then in service as soon as its app is healthy)."""
+        return f"/run/{self.app_name}.lb-drained"
 
 
 def revisions_line(

@@ -60,6 +60,12 @@ class Spec:
     # what happens when it does not fit ("restart": the live colour stops first; "refuse")
     gpu_memory_needed_mib: int | None
     gpu_memory_when_short: str
+    # behind a load balancer (ai_deploy.host.lbdrain): drain through lb_health_path first
+    lb_drain: bool
+    lb_health_path: str
+    lb_health_port: int  # app_port unless set
+    lb_drain_wait_s: float
+    lb_upstream_port: int  # socket / restart with lb_drain: where the app listens (127.0.0.1)
     # model files (ai_deploy.host.release.models)
     app_group: str
     models_allow_http: bool
@@ -124,6 +130,11 @@ class Spec:
             nginx_upstream=str(get("bluegreen_upstream")),
             gpu_memory_needed_mib=_optional_int(get("gpu_memory_needed_mib")),
             gpu_memory_when_short=str(get("gpu_memory_when_short")),
+            lb_drain=flag(get("lb_drain")),
+            lb_health_path=str(get("lb_health_path")),
+            lb_health_port=int(get("lb_health_port") or get("app_port")),
+            lb_drain_wait_s=float(get("lb_drain_wait_s")),
+            lb_upstream_port=lb_upstream_port(get("app_port"), get("lb_upstream_port")),
             app_group=str(get("app_group")),
             models_allow_http=flag(get("models_allow_http")),
             models_fetch_timeout_s=float(get("models_fetch_timeout_s")),
@@ -174,6 +185,12 @@ def setting_reader(data: Any) -> Callable[[str], Any]:
         return fallback[name]
 
     return get
+
+
+def lb_upstream_port(app_port: Any, setting: Any) -> int:
+    """Where the app listens behind nginx's front with lb_drain (socket, restart): the setting,
+    else app_port + 10000."""
+    return int(setting) if setting else int(app_port) + 10_000
 
 
 def flag(value: Any) -> bool:

@@ -126,6 +126,25 @@ def _drain_seconds(value: str) -> str | None:
     return None if ok else "whole seconds from 1 to 86400 (a day), e.g. 300"
 
 
+def _nginx_path(value: str) -> str | None:
+    # Rendered into nginx's `location = PATH`: nothing nginx would read as syntax.
+    ok = re.fullmatch(r"/[A-Za-z0-9._~/-]*", value) is not None and _clean_parts(value)
+    return None if ok else "a URL path of letters, digits and . _ ~ - / (e.g. /lb-health)"
+
+
+def _tcp_port(value: str) -> str | None:
+    ok = value.isdigit() and 1 <= int(value) <= 65_535
+    return None if ok else "a TCP port from 1 to 65535"
+
+
+def _wait_seconds(value: str) -> str | None:
+    try:
+        ok = 0 <= float(value) <= 3600
+    except ValueError:
+        ok = False
+    return None if ok else "seconds from 0 to 3600, e.g. 12"
+
+
 def _http_status(value: str) -> str | None:
     ok = value.isdigit() and 100 <= int(value) <= 599
     return None if ok else "an HTTP status from 100 to 599, e.g. 200"
@@ -194,6 +213,10 @@ SCALAR_RULES: dict[str, Callable[[str], str | None]] = {
     ),
     "gpu_driver_branch": _token,
     "drain_timeout_s": _drain_seconds,
+    "lb_health_path": _nginx_path,
+    "lb_health_port": _tcp_port,
+    "lb_upstream_port": _tcp_port,
+    "lb_drain_wait_s": _wait_seconds,
 }
 COLLECTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "unit_gpu_devices": _each(_device),

@@ -39,10 +39,15 @@ NUMBERS = frozenset(
         "gpu_reboot_timeout_s",
         "rollout_wait_s",
         "models_fetch_timeout_s",
+        "lb_drain_wait_s",
     }
 )
 # What a setting whose default is None holds when set (a string unless named here).
-OPTIONAL_KINDS: dict[str, str] = {"gpu_memory_needed_mib": "int"}
+OPTIONAL_KINDS: dict[str, str] = {
+    "gpu_memory_needed_mib": "int",
+    "lb_health_port": "int",
+    "lb_upstream_port": "int",
+}
 
 _OPS: dict[type, Any] = {
     ast.Add: operator.add,

@@ -14,7 +14,7 @@ from io import StringIO
 from typing import Any, NoReturn
 
 from ai_deploy.host import gpu_memory
-from ai_deploy.host.drain import Drained, stop_timeout_s, wait_drained
+from ai_deploy.host.drain import Drained, wait_drained
 from ai_deploy.host.facts import AppTree
 from ai_deploy.host.outcome import FAILED, SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.paths import COLOURS, Layout
@@ -29,9 +29,9 @@ from ai_deploy.host.release.venv import ensure_release_venv
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
 from ai_deploy.host.strategies.base import Leave, Live, UnitFile, must
+from ai_deploy.host.strategies.nginx import nginx_installed, site_rendered
 
 name = "bluegreen"
-NGINX_HARDENING = "/etc/systemd/system/nginx.service.d/ai-deploy-hardening.conf"
 
 
 def unit_files(data: Any) -> list[UnitFile]:
@@ -50,42 +50,11 @@ def boot_units(layout: Layout) -> list[str]:
 def prepare_host(data: Any) -> None:
     """nginx from the distribution, our site (not yet enabled), the colours' ports."""
     from pyinfra import host
-    from pyinfra.facts.deb import DebPackages
     from pyinfra.facts.files import File
-    from pyinfra.operations import apt, files, server, systemd
-
-    from ai_deploy.project import template
+    from pyinfra.operations import files
 
     blue_port, green_port = (int(p) for p in data.bluegreen_ports)
-    layout = Layout.from_data(data)
-    # Before nginx is installed, so that the package's first start is already hardened.
-    hardening = files.template(
-        name="Ensure nginx runs hardened (systemd drop-in)",
-        src=template("nginx-ai-deploy-hardening.conf.j2"),
-        dest=NGINX_HARDENING,
-        mode="644",
-        create_remote_dir=True,
-        log_dir=data.app_log_dir,
-    )
-    systemd.daemon_reload(name="Reload systemd: nginx's drop-in changed", _if=hardening.did_change)
-    if "nginx" not in host.get_fact(DebPackages):
-        apt.packages(
-            name="Ensure nginx is installed (blue/green proxy)",
-            packages=["nginx"],
-            update=True,
-            cache_time=86400,
-        )
-    # A running nginx takes new sandbox settings only when it starts again (not on reload).
-    server.shell(
-        name="Restart nginx, if it runs, under the changed drop-in",
-        commands=["systemctl try-restart nginx.service"],
-        _if=hardening.did_change,
-    )
-    files.link(
-        name="Ensure nginx's default site (port 80) is off",
-        path="/etc/nginx/sites-enabled/default",
-        present=False,
-    )
+    nginx_installed(data)
     upstream = data.bluegreen_upstream
     if not host.get_fact(File, path=upstream):
         files.put(
@@ -94,18 +63,7 @@ def prepare_host(data: Any) -> None:
             dest=upstream,
             mode="644",
         )
-    files.template(
-        name="Ensure the nginx site for blue/green is rendered",
-        src=template("ai-server.nginx.j2"),
-        dest=layout.nginx_site_available,
-        mode="644",
-        app_name=data.app_name,
-        upstream=upstream,
-        host=data.app_host,
-        port=data.app_port,
-        log_dir=data.app_log_dir,
-        read_timeout_s=stop_timeout_s(data.drain_timeout_s),
-    )
+    site_rendered(data, front=None, what="blue/green")
     files.directory(
         name="Ensure the colours directory exists",
         path=f"{data.app_root}/colors",
@@ -130,6 +88,7 @@ def is_steady(tree: AppTree, layout: Layout) -> bool:
         and "nginx.service" in active
         and layout.service not in active
         and layout.socket not in active
+        and not tree.lb_front
     )
 
 

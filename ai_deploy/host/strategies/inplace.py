@@ -14,6 +14,7 @@ from ai_deploy.host.release.links import Links, set_links
 from ai_deploy.host.release.venv import ensure_release_venv
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
+from ai_deploy.host.strategies import front
 from ai_deploy.host.strategies.base import Live
 
 
@@ -24,7 +25,7 @@ def _restart_healthy(remote: Remote, spec: Spec, restart: Callable[[], int]) -> 
         baseline = restart()
     except DeployFailed as exc:
         return Health(False, str(exc))
-    return wait_healthy(remote, spec, baseline)
+    return wait_healthy(remote, spec, baseline, port=front.app_port(spec))
 
 
 def go_live_in_place(
@@ -35,7 +36,11 @@ def go_live_in_place(
     target = spec.release_id
     set_links(remote, spec, before.after_switch_to(target))
     stopped = stop_draining(
-        remote, spec.service, spec.port, timeout_s=spec.drain_timeout_s, mode=spec.drain_mode
+        remote,
+        spec.service,
+        front.app_port(spec),
+        timeout_s=spec.drain_timeout_s,
+        mode=spec.drain_mode,
     )
     if stopped is not None:
         remote.say(stopped.message(spec.service, spec.drain_mode))

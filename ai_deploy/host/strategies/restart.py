@@ -1,5 +1,6 @@
 """restart: ai-server.service binds the public port itself; a restart refuses connections while
-the new process loads (what the hand-written deploy did)."""
+the new process loads (what the hand-written deploy did). With lb_drain, nginx's lb front holds
+the public port and the service listens on loopback behind it (ai_deploy.host.strategies.front)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ai_deploy.host.release.health import restart_service
 from ai_deploy.host.release.links import Links
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
+from ai_deploy.host.strategies import front
 from ai_deploy.host.strategies.base import Leave, Live, UnitFile, is_active, remove_unit_file
 from ai_deploy.host.strategies.inplace import go_live_in_place
 
@@ -19,7 +21,9 @@ name = "restart"
 
 
 def unit_files(data: Any) -> list[UnitFile]:
-    return [UnitFile("ai-server.service.j2", f"{data.app_name}.service", {"socket": False})]
+    host, port = front.listen(data)
+    context = {"socket": False, "host": host, "port": port}
+    return [UnitFile("ai-server.service.j2", f"{data.app_name}.service", context)]
 
 
 def units(layout: Layout) -> list[str]:
@@ -27,7 +31,7 @@ def units(layout: Layout) -> list[str]:
 
 
 def prepare_host(data: Any) -> None:
-    return None
+    front.prepare_host(data)
 
 
 def boot_units(layout: Layout) -> list[str]:
@@ -36,12 +40,18 @@ def boot_units(layout: Layout) -> list[str]:
 
 def is_steady(tree: AppTree, layout: Layout) -> bool:
     active = tree.active_units()
-    return layout.service in active and layout.socket not in active and not tree.nginx_site
+    return (
+        layout.service in active
+        and layout.socket not in active
+        and tree.nginx_site == tree.lb_front
+        and (not tree.lb_front or "nginx.service" in active)
+    )
 
 
 def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> Live:
     def take_port() -> int:
         leave_others()
+        front.take(remote, spec)
         remote.run(f"systemctl enable {shlex.quote(spec.service)} 2>/dev/null || true")
         return restart_service(remote, spec.service)
 

@@ -1,6 +1,7 @@
 """socket: ai-server.socket owns the public port and ai-server.service takes it
 (`uvicorn --fd 3`); during a restart connections wait in the kernel's backlog instead of being
-refused (they wait for the new process to load its model)."""
+refused (they wait for the new process to load its model). With lb_drain the socket is on loopback
+behind nginx's lb front (ai_deploy.host.strategies.front)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ai_deploy.host.release.health import restart_service
 from ai_deploy.host.release.links import Links
 from ai_deploy.host.remote import Remote
 from ai_deploy.host.settings import Spec
+from ai_deploy.host.strategies import front
 from ai_deploy.host.strategies.base import (
     Leave,
     Live,
@@ -27,12 +29,13 @@ name = "socket"
 
 
 def unit_files(data: Any) -> list[UnitFile]:
+    host, port = front.listen(data)
     return [
         UnitFile("ai-server.service.j2", f"{data.app_name}.service", {"socket": True}),
         UnitFile(
             "ai-server.socket.j2",
             f"{data.app_name}.socket",
-            {"listen": f"{data.app_host}:{data.app_port}", "backlog": data.socket_backlog},
+            {"listen": f"{host}:{port}", "backlog": data.socket_backlog},
         ),
     ]
 
@@ -42,7 +45,7 @@ def units(layout: Layout) -> list[str]:
 
 
 def prepare_host(data: Any) -> None:
-    return None
+    front.prepare_host(data)
 
 
 def boot_units(layout: Layout) -> list[str]:
@@ -53,7 +56,12 @@ def boot_units(layout: Layout) -> list[str]:
 
 def is_steady(tree: AppTree, layout: Layout) -> bool:
     active = tree.active_units()
-    return layout.service in active and layout.socket in active and not tree.nginx_site
+    return (
+        layout.service in active
+        and layout.socket in active
+        and tree.nginx_site == tree.lb_front
+        and (not tree.lb_front or "nginx.service" in active)
+    )
 
 
 def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> Live:
@@ -61,10 +69,15 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
     service, sock = shlex.quote(layout.service), shlex.quote(layout.socket)
 
     def take_port() -> int:
-        # The port may be held by the service itself (restart) or by nginx (bluegreen).
-        if not is_active(remote, layout.socket):
+        # The port may be held by the service itself (restart) or by nginx (bluegreen); with
+        # lb_drain turned on or off, the socket moves between it and loopback behind the front.
+        moving = front.must_move(remote, spec)
+        if moving or not is_active(remote, layout.socket):
             remote.run(f"systemctl stop {service}")
+            if moving:
+                remote.run(f"systemctl stop {sock}")
             leave_others()
+            front.take(remote, spec)
             must(remote, f"systemctl enable --now {sock}", f"starting {layout.socket}")
             remote.say(f"{layout.socket} holds the port now")
         remote.run(f"systemctl disable {service} 2>/dev/null || true")
