@@ -26,7 +26,8 @@ def deploy_argv(inventory: Path, artifact: Path, rollout: Sequence[str]) -> list
     return [
         str(Path(sys.executable).with_name("ai-deploy")), "deploy", "--artifact", str(artifact),
         "-i", str(inventory), "--no-gcp", "--health-interval", "1", "--health-attempts", "20",
-        "--data", f"deploy_strategy={STRATEGY}", *rollout,
+        "--data", f"deploy_strategy={STRATEGY}", "--data", "rollout_max_unavailable=100%",
+        *rollout,
     ]  # fmt: skip
 
 

@@ -158,6 +158,12 @@ gpu_reboot_timeout_s = 600
 rollout_canary = "1"  # "0": no canary
 rollout_batch_size = "25%"
 rollout_wait_s = 0  # after each step but the last: seconds its hosts' health is watched
+# The floor: hosts out of service at once, a number or a percentage of the fleet (rounded
+# down, at least 1), counting hosts already unhealthy. A one-copy restart (socket, restart,
+# blue/green when two copies do not fit the GPU) and a drain (lb_drain) take a host out during
+# its step; blue/green does not. A plan with a larger step is refused before any change
+# (exit 2); switch-backs go in steps within it.
+rollout_max_unavailable = "1"
 
 # What this run does (set with --data): artifact=PATH deploys it; rollback=RELEASE|previous;
 # restart_current=true restarts the current release through the health gate (`ai-deploy restart`)

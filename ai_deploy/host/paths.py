@@ -93,6 +93,12 @@ class Layout:
         return f"{self.root}/healthy"
 
     @property
+    def last_start(self) -> str:
+        """last-start.json: the last start's measures (release, strategy, outage_s, start_s,
+        at), written by the release gate; read by the rollout's plan."""
+        return f"{self.root}/last-start.json"
+
+    @property
     def lock(self) -> str:
         return f"{self.root}/{LOCK_DIR}"
 

@@ -25,6 +25,7 @@ EXIT_SSH = 13
 EXIT_DEPLOY = 14  # the deploy failed on a host (not a health failure that was switched back)
 EXIT_SWITCHED_BACK = 15  # the release was not healthy; the previous release serves again
 EXIT_SWITCH_BACK_FAILED = 16  # not healthy, and putting the previous release back failed too
+EXIT_FLOOR = 17  # hosts went unhealthy during a rollout: its next step would break the floor
 EXIT_UNEXPECTED = 1
 
 # A phase that stops the run before any host reports.
@@ -67,6 +68,10 @@ exit codes:
   16  the release was not healthy and putting a host back failed, was not tried
       (the run had lost a host's lock), or there was nothing to put back (the
       host already served the release, or had none before)
+  17  a rollout stopped before a step: hosts went unhealthy meanwhile and the
+      step would take more hosts out of service than rollout_max_unavailable
+      allows; that step changed nothing, the hosts switched before keep the
+      new release (named); run again once the hosts are healthy
  128+N  stopped by signal N (the window and the key were removed)"""
 
 

@@ -1,9 +1,11 @@
-"""The outside health check: GET the host's health URL from the runner, as the seed did."""
+"""The outside health check: GET the host's health URL from the runner, as the seed did; and
+one try of every host at once, for the rollout's floor."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
@@ -29,3 +31,21 @@ def check_health(
         if attempt < attempts:
             time.sleep(interval_s)
     return False, f"{url} not healthy after {attempts} attempts ({last})"
+
+
+def unhealthy_now(
+    urls: Mapping[str, str],
+    timeout_s: float,
+    check: Callable[..., tuple[bool, str]] = check_health,
+) -> dict[str, str]:
+    """The hosts of URLS (name -> health URL) that do not answer 200 at one try, all asked at
+    once, with what was seen (the rollout's floor counts them as out of service)."""
+    if not urls:
+        return {}
+
+    def ask(name: str) -> tuple[str, bool, str]:
+        ok, why = check(urls[name], 1, 0, timeout_s, lambda _: None)
+        return name, ok, why
+
+    with ThreadPoolExecutor(max_workers=min(8, len(urls))) as pool:
+        return {name: why for name, ok, why in pool.map(ask, urls) if not ok}

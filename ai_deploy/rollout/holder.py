@@ -27,14 +27,16 @@ from typing import Any
 
 from ai_deploy.host import strategies
 from ai_deploy.host.facts import read_tree
+from ai_deploy.host.method import method_script, parse_method_facts
 from ai_deploy.host.outcome import DeployFailed
 from ai_deploy.host.release.lock import acquire_lock
 from ai_deploy.host.settings import Spec
+from ai_deploy.host.strategies import bluegreen
 from ai_deploy.inventory import RemoteError, connected_partly
 from ai_deploy.rollout.leases import BoundedRemote, FleetLeases, HeldLock
 from ai_deploy.rollout.plan import HostFacts
 
-SETTINGS = ("rollout_canary", "rollout_batch_size", "rollout_wait_s")
+SETTINGS = ("rollout_canary", "rollout_batch_size", "rollout_wait_s", "rollout_max_unavailable")
 
 
 def _get(data: Any, name: str) -> object:
@@ -53,8 +55,8 @@ def _out(line: str) -> None:
 
 def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
     tree = read_tree(remote, spec.layout)
-    listed = remote.run(f"ls -1 {spec.layout.model_blobs} 2>/dev/null || true").stdout
-    verified = [n.strip()[: -len(".verified")] for n in listed if n.strip().endswith(".verified")]
+    live = tree.live if spec.strategy == bluegreen.name else None
+    more = parse_method_facts(remote.run(method_script(spec.layout, live)).stdout, live)
     return HostFacts(
         host=remote.name,
         address=address,
@@ -66,8 +68,12 @@ def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
         releases=list(tree.releases),
         venvs=list(tree.venvs),
         lock=tree.lock,
-        model_blobs=verified,
+        model_blobs=more.blobs,
         units=strategies.get(spec.strategy).units(spec.layout),
+        lb_drain=str(_get(remote.data, "lb_drain")).lower() in ("true", "1", "yes"),
+        gpu_when_short=spec.gpu_memory_when_short,
+        gpu=more.gpu,
+        last_start=more.last_start,
     )
 
 

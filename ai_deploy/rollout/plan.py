@@ -1,6 +1,9 @@
 """The plan of a rollout, pure: how many hosts the canary and each batch take (a number or a
-percentage of the fleet), the batches in order, and each host's current → new release with
-what it must build. Nothing here connects to a host."""
+percentage of the fleet), the batches in order, each host's current → new release with what it
+must build and how it goes live (ai_deploy.host.method: blue/green, or a one-copy restart that
+takes it out of service), and the floor: no step takes more hosts out of service at once than
+rollout_max_unavailable allows, counting hosts already unhealthy. Nothing here connects to a
+host."""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 
+from ai_deploy.host import strategies
+from ai_deploy.host.method import Method, choose
+
 _COUNT = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
 
 
@@ -16,9 +22,11 @@ class PlanError(ValueError):
     """A rollout setting that cannot be used; the message names it and the fix."""
 
 
-def parse_count(value: object, name: str, fleet: int, *, minimum: int) -> int:
+def parse_count(
+    value: object, name: str, fleet: int, *, minimum: int, round_down: bool = False
+) -> int:
     """VALUE (an int, "N" or "N%") as a number of hosts of a FLEET, at least MINIMUM and at most
-    the fleet; a percentage rounds up, so 10% of 4 hosts is 1."""
+    the fleet; a percentage rounds up, so 10% of 4 hosts is 1 (ROUND_DOWN: 30% of 4 is 1)."""
     text = str(value)
     match = _COUNT.match(text)
     if not match:
@@ -27,8 +35,15 @@ def parse_count(value: object, name: str, fleet: int, *, minimum: int) -> int:
     if percent:
         if not 0 <= number <= 100:
             raise PlanError(f"{name}={text!r}: a percentage is between 0% and 100%")
-        number = math.ceil(fleet * number / 100)
+        share = fleet * number / 100
+        number = math.floor(share) if round_down else math.ceil(share)
     return max(minimum, min(number, fleet))
+
+
+def max_unavailable(value: object, fleet: int) -> int:
+    """rollout_max_unavailable: hosts that may be out of service at once, a number or a
+    percentage of the FLEET rounded down, at least 1."""
+    return parse_count(value, "rollout_max_unavailable", fleet, minimum=1, round_down=True)
 
 
 def make_batches(hosts: list[str], canary: object, batch_size: object) -> list[list[str]]:
@@ -59,6 +74,17 @@ class HostFacts:
     lock: dict[str, object] | None = None  # who holds the lock (read for the plan only)
     model_blobs: list[str] = field(default_factory=list)  # sha256 of verified model files
     units: list[str] = field(default_factory=list)  # what its strategy restarts to go live
+    lb_drain: bool = False  # drained from the load balancer before its service stops
+    gpu_when_short: str = "restart"  # gpu_memory_when_short
+    gpu: dict[str, object] | None = None  # blue/green: does a second copy fit (host.method)
+    last_start: dict[str, object] | None = None  # Layout.last_start's measures, when recorded
+
+    @property
+    def method(self) -> Method:
+        """How a release goes live here (blue/green or a one-copy restart) and how long the
+        host is expected to be out of service."""
+        keeps = strategies.get(self.strategy).keeps_serving
+        return choose(keeps, self.lb_drain, self.gpu, self.gpu_when_short, self.last_start)
 
     @classmethod
     def from_json(cls, text: str) -> HostFacts:
@@ -66,6 +92,9 @@ class HostFacts:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+
+NO_METHOD = Method("", False, 0.0)
 
 
 @dataclass(frozen=True)
@@ -79,10 +108,18 @@ class HostPlan:
     fetch_files: int = 0  # model files the host must download
     fetch_bytes: int = 0
     restarts: tuple[str, ...] = ()  # the units going live restarts (none when no change)
+    method: Method = NO_METHOD
+    goes_live: bool = False  # its step puts a release live (changed, or a restart)
 
     @property
     def changes(self) -> bool:
         return self.before != self.after
+
+    @property
+    def takes_out(self) -> bool:
+        """Its step takes the host out of service (it serves now: a host with no release is
+        not in service to begin with)."""
+        return self.goes_live and self.before is not None and self.method.out_of_service
 
 
 def plan_hosts(
@@ -92,10 +129,12 @@ def plan_hosts(
     lock_hash: str,
     model_sizes: dict[str, int] | None = None,
     targets: dict[str, str] | None = None,
+    restart: bool = False,
 ) -> list[HostPlan]:
     """Each host's line of the plan, batch by batch. MODEL_SIZES: the release's model files
     (sha256 -> bytes); those a host has not verified yet are to be fetched there. TARGETS: the
-    release each host goes to, by name, where not RELEASE (a rollback, a restart)."""
+    release each host goes to, by name, where not RELEASE (a rollback, a restart). RESTART:
+    every host goes live again, changed or not."""
     plans = []
     for number, batch in enumerate(batches):
         for name in batch:
@@ -116,6 +155,8 @@ def plan_hosts(
                     len(missing),
                     sum(missing.values()),
                     tuple(f.units) if f.current != want else (),
+                    f.method,
+                    restart or f.current != want,
                 )
             )
     return plans

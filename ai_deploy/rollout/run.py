@@ -3,26 +3,30 @@ lock held (ai_deploy.rollout.fleetlock), the plan printed, then the canary and e
 live by one pyinfra run limited to its hosts, each host's health checked from outside, the
 switched hosts watched for rollout_wait_s between steps. Any failure stops it and switches every
 host it switched back to the release that host served before, through the same release gate,
-with the locks still held. A lock the holder lost (its lease taken over, or a host silent for
-most of a lease) stops it before its next step or switch-back, and from then on it changes no
-host. A rollback puts each host on the release it served before its current one (or the one
-named), a restart restarts each host's current release behind the gate, one host a step; both
-are the same steps, outside check and switch-back."""
+with the locks still held. No step, switch-backs included, takes more hosts out of service than
+rollout_max_unavailable allows, counting unhealthy hosts (ai_deploy.rollout.floor): a plan that
+would is refused before any change, a later step that would is not started. A lock the holder
+lost (its lease taken over, or a host silent for most of a lease) stops it before its next step
+or switch-back, and from then on it changes no host. A rollback puts each host on the release it
+served before its current one (or the one named), a restart restarts each host's current release
+behind the gate, one host a step; both are the same steps, outside check and switch-back."""
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ai_deploy.host import outcome as host_outcome
 from ai_deploy.rollout import exitcodes, report
 from ai_deploy.rollout.fleetlock import Fleet, holding
-from ai_deploy.rollout.health import check_health
+from ai_deploy.rollout.floor import Floor
+from ai_deploy.rollout.health import check_health, unhealthy_now
 from ai_deploy.rollout.plan import (
     HostFacts,
+    HostPlan,
     PlanError,
     batch_label,
     make_batches,
@@ -125,21 +129,47 @@ def plan_only(r: Rollout) -> Outcome:
     """The plan, from each host's state; no lock taken, nothing changed."""
     with holding(r.inventory, r.token, r.release, r.chosen, r.data, r.env, take_locks=False) as f:
         batches, has_canary, wait = _steps(r, f)
-    return _planned(r, f, batches, has_canary, wait)
+    return _planned(r, f, batches, has_canary, wait)[0]
 
 
-def _planned(r: Rollout, f: Fleet, batches: list[list[str]], canary: bool, wait: float) -> Outcome:
+def _unhealthy(r: Rollout, f: Fleet, names: Iterable[str]) -> dict[str, str]:
+    urls = {name: r.health.url_of(f.facts[name]) for name in names}
+    return unhealthy_now(urls, r.health.timeout_s, check_health)
+
+
+_Plan = tuple[dict[str, HostPlan], Floor]  # each host's line, by name, and the floor
+
+
+def _planned(
+    r: Rollout, f: Fleet, batches: list[list[str]], canary: bool, wait: float
+) -> tuple[Outcome, dict[str, HostPlan], Floor]:
+    """The plan, printed, and refused (PlanError, before any change) when a step would break
+    the floor with the hosts that are unhealthy now."""
     from ai_deploy.rollout.plan import plan_json
 
     targets = {name: r.target_of(facts) for name, facts in f.facts.items()}
-    plans = plan_hosts(f.facts, batches, r.release, r.lock_hash, r.model_sizes, targets)
+    plans = plan_hosts(
+        f.facts, batches, r.release, r.lock_hash, r.model_sizes, targets, r.action == "restart"
+    )
     for line in render_plan(plans, canary, wait):
         r.say(line)
     for name, facts in f.facts.items():
         if facts.lock and facts.lock.get("token") != r.token:  # another deploy's, now
             r.say(f"  {name} is locked now: {facts.lock.get('who')} ({facts.lock.get('action')})")
+    floor = Floor.of(f.settings.get("rollout_max_unavailable") or "1", len(f.facts))
+    r.say(floor.line())
+    down = _unhealthy(r, f, [name for name, facts in f.facts.items() if facts.current])
+    for name, why in down.items():
+        r.say(f"  {name} is out of service now: {why}")
+    steps = [
+        (batch_label(n, canary), [p for p in plans if p.batch == n]) for n in range(len(batches))
+    ]
+    refused = floor.first_breach(steps, down)
+    if refused:
+        raise PlanError(f"{refused}; nothing changed on any host")
     results = [HostResult(p.host, batch_label(p.batch, canary), p.before, p.before) for p in plans]
-    return Outcome(exitcodes.EXIT_OK, "", plan_json(plans, canary), results)
+    out = Outcome(exitcodes.EXIT_OK, "", plan_json(plans, canary), results)
+    return out, {p.host: p for p in plans}, floor
 
 
 def run_rollout(r: Rollout, sink: Callable[[Outcome], None] | None = None) -> Outcome:
@@ -147,10 +177,10 @@ def run_rollout(r: Rollout, sink: Callable[[Outcome], None] | None = None) -> Ou
     so a caller stopped by a signal still has each host's state as far as it is known."""
     with holding(r.inventory, r.token, r.release, r.chosen, r.data, r.env) as fleet:
         batches, has_canary, wait = _steps(r, fleet)
-        out = _planned(r, fleet, batches, has_canary, wait)
+        out, plans, floor = _planned(r, fleet, batches, has_canary, wait)
         if sink is not None:
             sink(out)
-        steps = _Steps(r, fleet, out, wait)
+        steps = _Steps(r, fleet, out, wait, (plans, floor))
         try:
             steps.run(batches, has_canary)
         except BaseException:
@@ -175,8 +205,9 @@ _HOST_OUTCOME = {
 
 
 class _Steps:
-    def __init__(self, r: Rollout, fleet: Fleet, out: Outcome, wait: float):
+    def __init__(self, r: Rollout, fleet: Fleet, out: Outcome, wait: float, plan: _Plan):
         self.r, self.fleet, self.facts, self.out, self.wait = r, fleet, fleet.facts, out, wait
+        self.plans, self.floor = plan
         self.by_host = {x.host: x for x in out.results}
         self.switched: list[str] = []  # hosts this rollout put on the new release, in order
         self.unhealthy_outside = False  # a host failed the outside check (or while watched)
@@ -186,6 +217,8 @@ class _Steps:
         for number, batch in enumerate(batches):
             label = batch_label(number, has_canary)
             if self._lost(f"before {label}"):
+                return
+            if number and not self._floor_holds(label, batch):
                 return
             self.running = batch
             self.r.say(f"== {label}: {', '.join(batch)}")
@@ -203,6 +236,23 @@ class _Steps:
             self.out.message = f"release {self.r.release} serves on {len(self.facts)} host(s)"
         else:
             self.out.message = f"{self.r.action} done; {self._serving()}"
+
+    def _floor_holds(self, label: str, batch: list[str]) -> bool:
+        """True when BATCH's step keeps the floor with the hosts unhealthy now; else the
+        rollout stops before it (nothing of it changed) and says why."""
+        serving = [n for n, f in self.facts.items() if f.current or n in self.switched]
+        down = _unhealthy(self.r, self.fleet, serving)
+        why = self.floor.breach(label, [self.plans[n] for n in batch], down)
+        if not why:
+            return True
+        self.r.say(f"rollout stopped before {label}: {why}")
+        self.out.code, self.out.failed_phase = exitcodes.EXIT_FLOOR, "deploy"
+        self.out.message = (
+            f"{why}; stopped before {label}, which changed nothing; the hosts already switched "
+            f"keep their release (run again once the hosts are back: a host already on the "
+            f"release is left alone); {self._serving()}"
+        )
+        return False
 
     def _step(self, batch: list[str]) -> str:
         result = run_pyinfra_streamed(self.r.inventory, self.r.step_data(), self.r.env, limit=batch)
@@ -294,7 +344,9 @@ class _Steps:
         return ""
 
     def _switch_back(self, failure: str) -> None:
-        """Every switched host back to the release it served before, grouped by that release."""
+        """Every switched host back to the release it served before, grouped by that release,
+        in steps that keep the floor: the hosts a restart takes out of service at most
+        rollout_max_unavailable at a time, never all at once."""
         groups: dict[str, list[str]] = {}
         for name in self.switched:
             before = self.facts[name].current
@@ -304,7 +356,11 @@ class _Steps:
                 continue
             groups.setdefault(before, []).append(name)
         back_ok = True
-        order = list(groups.items())
+        order = [
+            (before, chunk)
+            for before, names in groups.items()
+            for chunk in self.floor.chunks([self.plans[n] for n in names])
+        ]
         for number, (before, names) in enumerate(order):
             due = [name for _, later in order[number:] for name in later]
             if self._lost(f"before switching back {', '.join(due)}", due, failure):

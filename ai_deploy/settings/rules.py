@@ -145,6 +145,12 @@ def _wait_seconds(value: str) -> str | None:
     return None if ok else "seconds from 0 to 3600, e.g. 12"
 
 
+def _host_count(value: str) -> str | None:
+    match = re.fullmatch(r"\s*(\d+)\s*(%?)\s*", value)
+    ok = match and int(match.group(1)) >= 1 and (not match.group(2) or int(match.group(1)) <= 100)
+    return None if ok else "a number of hosts (1 or more) or a percentage of the fleet (1% to 100%)"
+
+
 def _http_status(value: str) -> str | None:
     ok = value.isdigit() and 100 <= int(value) <= 599
     return None if ok else "an HTTP status from 100 to 599, e.g. 200"
@@ -217,6 +223,7 @@ SCALAR_RULES: dict[str, Callable[[str], str | None]] = {
     "lb_health_port": _tcp_port,
     "lb_upstream_port": _tcp_port,
     "lb_drain_wait_s": _wait_seconds,
+    "rollout_max_unavailable": _host_count,
 }
 COLLECTION_RULES: dict[str, Callable[[Any], str | None]] = {
     "unit_gpu_devices": _each(_device),

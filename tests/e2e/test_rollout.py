@@ -100,7 +100,9 @@ def rollout(fleet: Fleet, artifact: Artifact, *args: str) -> subprocess.Complete
 def _command(fleet: Fleet, artifact: Artifact, *args: str) -> list[str]:
     return [
         str(AI_DEPLOY), "deploy", "--artifact", str(artifact.path), "-i", str(fleet.inventory),
-        "--no-gcp", "--health-interval", "1", "--health-attempts", "20", *args,
+        "--no-gcp", "--health-interval", "1", "--health-attempts", "20",
+        # batches of several one-copy (socket) hosts: the floor lets the whole fleet go at once
+        "--data", "rollout_max_unavailable=100%", *args,
     ]  # fmt: skip
 
 

@@ -41,7 +41,13 @@ class FakeFleet:
                 h: HostFacts(h, h, 8000, "/health", "socket", current=OLD)
                 for h in HOSTS
             },
-            settings={"rollout_canary": "1", "rollout_batch_size": "2", "rollout_wait_s": 0},
+            # batches of 2 one-copy (socket) hosts: a floor that lets 2 out at once
+            settings={
+                "rollout_canary": "1",
+                "rollout_batch_size": "2",
+                "rollout_wait_s": 0,
+                "rollout_max_unavailable": "2",
+            },
         )
         self.runs: list[tuple[str, list[str]]] = []
         self.during_step: Callable[[list[str]], None] = lambda hosts: None

@@ -42,6 +42,9 @@ Leave = Callable[[], None]
 
 class Strategy(Protocol):
     name: str
+    # True: the old copy serves until the new one is ready (the host never leaves service);
+    # False: one copy, out of service from its stop until the new one is ready.
+    keeps_serving: bool
 
     def unit_files(self, data: Any) -> list[UnitFile]:
         """The unit files this strategy needs on a host with pyinfra data DATA."""

@@ -32,6 +32,7 @@ from ai_deploy.host.strategies.base import Leave, Live, UnitFile, must
 from ai_deploy.host.strategies.nginx import nginx_installed, site_rendered
 
 name = "bluegreen"
+keeps_serving = True  # the old colour serves until the new one is ready
 
 
 def unit_files(data: Any) -> list[UnitFile]:

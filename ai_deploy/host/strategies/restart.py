@@ -18,6 +18,7 @@ from ai_deploy.host.strategies.base import Leave, Live, UnitFile, is_active, rem
 from ai_deploy.host.strategies.inplace import go_live_in_place
 
 name = "restart"
+keeps_serving = False  # one copy: out of service from its stop until it is ready
 
 
 def unit_files(data: Any) -> list[UnitFile]:

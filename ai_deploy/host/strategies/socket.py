@@ -26,6 +26,7 @@ from ai_deploy.host.strategies.base import (
 from ai_deploy.host.strategies.inplace import go_live_in_place
 
 name = "socket"
+keeps_serving = False  # one copy: requests wait in the socket while it starts
 
 
 def unit_files(data: Any) -> list[UnitFile]:
