@@ -1,13 +1,19 @@
 """What every benchmark does first: refuse to run without root (it boots sandbox hosts), turn
 SIGTERM into KeyboardInterrupt so its `finally` removes the hosts it started, and, for those
 that run `ai-deploy deploy`, drop GCP_*/GITHUB_* from the environment (a GCP_INSTANCE would
-make the deploy target one instance)."""
+make the deploy target one instance); and what each does around its measurements: the run's
+header for the report, and the body run so that an interrupt or an error ends it with a note."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from types import FrameType
 
 
@@ -25,3 +31,56 @@ def start(what: str, *, drop_ci_env: bool = False) -> bool:
         for key in [k for k in os.environ if k.startswith(("GCP_", "GITHUB_"))]:
             del os.environ[key]
     return True
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """What a benchmark's report says of its run: the command, when, and how busy the machine
+    was at the start (load average, other sandbox hosts running)."""
+
+    command: str
+    date: str
+    load_avg: str
+    others: list[str]
+
+
+def header(prog: str, raw: Sequence[str]) -> RunHeader:
+    """The run's header, for PROG called with the arguments RAW."""
+    from ai_deploy.sandbox import hosts
+
+    return RunHeader(
+        command=" ".join([prog, *map(shlex.quote, raw)]),
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        load_avg=", ".join(f"{v:.2f}" for v in os.getloadavg()),
+        others=[h.name for h in hosts.list_hosts() if h.running],
+    )
+
+
+def guarded(body: Callable[[], None], notes: list[str], log: Callable[[str], None]) -> int:
+    """BODY run; its exit code: 0, 130 when interrupted, 1 on an error (said in NOTES, and
+    with its traceback through LOG). The caller's `finally` removes what it started."""
+    try:
+        body()
+    except KeyboardInterrupt:
+        notes.append("the run was interrupted; the table holds what was measured")
+        return 130
+    except Exception as exc:
+        log(f"the run stopped on an error: {exc!r}\n{traceback.format_exc()}")
+        notes.append(f"the run stopped on an error: {exc!r}")
+        return 1
+    return 0
+
+
+def remove_hosts(started: list[str], log: Callable[[str], None]) -> None:
+    """Remove the sandbox hosts named in STARTED, one by one, each dropped from the list once
+    gone; one already removed from outside is said and skipped."""
+    from ai_deploy.sandbox import hosts
+    from ai_deploy.sandbox.image import SandboxError
+
+    for name in list(started):
+        try:
+            hosts.down([name])
+            log(f"removed host {name}")
+        except SandboxError as exc:  # removed from outside already
+            log(f"host {name}: {exc}")
+        started.remove(name)
