@@ -105,7 +105,6 @@ global
 
 defaults
     mode http
-    option httplog
     timeout connect 5s
     timeout client {STREAM_TIMEOUT_S}s
     timeout server {STREAM_TIMEOUT_S}s
