@@ -13,11 +13,11 @@ import time
 from io import StringIO
 from typing import Any, NoReturn
 
-from ai_deploy.host import gpu_memory
+from ai_deploy.host import gpu_memory, lbdrain
 from ai_deploy.host.drain import Drained, wait_drained
 from ai_deploy.host.facts import AppTree
 from ai_deploy.host.outcome import FAILED, SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
-from ai_deploy.host.paths import COLOURS, Layout
+from ai_deploy.host.paths import COLOURS, LB_FRONT_MARK, Layout
 from ai_deploy.host.release.health import (
     Health,
     restart_service,
@@ -186,6 +186,7 @@ def _live_again(
             journal=f"gpu-memory-short rollback-to={before.current or '-'} also-unhealthy",
         )
     remote.say(f"{live} serves {before.current or 'its release'} again: {back.reason}")
+    lbdrain.put_back(remote, spec)
     raise DeployFailed(
         phase,
         f"{spec.action} of {target} failed: {reason}; {live} was stopped for it (GPU memory) "
@@ -205,6 +206,8 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
     stop_first = live is not None and _stop_live_first(remote, spec, live, idle, before)
     _point_colour(remote, spec, idle, target)
     if live is not None and stop_first:
+        # One copy at a time: behind a load balancer the host is drained before live stops.
+        lbdrain.take_out(remote, spec, spec.colour_ports[COLOURS.index(live)])
         remote.run(f"systemctl stop {shlex.quote(spec.layout.colour_unit(live))}")
     remote.say(f"starting release {target} as {idle} on 127.0.0.1:{port} (live: {live or 'none'})")
     try:
@@ -257,6 +260,8 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
         if not stop_first:
             drained = _drain(remote, spec, live)
         remote.run(f"systemctl disable --now {shlex.quote(old)} 2>/dev/null || true")
+    if stop_first:
+        lbdrain.put_back(remote, spec)
     how = f", {live} stopped first: GPU memory" if stop_first else ""
     if drained is not None:
         how += f", {drained.open_at_switch} connection(s) drained in {drained.seconds:.1f} s"
@@ -282,16 +287,24 @@ def _drain(remote: Remote, spec: Spec, live: str) -> Drained | None:
 
 
 def leave(remote: Remote, spec: Spec, keep: set[str]) -> bool:
-    """Take our site out of nginx (frees the public port) and stop both colours."""
+    """Take our site out of nginx (frees the public port) and stop both colours. The in-place
+    strategies' lb front is the same site (rendered over ours when the host moves to them with
+    lb_drain): it stays, and keeps the port, while the colours stop."""
     layout = spec.layout
-    if not remote.run(f"test -e {layout.nginx_site}").ok:
+    site = shlex.quote(layout.nginx_site)
+    if not remote.run(f"test -e {site}").ok:
         return False
-    remote.say("leaving blue/green: nginx stops serving the public port")
-    # nginx stops too when no other site is left in it (it was there for blue/green).
-    remote.run(
-        f'rm -f {layout.nginx_site} && if [ -z "$(ls -A /etc/nginx/sites-enabled)" ]; then '
-        "systemctl disable --now nginx; else systemctl reload nginx; fi; true"
-    )
+    if remote.run(f"grep -qs {shlex.quote('^' + LB_FRONT_MARK)} {site}").ok:
+        if not remote.run(f"test -e {layout.colors}/LIVE").ok:
+            return False  # no colour was live: nothing of blue/green to leave
+        remote.say("leaving blue/green: nginx's lb front keeps the public port")
+    else:
+        remote.say("leaving blue/green: nginx stops serving the public port")
+        # nginx stops too when no other site is left in it (it was there for blue/green).
+        remote.run(
+            f'rm -f {layout.nginx_site} && if [ -z "$(ls -A /etc/nginx/sites-enabled)" ]; then '
+            "systemctl disable --now nginx; else systemctl reload nginx; fi; true"
+        )
     for colour in COLOURS:
         unit = shlex.quote(layout.colour_unit(colour))
         remote.run(f"systemctl disable --now {unit} 2>/dev/null || true")

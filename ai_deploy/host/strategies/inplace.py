@@ -1,12 +1,15 @@
 """The change shared by the in-place strategies (restart, socket): switch `current`, stop the
 one service looking at the connections it holds (drain_mode), restart it behind the health
-gate, and on failure switch back to the previous release, which must be healthy again."""
+gate, and on failure switch back to the previous release, which must be healthy again. With
+lb_drain the host is drained from the load balancer first and put back only once a release
+passed the gate (ai_deploy.host.lbdrain); one that ends unhealthy stays drained."""
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
 
+from ai_deploy.host import lbdrain
 from ai_deploy.host.drain import stop_draining
 from ai_deploy.host.outcome import SWITCH_BACK_FAILED, SWITCHED_BACK, DeployFailed
 from ai_deploy.host.release.health import Health, wait_healthy, warn_unhealthy
@@ -34,6 +37,7 @@ def go_live_in_place(
     """RESTART brings the host's units to the strategy and restarts the service, returning its
     restart counter afterwards (for the health gate)."""
     target = spec.release_id
+    lbdrain.take_out(remote, spec, front.app_port(spec))
     set_links(remote, spec, before.after_switch_to(target))
     stopped = stop_draining(
         remote,
@@ -48,6 +52,7 @@ def go_live_in_place(
     health = _restart_healthy(remote, spec, restart)
     if health.ok:
         remote.say(health.reason)
+        lbdrain.put_back(remote, spec)
         drained = f" {stopped.journal}" if stopped and stopped.open_at_stop else ""
         return Live(
             f"{spec.action} of {target} healthy", f"previous={before.current or '-'}{drained}"
@@ -99,6 +104,7 @@ def go_live_in_place(
             journal=f"rollback-to={back_to.current} also-unhealthy",
         )
     remote.say(f"release {back_to.current} serves again: {back.reason}")
+    lbdrain.put_back(remote, spec)
     raise DeployFailed(
         "health",
         f"{spec.action} of {target} failed: {health.reason}; rolled back to {back_to.current}, "

@@ -81,6 +81,8 @@ def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> L
             front.take(remote, spec)
             must(remote, f"systemctl enable --now {sock}", f"starting {layout.socket}")
             remote.say(f"{layout.socket} holds the port now")
+        elif spec.lb_drain:
+            front.take(remote, spec)  # its site may have changed: a graceful reload
         remote.run(f"systemctl disable {service} 2>/dev/null || true")
         return restart_service(remote, layout.service)
 

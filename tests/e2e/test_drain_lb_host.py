@@ -1,0 +1,223 @@
+"""End-to-end, one sandbox host (no load balancer needed: the test reads lb_health_path itself,
+as a load balancer would): with lb_drain and the one-copy `restart` strategy, nginx answers
+lb_health_path in front of the app; a restart turns it 200 -> 503 -> 200 in that order, with the
+deploy's lines for each step, and waits for a stream open through nginx before the stop; a
+release that fails stays drained (503 "drained", never "not ready" or 200) until the previous
+release is back; a second run drains nothing; lb_drain turned off gives the port back to the
+app and takes nginx away."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.e2e.conftest import Sandbox
+from tests.e2e.deploykit import (
+    Artifact,
+    assert_failed,
+    assert_ok,
+    build_variant,
+    cli,
+    cli_ok,
+    example_artifact,
+    grand_total,
+    run_deploy,
+    sandbox_with,
+    serving_release,
+)
+from tests.e2e.test_drain import open_stream
+
+pytestmark = pytest.mark.e2e
+WAIT_S = 3  # lb_drain_wait_s: short, the test's "load balancer" looks every 0.1 s
+SETTINGS = {"deploy_strategy": "restart", "lb_drain": True, "lb_drain_wait_s": WAIT_S}
+TOKENS = 150  # 30 s at the stream's 0.2 s: open when the restart reaches the drain
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with sandbox_with("l25-lb", SETTINGS, tmp_path_factory.mktemp("l25-lb")) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    return example_artifact(tmp_path_factory.mktemp("l25-release"))
+
+
+@dataclass
+class Samples:
+    """(status, body) of lb_health_path, read every 0.1 s in a thread."""
+
+    seen: list[tuple[int, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def changes(self) -> list[int]:
+        """The statuses in order, each run of equal ones once."""
+        out: list[int] = []
+        for code, _ in self.seen:
+            if not out or out[-1] != code:
+                out.append(code)
+        return out
+
+    def runs(self) -> str:
+        """The samples in short, for a failure's message: status/body x count."""
+        out: list[list[object]] = []
+        for code, body in self.seen:
+            key = f"{code}/{body[:40]}"
+            if out and out[-1][0] == key:
+                out[-1][1] += 1  # type: ignore[operator]
+            else:
+                out.append([key, 1])
+        return ", ".join(f"{key} x{n}" for key, n in out)
+
+
+@pytest.fixture
+def lb_health(host: Sandbox, release: Artifact) -> Iterator[Samples]:
+    """lb_health_path sampled from a thread, from when RELEASE is in service."""
+    _deployed(host, release)
+    samples = Samples()
+
+    def sample() -> None:
+        while not samples.stop.is_set():
+            try:
+                reply = requests.get(f"http://{host.address}:8000/lb-health", timeout=2)
+                samples.seen.append((reply.status_code, reply.text.strip()))
+            except requests.RequestException as exc:
+                samples.seen.append((0, repr(exc)[:300]))
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    yield samples
+    samples.stop.set()
+    thread.join(10)
+
+
+def _lb_health(host: Sandbox) -> tuple[int, str]:
+    reply = requests.get(f"http://{host.address}:8000/lb-health", timeout=5)
+    return reply.status_code, reply.text.strip()
+
+
+def _in_order(out: str, *lines: str) -> None:
+    at = 0
+    for line in lines:
+        found = out.find(line, at)
+        assert found >= 0, f"{line!r} not after position {at} in:\n{out}"
+        at = found + len(line)
+
+
+def _deployed(host: Sandbox, release: Artifact) -> None:
+    """RELEASE in service behind the front (deployed unless it already is)."""
+    try:
+        ready = _lb_health(host)[0] == 200 and serving_release(host.address) == release.release_id
+    except requests.RequestException:
+        ready = False
+    if not ready:
+        assert_ok(run_deploy(host.inventory, release.data))
+
+
+def test_nginx_answers_lb_health_in_front_of_the_app(host: Sandbox, release: Artifact) -> None:
+    assert_ok(run_deploy(host.inventory, release.data))
+    assert _lb_health(host)[0] == 200
+    assert serving_release(host.address) == release.release_id  # through nginx
+    listening = host.sudo("ss -Htlnp")
+    assert "0.0.0.0:8000" in listening and "nginx" in listening.split("0.0.0.0:8000")[1][:200]
+    assert "127.0.0.1:18000" in listening
+    unit = host.sudo("cat /etc/systemd/system/ai-server.service")
+    assert "--host 127.0.0.1 --port 18000 " in unit and "--timeout-keep-alive 620" in unit
+    # The app's own health_path is unchanged; the drain flag alone makes the host 503.
+    host.sudo("touch /run/ai-server.lb-drained")
+    try:
+        assert _lb_health(host) == (503, "drained")
+        assert serving_release(host.address) == release.release_id
+    finally:
+        host.sudo("rm -f /run/ai-server.lb-drained")
+    assert _lb_health(host)[0] == 200
+    # The app down: "not ready", whatever nginx gets (a refused connection).
+    host.sudo("systemctl stop ai-server")
+    try:
+        assert _lb_health(host) == (503, "not ready")
+    finally:
+        host.sudo("systemctl start ai-server")
+    for _ in range(100):
+        if _lb_health(host)[0] == 200:
+            break
+        time.sleep(0.2)
+    assert _lb_health(host)[0] == 200
+
+
+def test_a_second_run_drains_nothing(host: Sandbox, release: Artifact, lb_health: Samples) -> None:
+    out = assert_ok(run_deploy(host.inventory, release.data))
+    assert grand_total(out).success == 0, out
+    assert "drained from the load balancer" not in out
+    lb_health.stop.set()
+    assert lb_health.seen and lb_health.changes() == [200], lb_health.runs()
+
+
+def test_a_restart_drains_waits_for_the_stream_and_puts_the_host_back(
+    host: Sandbox, release: Artifact, lb_health: Samples
+) -> None:
+    stream, thread = open_stream(host.address, TOKENS)
+    assert stream.first.wait(30) and stream.tokens, stream.error
+    out = cli_ok(cli(host.inventory, "restart", timeout=400))
+    thread.join(120)
+    lb_health.stop.set()
+    assert stream.error == "" and stream.done, (stream.error, len(stream.tokens), out)
+    assert [t["index"] for t in stream.tokens] == list(range(TOKENS))
+    assert lb_health.changes() == [200, 503, 200], lb_health.runs()
+    _in_order(
+        out,
+        f"drained from the load balancer; waiting {WAIT_S} s",
+        "1 request(s) in flight, finished in",
+        "ai-server.service: no connection open at the stop",  # the stream was waited for
+        "/health answered 200 after",
+        f"back in service after {WAIT_S} s",
+        "restarted and healthy",
+    )
+    assert serving_release(host.address) == release.release_id
+
+
+def test_a_failing_release_stays_drained_until_the_previous_one_is_back(
+    host: Sandbox, release: Artifact, lb_health: Samples, tmp_path: Path
+) -> None:
+    broken = build_variant(
+        tmp_path,
+        "l25-broken",
+        patch_main=lambda text: text.replace(
+            "from fastapi import FastAPI\n",
+            "from fastapi import FastAPI\n\nraise SystemExit('broken release')\n",
+            1,
+        ),
+    )
+    out = assert_failed(run_deploy(host.inventory, broken.data))
+    lb_health.stop.set()
+    assert lb_health.changes() == [200, 503, 200], lb_health.runs()
+    # Out of service the whole time it was drained: the flag, never the failing app's answer.
+    out_of_service = {body for code, body in lb_health.seen if code == 503}
+    assert out_of_service == {"drained"}, out_of_service
+    _in_order(
+        out,
+        "drained from the load balancer; waiting",
+        f"release {release.release_id} serves again",
+        f"back in service after {WAIT_S} s",
+    )
+    assert serving_release(host.address) == release.release_id
+
+
+def test_lb_drain_off_gives_the_port_back_to_the_app(host: Sandbox, release: Artifact) -> None:
+    _deployed(host, release)
+    assert_ok(run_deploy(host.inventory, release.data, "lb_drain=false"))
+    assert serving_release(host.address) == release.release_id
+    listening = host.sudo("ss -Htlnp")
+    assert "127.0.0.1:18000" not in listening and "nginx" not in listening
+    assert host.ssh("systemctl is-active nginx", check=False).strip() != "active"
+    assert host.sudo("ls /etc/nginx/sites-enabled").strip() == ""
+    assert requests.get(f"http://{host.address}:8000/lb-health", timeout=5).status_code == 404
+    again = assert_ok(run_deploy(host.inventory, release.data, "lb_drain=false"))
+    assert grand_total(again).success == 0, again
