@@ -144,6 +144,7 @@ def print_json(run: Run, code: int, message: str, stream: Any = None) -> None:
         "exit_code": code,
         "message": mask_secret_like(message, run.environ),
         "plan": out.plan if out else [],
+        "floor": out.floor if out else {},
         "hosts": [r.to_dict() for r in out.results] if out else [],
     }
     stream = stream or sys.stdout

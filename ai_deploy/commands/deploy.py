@@ -57,7 +57,12 @@ def add_parser(sub: Any) -> None:
         "--canary", metavar="N|P%", help="hosts that go first, alone (default rollout_canary: 1)"
     )
     fleet.add_argument(
-        "--batch-size", metavar="N|P%", help="hosts per batch after it (default 25%%)"
+        "--batch-size",
+        metavar="N|P%",
+        help=(
+            "hosts per batch after it (default 25%%); a batch taking more hosts out of service "
+            "than rollout_max_unavailable (default 1) allows is refused (exit 2)"
+        ),
     )
     fleet.add_argument(
         "--batch-wait",
@@ -68,7 +73,10 @@ def add_parser(sub: Any) -> None:
     fleet.add_argument(
         "--plan",
         action="store_true",
-        help="print hosts, steps and releases; change nothing, take no lock",
+        help=(
+            "print hosts, steps, releases, each host's method and expected time out of service, "
+            "and the floor; change nothing, take no lock"
+        ),
     )
     fleet.add_argument(
         "--json", action="store_true", help="the result as JSON on stdout, the rest on stderr"

@@ -26,7 +26,9 @@ REFUSED = "refused (two copies do not fit, gpu_memory_when_short='refuse')"
 UNKNOWN_START = "unknown (no start measured yet)"
 
 
-def method_script(layout: Layout, live: str | None) -> str:
+def method_script(
+    layout: Layout, live: str | None, cgroup_root: str = gpu_memory.CGROUP_ROOT
+) -> str:
     """The one read: verified model files, the last start, and (LIVE: blue/green's live colour)
     what the colours hold on the GPUs."""
     script = (
@@ -35,7 +37,7 @@ def method_script(layout: Layout, live: str | None) -> str:
     )
     if live in COLOURS:
         units = {c: layout.colour_unit(c) for c in COLOURS}
-        script += "echo '== gpu'\n" + gpu_memory.memory_script(units)
+        script += "echo '== gpu'\n" + gpu_memory.memory_script(units, cgroup_root)
     return script
 
 

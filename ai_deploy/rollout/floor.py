@@ -30,6 +30,9 @@ class Floor:
         hosts = "host" if self.allowed == 1 else "hosts"
         return f"at most {self.allowed} {hosts} out of service at once ({SETTING}={self.setting})"
 
+    def data(self) -> dict[str, object]:
+        return {SETTING: self.setting, "allowed": self.allowed, "fleet": self.fleet}
+
     def out_during(self, step: Sequence[HostPlan], unhealthy: Iterable[str]) -> list[str]:
         """Each host out of service while STEP runs, with why: the step's own, then the rest."""
         taken = [p for p in step if p.takes_out]

@@ -176,7 +176,9 @@ def batch_label(number: int, has_canary: bool) -> str:
 
 
 def render_plan(plans: list[HostPlan], has_canary: bool, wait_s: float) -> list[str]:
-    """The plan as lines: one per host, grouped by batch in the order they run."""
+    """The plan as lines: one per host, grouped by batch in the order they run, each host that
+    goes live with its method and expected time out of service (and, where two copies do not
+    fit its GPU, the line that says so)."""
     if not plans:
         return ["plan: no host"]
     batches = max(p.batch for p in plans) + 1
@@ -194,7 +196,10 @@ def render_plan(plans: list[HostPlan], has_canary: bool, wait_s: float) -> list[
             f"  {batch_label(p.batch, has_canary):<8} {p.host:<{width}}  {before} -> {p.after}"
             f"  ({what}, {p.strategy})"
             + (f"  restarts {', '.join(p.restarts)}" if p.changes and p.restarts else "")
+            + (f"; {p.method.name}, out of service {p.method.outage}" if p.goes_live else "")
         )
+        if p.goes_live and p.method.gpu:
+            lines.append(f"  {'':<8} {'':<{width}}  {p.method.gpu}")
     return lines
 
 
@@ -211,6 +216,10 @@ def plan_json(plans: list[HostPlan], has_canary: bool) -> list[dict[str, object]
             "fetch_files": p.fetch_files,
             "fetch_bytes": p.fetch_bytes,
             "restarts": list(p.restarts),
+            "method": p.method.name if p.goes_live else None,
+            "out_of_service": p.takes_out,
+            "expected_outage_s": p.method.outage_s if p.takes_out else 0,
+            "gpu": p.method.gpu if p.goes_live else "",
         }
         for p in plans
     ]

@@ -109,6 +109,7 @@ class Outcome:
     plan: list[dict[str, object]]
     results: list[HostResult]
     failed_phase: str | None = None
+    floor: dict[str, object] = field(default_factory=dict)  # the plan's floor, as data
 
 
 def _steps(r: Rollout, fleet: Fleet) -> tuple[list[list[str]], bool, float]:
@@ -133,6 +134,8 @@ def plan_only(r: Rollout) -> Outcome:
 
 
 def _unhealthy(r: Rollout, f: Fleet, names: Iterable[str]) -> dict[str, str]:
+    if r.health.url:  # one URL for every host (a load balancer's): it cannot say which host
+        return {}
     urls = {name: r.health.url_of(f.facts[name]) for name in names}
     return unhealthy_now(urls, r.health.timeout_s, check_health)
 
@@ -168,7 +171,7 @@ def _planned(
     if refused:
         raise PlanError(f"{refused}; nothing changed on any host")
     results = [HostResult(p.host, batch_label(p.batch, canary), p.before, p.before) for p in plans]
-    out = Outcome(exitcodes.EXIT_OK, "", plan_json(plans, canary), results)
+    out = Outcome(exitcodes.EXIT_OK, "", plan_json(plans, canary), results, floor=floor.data())
     return out, {p.host: p for p in plans}, floor
 
 

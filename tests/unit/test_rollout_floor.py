@@ -7,13 +7,16 @@ stand-in pyinfra run."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ai_deploy.rollout import exitcodes, report
+from ai_deploy.rollout import run as rollout_run
 from ai_deploy.rollout.floor import Floor
 from ai_deploy.rollout.plan import HostFacts, PlanError, max_unavailable, plan_hosts
+from ai_deploy.rollout.run import Health, Rollout
 from ai_deploy.settings.rules import rule_problem
 from tests.unit.test_rollout_lost_lock import HOSTS, NEW, OLD, FakeFleet
 
@@ -193,3 +196,15 @@ def test_a_failed_rollout_is_switched_back_in_steps_within_the_floor(
     forth = [names for release, names in hosts.runs if release == NEW]
     assert [n for step in forth for n in step] == list(HOSTS[: HOSTS.index(failing) + 1])
     assert hosts.runs[len(forth) :] == [(OLD, names) for names in back]
+
+
+def test_one_health_url_for_every_host_counts_no_host_as_unhealthy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A load balancer's URL that fails cannot say which host is down: none is counted.
+    hosts = FloorFleet(monkeypatch)
+    hosts.down = set(HOSTS)
+    one_url = Rollout("inv.py", Path("a"), NEW, "", [], {}, Health(1, 0, 1, "http://lb/health"))
+    assert rollout_run._unhealthy(one_url, hosts.fleet, HOSTS) == {}
+    each = Rollout("inv.py", Path("a"), NEW, "", [], {}, Health(1, 0, 1, None))
+    assert set(rollout_run._unhealthy(each, hosts.fleet, HOSTS)) == set(HOSTS)

@@ -68,7 +68,9 @@ def test_plan_lines_say_before_after_venv_and_strategy() -> None:
     lines = render_plan(plans, True, 30)
     assert lines[0] == "plan: 4 host(s) in 3 step(s), 30 s watched after each"
     assert lines[1].split() == ["canary", "h1", "r1", "->", "r2", "(venv", "reused,", "socket)",
-                                "restarts", "app.socket,", "app.service"]  # fmt: skip
+                                "restarts", "app.socket,", "app.service;", "one-copy", "restart,",
+                                "out", "of", "service", "unknown", "(no", "start", "measured",
+                                "yet)"]  # fmt: skip
     assert lines[2].split()[:6] == ["batch", "1", "h2", "r1", "->", "r2"]
     assert "(venv built, socket)" in lines[2]
     assert lines[3].endswith("(no change, socket)")  # a host already serving restarts nothing
@@ -77,7 +79,8 @@ def test_plan_lines_say_before_after_venv_and_strategy() -> None:
     assert [d["step"] for d in data] == ["canary", "batch 1", "batch 1", "batch 2"]
     assert data[2] == {"host": "h3", "step": "batch 1", "before": "r2", "after": "r2",
                        "changes": False, "builds_venv": False, "strategy": "socket",
-                       "fetch_files": 0, "fetch_bytes": 0, "restarts": []}  # fmt: skip
+                       "fetch_files": 0, "fetch_bytes": 0, "restarts": [], "method": None,
+                       "out_of_service": False, "expected_outage_s": 0, "gpu": ""}  # fmt: skip
     assert data[0]["restarts"] == ["app.socket", "app.service"]
 
 
