@@ -92,8 +92,9 @@ class TrafficResult:
         kinds: dict[str, int] = {}
         for r in self.failed:
             kinds[r.status] = kinds.get(r.status, 0) + 1
+        by_kind = f" {kinds}" if kinds else ""
         return (
-            f"{len(self.failed)}/{len(self.records)} requests failed {kinds or ''}, "
+            f"{len(self.failed)}/{len(self.records)} requests failed{by_kind}, "
             f"{len(self.cut)}/{len(self.streams)} streams cut, "
             f"fewest hosts in service {self.fewest_up()}"
         )

@@ -4,6 +4,11 @@ model, as when the GPU is short), the stand-in engine with a short start, 20 POS
 /v1/completions through HAProxy with a 10 s client timeout and token streams opened during
 the rollout, one host at a time.
 
+- lb_drain=true: 0 failed requests, 0 streams cut, at least 2 hosts in service at every sample,
+  every host on the new release; a second run changes nothing, restarts nothing and drains
+  nothing;
+- a release that fails on the 2nd host: every host back on the previous release, drained and
+  restored one at a time (2 in service at every sample), 0 failed requests;
 - lb_drain=false, checks on the app's /health: the rollout's failed requests (the baseline).
 """
 
@@ -22,8 +27,8 @@ from bench.ours import setup_host
 from testkit.lb import Backend, HealthCheck, haproxy
 from testkit.lbrollout import RolloutRun, Streams, rollout_under_traffic
 from tests.e2e.conftest import Sandbox, require_root
-from tests.e2e.deploykit import REPO, Artifact, build_variant, serving_release
-from tests.e2e.test_rollout import _refuse_where_flagged
+from tests.e2e.deploykit import REPO, Artifact, build_variant, main_pid, serving_release
+from tests.e2e.test_rollout import REFUSE_FILE, _refuse_where_flagged, table_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -111,6 +116,49 @@ def explain(run: RolloutRun) -> str:
     failed = [(round(r.scheduled, 1), r.status, r.error[:60]) for r in run.traffic.failed]
     cut = [(round(s.started, 1), s.tokens, s.error[:60]) for s in run.traffic.cut]
     return f"failed {failed[:20]}\ncut {cut}\n{run.output[-5000:]}"
+
+
+def test_1_a_drained_rollout_fails_no_request_and_cuts_no_stream(fleet: Fleet) -> None:
+    put(fleet, fleet.base, DRAIN)
+    run = measured(fleet, fleet.new, DRAIN, "/lb-health", "h25-drain")
+    assert run.rc == 0, explain(run)
+    assert run.traffic.failed == [], explain(run)
+    assert len(run.traffic.streams) == 4 and run.traffic.cut == [], explain(run)
+    assert run.traffic.fewest_up() >= 2, run.traffic.samples
+    assert min(len(s.up) for s in run.traffic.samples) == 2  # each host was taken out
+    assert fleet.releases() == dict.fromkeys(fleet.names, fleet.new.release_id)
+    served = {s.releases.pop() for s in run.traffic.streams if len(s.releases) == 1}
+    assert served <= {fleet.base.release_id, fleet.new.release_id}
+
+    pids = {h.name: main_pid(h) for h in fleet.hosts}
+    again = measured(fleet, fleet.new, DRAIN, "/lb-health", "h25-drain-again")
+    assert again.rc == 0, explain(again)
+    rows = table_rows(again.output)
+    assert {n: rows[n]["outcome"] for n in fleet.names} == dict.fromkeys(fleet.names, "unchanged")
+    assert {h.name: main_pid(h) for h in fleet.hosts} == pids  # nothing restarted
+    assert again.traffic.fewest_up() == 3  # nothing drained
+    assert again.traffic.failed == [] and again.traffic.cut == []
+
+
+def test_2_a_release_failing_on_the_second_host_puts_every_host_back_drained(
+    fleet: Fleet,
+) -> None:
+    put(fleet, fleet.new, DRAIN)
+    second = fleet.hosts[1]
+    second.sudo(f"touch {REFUSE_FILE}")
+    try:
+        run = measured(fleet, fleet.refusing, DRAIN, "/lb-health", "h25-refusing")
+    finally:
+        second.sudo(f"rm -f {REFUSE_FILE}")
+    assert run.rc == 15, explain(run)
+    assert fleet.releases() == dict.fromkeys(fleet.names, fleet.new.release_id)
+    rows = table_rows(run.output)
+    assert {n: rows[n]["after"] for n in fleet.names} == dict.fromkeys(
+        fleet.names, fleet.new.release_id
+    )
+    assert run.traffic.failed == [], explain(run)
+    assert run.traffic.cut == [], explain(run)
+    assert run.traffic.fewest_up() >= 2, run.traffic.samples  # one at a time, back included
 
 
 def test_3_without_drain_the_same_rollout_fails_requests(fleet: Fleet) -> None:
