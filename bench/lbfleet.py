@@ -5,8 +5,8 @@ root.
 
 In one run it boots as many sandbox hosts as the largest fleet (the smaller fleet is the first
 hosts of it, with an inventory of its own), sets the stand-in engine's start
-(MODEL_LOAD_SECONDS in the kept .env), and for each fleet size and each of lb_drain=true and
-false: puts the base release on every host (unmeasured), measures one host's start
+(MODEL_LOAD_SECONDS in the kept .env), and for lb_drain=true then false, for each fleet size:
+puts the base release on every host (unmeasured), measures one host's start
 (`systemctl restart` to /health 200), then runs `ai-deploy deploy` of a release the hosts never
 had, one host at a time under `deploy_strategy=restart`, while POSTs of /v1/completions and
 token streams go through HAProxy (testkit.lb: checks on /lb-health with drain, on the app's
@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     if not start("systemd-nspawn sandbox hosts and HAProxy", drop_ci_env=True):
         return 2
     head = header("python -m bench.lbfleet", raw)
-    runs = [(n, drain) for n in args.sizes for drain in (True, False)]
+    # Every drained rollout first: a host where lb_drain was turned off is never turned on
+    # again (that change, made by a deploy, fails on a host whose app holds app_port).
+    runs = [(n, drain) for drain in (True, False) for n in args.sizes]
     labels = {(n, d): f"rel-{n}-{'drain' if d else 'nodrain'}" for n, d in runs}
     results: list[LbFleetResult] = []
     notes: list[str] = []
