@@ -1,8 +1,9 @@
 """`ai-deploy status [--json]`: per host, the current release, kept releases, service, strategy,
-health (with when the app loaded), lock, GPU, the cache directory's size and the last lines of
-revisions.log. Every host of the inventory is shown, an unreachable one with why; the exit
-status is 1 when any host is unreachable or not healthy (health not 200, or its service not
-active)."""
+health (with when the app loaded), with lb_drain the load-balancer state as the host answers
+lb_health_path (in service / drained / not ready), lock, GPU, the cache directory's size and the
+last lines of revisions.log. Every host of the inventory is shown, an unreachable one with why;
+the exit status is 1 when any host is unreachable or not healthy (health not 200, or its service
+not active)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ai_deploy.commands.when import when_text
 from ai_deploy.host.cache import CacheState, parse_state, state_script
 from ai_deploy.host.gpu import parse_probe as parse_gpu_probe
 from ai_deploy.host.gpu import probe_script as gpu_probe_script
+from ai_deploy.host.lbdrain import lb_health
 from ai_deploy.host.paths import Layout
 from ai_deploy.host.release.health import parse_probe, probe_script
 from ai_deploy.host.release.lock import describe_lock
@@ -24,6 +26,7 @@ from ai_deploy.host.release.models import models_script, parse_models
 from ai_deploy.host.remote import PyinfraRemote
 from ai_deploy.host.revisions import revisions_script
 from ai_deploy.host.safetext import safe_text
+from ai_deploy.host.settings import Spec
 from ai_deploy.inventory import connected_partly
 
 if TYPE_CHECKING:
@@ -83,6 +86,16 @@ def is_healthy(report: dict[str, Any]) -> bool:
     )
 
 
+def lb_report(h: PyinfraRemote) -> dict[str, Any] | None:
+    """With lb_drain: the load-balancer state as the host answers lb_health_path (in service,
+    drained, not ready) and where it is answered; None without lb_drain."""
+    spec = Spec.from_data(h.data)
+    if not spec.lb_drain:
+        return None
+    code, state = lb_health(h, spec)
+    return {"state": state, "code": code, "path": spec.lb_health_path, "port": spec.lb_health_port}
+
+
 def host_report(h: PyinfraRemote) -> dict[str, Any]:
     """What `status` says about one reachable host, as data."""
     d, layout = h.data, layout_of(h)
@@ -117,6 +130,7 @@ def host_report(h: PyinfraRemote) -> dict[str, Any]:
         "models": list(parse_models(h.run(models_script(layout)).stdout).get(tree.current, ())),
         "cache": parse_state(layout, h.run(state_script(layout)).stdout).to_dict(),
         "revisions": log,
+        "load_balancer": lb_report(h),
     }
     report["healthy"] = is_healthy(report)
     return report
@@ -153,6 +167,10 @@ def render(report: dict[str, Any], now: float | None = None) -> list[str]:
     ]
     if "loaded_at" in health:
         lines.append(f"  loaded:    {when_text(health['loaded_at'], now)}")
+    lb = report.get("load_balancer")
+    if lb:
+        answer = lb["code"] or "no answer"
+        lines.append(f"  lb:        {lb['state']} ({lb['path']} on port {lb['port']}: {answer})")
     lines.append(f"  lock:      {report['lock_line']}")
     if report["gpu"]:
         lines.append(f"  gpu:       {report['gpu']}")
@@ -187,8 +205,8 @@ def show_status(inventory: str | None, as_json: bool = False) -> int:
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "status",
-        help="per host: current release, kept releases, service, health, lock, cache size, "
-        "log; "
+        help="per host: current release, kept releases, service, health, load-balancer state "
+        "(lb_drain), lock, cache size, log; "
         "exit 1 when a host is unreachable or not healthy",
     )
     add_inventory(parser)

@@ -26,8 +26,15 @@ IN_SERVICE, DRAINED, NOT_READY = "in service", "drained", "not ready"
 def lb_health_script(spec: Spec) -> str:
     """Shell that prints the status and first word of lb_health_path's answer on the host
     ("000" when nothing answers)."""
-    url = shlex.quote(f"http://127.0.0.1:{spec.lb_health_port}{spec.lb_health_path}")
+    url = shlex.quote(f"http://{_local(spec.app_host)}:{spec.lb_health_port}{spec.lb_health_path}")
     return f"curl -s -m 3 -o - -w ' %{{http_code}}' {url} 2>/dev/null | tail -c 40; true"
+
+
+def _local(app_host: str) -> str:
+    """Where nginx answers on the host itself: loopback when it listens on every address."""
+    if app_host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{app_host}]" if ":" in app_host else app_host
 
 
 def parse_lb_health(lines: list[str]) -> tuple[int, str]:
@@ -51,12 +58,6 @@ class TakenOut:
 
     was_in_service: bool
     in_flight: Drained | None
-
-    @property
-    def journal(self) -> str:
-        if self.in_flight is None:
-            return "lb-drained"
-        return f"lb-drained in-flight={self.in_flight.open_at_switch}"
 
 
 def in_flight_message(drained: Drained | None, port: int) -> str:

@@ -62,6 +62,7 @@ class Spec:
     gpu_memory_when_short: str
     # behind a load balancer (ai_deploy.host.lbdrain): drain through lb_health_path first
     lb_drain: bool
+    app_host: str  # where nginx answers lb_health_path (the host probes it there)
     lb_health_path: str
     lb_health_port: int  # app_port unless set
     lb_drain_wait_s: float
@@ -131,6 +132,7 @@ class Spec:
             gpu_memory_needed_mib=_optional_int(get("gpu_memory_needed_mib")),
             gpu_memory_when_short=str(get("gpu_memory_when_short")),
             lb_drain=flag(get("lb_drain")),
+            app_host=str(get("app_host")),
             lb_health_path=str(get("lb_health_path")),
             lb_health_port=int(get("lb_health_port") or get("app_port")),
             lb_drain_wait_s=float(get("lb_drain_wait_s")),

@@ -136,13 +136,19 @@ def test_nginx_answers_lb_health_in_front_of_the_app(host: Sandbox, release: Art
     try:
         assert _lb_health(host) == (503, "drained")
         assert serving_release(host.address) == release.release_id
+        shown = cli_ok(cli(host.inventory, "status"))
+        assert "  lb:        drained (/lb-health on port 8000: 503)\n" in shown, shown
     finally:
         host.sudo("rm -f /run/ai-server.lb-drained")
     assert _lb_health(host)[0] == 200
+    shown = cli_ok(cli(host.inventory, "status"))
+    assert "  lb:        in service (/lb-health on port 8000: 200)\n" in shown, shown
     # The app down: "not ready", whatever nginx gets (a refused connection).
     host.sudo("systemctl stop ai-server")
     try:
         assert _lb_health(host) == (503, "not ready")
+        shown = cli(host.inventory, "status")
+        assert shown.returncode == 1 and "  lb:        not ready (/lb-health" in shown.stdout
     finally:
         host.sudo("systemctl start ai-server")
     for _ in range(100):
@@ -163,6 +169,9 @@ def test_a_second_run_drains_nothing(host: Sandbox, release: Artifact, lb_health
 def test_a_restart_drains_waits_for_the_stream_and_puts_the_host_back(
     host: Sandbox, release: Artifact, lb_health: Samples
 ) -> None:
+    # An idle keep-alive connection to nginx is not a request in flight: never waited for.
+    idle = requests.Session()
+    assert idle.get(f"http://{host.address}:8000/health", timeout=5).status_code == 200
     stream, thread = open_stream(host.address, TOKENS)
     assert stream.first.wait(30) and stream.tokens, stream.error
     out = cli_ok(cli(host.inventory, "restart", timeout=400))
@@ -170,11 +179,12 @@ def test_a_restart_drains_waits_for_the_stream_and_puts_the_host_back(
     lb_health.stop.set()
     assert stream.error == "" and stream.done, (stream.error, len(stream.tokens), out)
     assert [t["index"] for t in stream.tokens] == list(range(TOKENS))
+    idle.close()
     assert lb_health.changes() == [200, 503, 200], lb_health.runs()
     _in_order(
         out,
         f"drained from the load balancer; waiting {WAIT_S} s",
-        "1 request(s) in flight, finished in",
+        "] 1 request(s) in flight, finished in",  # the stream, not the idle connection
         "ai-server.service: no connection open at the stop",  # the stream was waited for
         "/health answered 200 after",
         f"back in service after {WAIT_S} s",
@@ -208,6 +218,59 @@ def test_a_failing_release_stays_drained_until_the_previous_one_is_back(
         f"back in service after {WAIT_S} s",
     )
     assert serving_release(host.address) == release.release_id
+
+
+def test_a_host_that_ends_unhealthy_stays_drained(host: Sandbox, lb_health: Samples) -> None:
+    """A restart of a release that then fails (its .env breaks the model load) has nothing to
+    switch back to: the host stays drained, 503 "drained", until a restart is healthy again."""
+    env = "/app/ai-server/.env"
+    host.sudo(f"cp -p {env} {env}.l25 && echo MODEL_LOAD_SECONDS=broken >> {env}")
+    try:
+        failed = cli(host.inventory, "restart", timeout=400)
+        assert failed.returncode != 0, failed.stdout
+        assert _lb_health(host) == (503, "drained")
+        time.sleep(2)  # the load balancer keeps seeing it drained
+        assert _lb_health(host) == (503, "drained")
+        shown = cli(host.inventory, "status")
+        assert "  lb:        drained (" in shown.stdout, shown.stdout
+    finally:
+        host.sudo(f"mv -f {env}.l25 {env}")
+    out = cli_ok(cli(host.inventory, "restart", timeout=400))
+    lb_health.stop.set()
+    assert "it was not in service: /lb-health answered 503), no wait" in out, out
+    assert f"back in service after {WAIT_S} s" in out
+    assert lb_health.changes() == [200, 503, 200], lb_health.runs()
+    assert _lb_health(host)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("strategy", "app_listens"),
+    [
+        ("socket", "127.0.0.1:18000"),
+        ("bluegreen", "127.0.0.1:8001"),
+        ("restart", "127.0.0.1:18000"),
+    ],
+)
+def test_every_strategy_answers_lb_health_and_keeps_its_steady_state(
+    host: Sandbox, release: Artifact, strategy: str, app_listens: str
+) -> None:
+    """The host moves restart -> socket -> blue/green -> restart with lb_drain on: each answers
+    lb_health_path from nginx, the drain flag works on each, a second run changes nothing."""
+    _deployed(host, release)
+    data = (release.data, f"deploy_strategy={strategy}")
+    assert_ok(run_deploy(host.inventory, *data))
+    assert _lb_health(host)[0] == 200
+    assert serving_release(host.address) == release.release_id
+    listening = host.sudo("ss -Htlnp")
+    assert app_listens in listening and "nginx" in listening.split("0.0.0.0:8000")[1][:200]
+    host.sudo("touch /run/ai-server.lb-drained")
+    try:
+        assert _lb_health(host) == (503, "drained")
+    finally:
+        host.sudo("rm -f /run/ai-server.lb-drained")
+    again = assert_ok(run_deploy(host.inventory, *data))
+    assert grand_total(again).success == 0, again
+    assert "drained from the load balancer" not in again
 
 
 def test_lb_drain_off_gives_the_port_back_to_the_app(host: Sandbox, release: Artifact) -> None:

@@ -102,3 +102,18 @@ def test_lb_drain_off_runs_nothing() -> None:
     assert take_out(host, _spec(lb_drain=False), 8000, sleep=slept.append) is None
     put_back(host, _spec(lb_drain=False), sleep=slept.append)
     assert host.scripts == [] and slept == [] and host.said == []
+
+
+@pytest.mark.parametrize(
+    ("app_host", "where"),
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("::", "127.0.0.1"),
+        ("10.0.0.7", "10.0.0.7"),
+        ("fd00::7", "[fd00::7]"),
+    ],
+)
+def test_the_host_asks_nginx_where_it_listens(app_host: str, where: str) -> None:
+    host = ScriptedHost(["ok 200"], [0])
+    put_back(host, _spec(app_host=app_host), sleep=lambda _: None)
+    assert f"http://{where}:8000/lb-health" in host.scripts[1]

@@ -73,7 +73,7 @@ def nginx_installed(data: Any) -> None:
     systemd.daemon_reload(name="Reload systemd: nginx's drop-in changed", _if=hardening.did_change)
     if "nginx" not in host.get_fact(DebPackages):
         apt.packages(
-            name="Ensure nginx is installed (blue/green proxy)",
+            name="Ensure nginx is installed (blue/green proxy, lb front)",
             packages=["nginx"],
             update=True,
             cache_time=86400,
