@@ -175,6 +175,12 @@ def batch_label(number: int, has_canary: bool) -> str:
     return f"batch {number + 1}"
 
 
+def _out_of_service(p: HostPlan) -> str:
+    if p.before is None:
+        return "not in service yet"
+    return f"out of service {p.method.outage}"
+
+
 def render_plan(plans: list[HostPlan], has_canary: bool, wait_s: float) -> list[str]:
     """The plan as lines: one per host, grouped by batch in the order they run, each host that
     goes live with its method and expected time out of service (and, where two copies do not
@@ -196,7 +202,7 @@ def render_plan(plans: list[HostPlan], has_canary: bool, wait_s: float) -> list[
             f"  {batch_label(p.batch, has_canary):<8} {p.host:<{width}}  {before} -> {p.after}"
             f"  ({what}, {p.strategy})"
             + (f"  restarts {', '.join(p.restarts)}" if p.changes and p.restarts else "")
-            + (f"; {p.method.name}, out of service {p.method.outage}" if p.goes_live else "")
+            + (f"; {p.method.name}, {_out_of_service(p)}" if p.goes_live else "")
         )
         if p.goes_live and p.method.gpu:
             lines.append(f"  {'':<8} {'':<{width}}  {p.method.gpu}")

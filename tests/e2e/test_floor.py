@@ -3,7 +3,7 @@
 
 - a batch larger than the floor allows is refused with exit 2, `--plan` and the deploy alike,
   before any change: each host keeps its release, its process, its revisions.log, and has no
-  lock and no trace of the new release;
+  lock and no trace of the new release; so is a canary of one while another host is down;
 - the plan prints each host's method with its expected time out of service (read from the
   host's last-start.json where there is one) and the floor, as lines and as JSON;
 - a release failing on the third host is switched back one host at a time, in the order the
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from ai_deploy.sandbox import hosts
 from tests.e2e.conftest import Sandbox, require_root
@@ -29,6 +31,7 @@ from tests.e2e.deploykit import (
     Artifact,
     build_variant,
     cli_env,
+    health,
     main_pid,
     revisions,
     run_cli,
@@ -105,6 +108,36 @@ def test_a_batch_the_floor_does_not_allow_is_refused_with_exit_2_before_any_chan
         assert not lock_left(h), f"{h.name}: the refused deploy left its lock"
         found = h.sudo(f"ls {APP_ROOT}/releases {APP_ROOT}/.incoming 2>/dev/null || true")
         assert fleet.good.release_id not in found, f"{h.name} got the refused release"
+
+
+def test_a_host_already_down_counts_and_refuses_a_canary_that_would_take_a_second_out(
+    fleet: Fleet,
+) -> None:
+    a, _, c = fleet.hosts
+    c.sudo("systemctl stop ai-server.socket ai-server.service")
+    try:
+        before = {h.name: (main_pid(h), revisions(h)) for h in fleet.hosts}
+        code, out = deploy(fleet, fleet.good)  # the defaults: a canary of 1, batches of 1
+        assert code == 2, out
+        assert f"  {c.name} is out of service now: " in out, out
+        assert (
+            f"canary would take 2 of 3 host(s) out of service at once ({a.name}: one-copy "
+            f"restart; {c.name}: unhealthy now)"
+        ) in out, out
+        assert f"bring {c.name} back into service first" in out, out
+        assert {h.name: (main_pid(h), revisions(h)) for h in fleet.hosts} == before
+        assert all(not lock_left(h) for h in fleet.hosts)
+    finally:
+        c.sudo("systemctl start ai-server.socket ai-server.service")
+    deadline = time.monotonic() + 120  # a guard for the next tests, not a timing assertion
+    while time.monotonic() < deadline:
+        try:
+            if health(c.address, timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    assert serving_release(c.address) == fleet.base.release_id
 
 
 def test_the_plan_prints_each_hosts_method_its_expected_outage_and_the_floor(

@@ -75,6 +75,7 @@ def test_plan_lines_say_before_after_venv_and_strategy() -> None:
     assert "(venv built, socket)" in lines[2]
     assert lines[3].endswith("(no change, socket)")  # a host already serving restarts nothing
     assert "(none) -> r2  (venv built" in lines[4]
+    assert lines[4].endswith("; one-copy restart, not in service yet")
     data = plan_json(plans, True)
     assert [d["step"] for d in data] == ["canary", "batch 1", "batch 1", "batch 2"]
     assert data[2] == {"host": "h3", "step": "batch 1", "before": "r2", "after": "r2",
