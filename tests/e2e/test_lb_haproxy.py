@@ -198,6 +198,7 @@ def test_traffic_counts_what_failed_and_what_was_cut_and_who_was_up(
         for fake in hosts:
             fake.cut_streams_after = 3
         cut = traffic.open_streams(2, tokens=10, interval=0.2)
+        traffic.wait_streams(30)  # both cut by their hosts before h2 stops taking connections
         hosts[1].stop_service()  # refused, and HAProxy still sends h2 its turn
         late = LbTraffic(lb, rate=30, timeout=5, max_duration=1).start()
         late.load.wait(10)
