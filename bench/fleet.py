@@ -15,24 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ai_deploy.sandbox import hosts
-from ai_deploy.sandbox.image import SandboxError
 from bench import ours
 from bench.fleet_cli import DEPLOY_LIMIT_S, REPO, STRATEGY, deploy_argv, run_cli
 from bench.fleet_load import RoundRobinLoad, failed_by_host, variant_of
 from bench.fleet_report import FleetResult, acceptance, render_markdown, render_table
 from bench.metrics import summarize
 from bench.scenarios import DeployError, check_host
-from bench.startup import start
+from bench.startup import guarded, header, remove_hosts, start
 from testkit.load import OK, http_get
 from testkit.remote import sudo
 from testkit.variants import Variant, build
@@ -148,13 +144,7 @@ class FleetBench:
             self.put(group, "base", f"setup-{'fleet' if fleet else 'one'}")
 
     def down(self) -> None:
-        for name in list(self.started):
-            try:
-                hosts.down([name])
-                log(f"removed host {name}")
-            except SandboxError as exc:  # removed from outside already
-                log(f"host {name}: {exc}")
-            self.started.remove(name)
+        remove_hosts(self.started, log)
 
     def put(self, group: Group, label: str, why: str) -> None:
         """Unmeasured: LABEL served by every host of GROUP, or DeployError."""
@@ -242,16 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(raw)
     if not start("systemd-nspawn sandbox hosts", drop_ci_env=True):
         return 2
-    command = " ".join(["python -m bench.fleet", *map(shlex.quote, raw)])
-    load_avg = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    others = [h.name for h in hosts.list_hosts() if h.running]
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = header("python -m bench.fleet", raw)
     results: list[FleetResult] = []
     notes: list[str] = []
-    rc = 0
     with tempfile.TemporaryDirectory(prefix="ai-deploy-bench-fleet-") as tmp:
         bench = FleetBench(args, Path(tmp))
-        try:
+
+        def body() -> None:
             bench.build_variants()
             bench.prepare()
             for sc in args.scenarios:
@@ -271,20 +258,16 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
                 log(f"({sc.key}): {describe(results[-1])}")
-        except KeyboardInterrupt:
-            rc = 130
-            notes.append("the run was interrupted; the table holds what was measured")
-        except Exception as exc:
-            rc = 1
-            log(f"the run stopped on an error: {exc!r}\n{traceback.format_exc()}")
-            notes.append(f"the run stopped on an error: {exc!r}")
+
+        try:
+            rc = guarded(body, notes, log)
         finally:
             bench.down()
     info = [
-        ("Command", f"`{command}` (as root, from the repository root)"),
-        ("Date", f"{date}; runtime {(time.monotonic() - _T0) / 60:.1f} min"),
-        ("Machine", f"{os.cpu_count()} CPUs, load average {load_avg} at start; the 5 hosts "
-         f"and the load generator share them; {len(others)} other sandbox host(s) running"),
+        ("Command", f"`{head.command}` (as root, from the repository root)"),
+        ("Date", f"{head.date}; runtime {(time.monotonic() - _T0) / 60:.1f} min"),
+        ("Machine", f"{os.cpu_count()} CPUs, load average {head.load_avg} at start; the 5 hosts "
+         f"and the load generator share them; {len(head.others)} other sandbox host(s) running"),
         ("Hosts", "systemd-nspawn sandbox guests; (a) 1 host, (b)-(d) 4 hosts (one inventory "
          f"each); strategy {STRATEGY}, MODEL_LOAD_SECONDS={args.model_load:g}"),
         ("Load", f"{args.rate:g} requests/s in all, GET /predict (~50 ms of work), a new "

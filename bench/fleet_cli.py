@@ -3,10 +3,8 @@ repository root, in a session of its own, its output kept; stopped with SIGTERM 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.proc import CmdResult
+from testkit.lbrollout import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGY = "socket"
@@ -30,19 +29,6 @@ def deploy_argv(inventory: Path, artifact: Path, rollout: Sequence[str]) -> list
         "--data", f"deploy_strategy={STRATEGY}", "--data", "rollout_max_unavailable=100%",
         *rollout,
     ]  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM first: ai-deploy then stops its pyinfra run and drops the locks; its group
-    (this module started it in a session of its own) is killed by id only if it hangs."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 def run_cli(
@@ -70,10 +56,10 @@ def run_cli(
     try:
         result.rc = proc.wait(timeout=DEPLOY_LIMIT_S)
     except subprocess.TimeoutExpired:
-        _stop(proc)
+        stop_group(proc)
         result.rc, result.timed_out = 124, True
     except BaseException:
-        _stop(proc)
+        stop_group(proc)
         raise
     finally:
         result.ended = time.monotonic()

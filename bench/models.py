@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ai_deploy.sandbox import hosts
-from ai_deploy.sandbox.image import SandboxError
 from bench import ours
 from bench.fleet_load import variant_of
 from bench.models_host import PORT, ModelServerHost, Served, build_release
@@ -40,7 +39,7 @@ from bench.models_report import (
 )
 from bench.proc import CmdResult
 from bench.report import contention
-from bench.startup import start
+from bench.startup import remove_hosts, start
 from testkit.load import OK, http_get
 from testkit.variants import Variant
 
@@ -88,13 +87,7 @@ class ModelsBench:
         log(f"model server listening on the host's 127.0.0.1:{PORT}")
 
     def down(self) -> None:
-        for name in list(self.started):
-            try:
-                hosts.down([name])
-                log(f"removed host {name}")
-            except SandboxError as exc:  # removed from outside already
-                log(f"host {name}: {exc}")
-            self.started.remove(name)
+        remove_hosts(self.started, log)
 
     def deploy(self, variant: Variant, why: str) -> tuple[CmdResult, str]:
         """Our deploy of VARIANT (pyinfra, as a person runs it), its output kept in

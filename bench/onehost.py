@@ -45,7 +45,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ai_deploy.sandbox import hosts
-from ai_deploy.sandbox.image import SandboxError
 from ai_deploy.sandbox.paths import ssh_key_path
 from bench import onehost_parse, ours
 from bench.fleet_load import variant_of
@@ -53,7 +52,7 @@ from bench.onehost_parse import parse_phases, pyinfra_breakdown, tool_breakdown
 from bench.onehost_report import Run, render_markdown, walls_table
 from bench.proc import CmdResult, run_streamed
 from bench.report import contention
-from bench.startup import start
+from bench.startup import remove_hosts, start
 from testkit.load import OK, http_get
 from testkit.variants import Variant, build
 
@@ -143,13 +142,7 @@ class OneHostBench:
         ours.setup_host(self.host.address, self.args.model_load)
 
     def down(self) -> None:
-        for name in list(self.started):
-            try:
-                hosts.down([name])
-                log(f"removed host {name}")
-            except SandboxError as exc:  # removed from outside already
-                log(f"host {name}: {exc}")
-            self.started.remove(name)
+        remove_hosts(self.started, log)
 
     def artifact(self, label: str) -> Variant:
         """The example app with a change of its own (/predict names LABEL): a new release."""

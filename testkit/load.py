@@ -115,7 +115,7 @@ def _variant(body: bytes) -> str | None:
 
 class LoadGenerator:
     """RATE requests per second to http://ADDRESS:PORT/PATH from `start()` until `stop()` or
-    MAX_DURATION seconds, whichever comes first."""
+    MAX_DURATION seconds, whichever comes first; POSTs of BODY when it is given."""
 
     def __init__(
         self,
@@ -126,6 +126,7 @@ class LoadGenerator:
         rate: float = 20.0,
         timeout: float = 2.0,
         max_duration: float = 300.0,
+        body: bytes | None = None,
     ) -> None:
         if rate <= 0 or timeout <= 0 or max_duration <= 0:
             raise ValueError("rate, timeout and max_duration must be positive")
@@ -135,6 +136,7 @@ class LoadGenerator:
         self.rate = rate
         self.timeout = timeout
         self.max_duration = max_duration
+        self.body = body
         self.records: list[RequestRecord] = []
         self.t0 = 0.0
         self._stop = threading.Event()
@@ -182,7 +184,15 @@ class LoadGenerator:
 
     def _one(self, seq: int, scheduled: float) -> None:
         start = self.now()
-        answer = http_get(self.address, self.port, f"{self.path}?q=bench-{seq}", self.timeout)
+        path = f"{self.path}?q=bench-{seq}"
+        answer = http_request(
+            self.address,
+            self.port,
+            path,
+            self.timeout,
+            method="GET" if self.body is None else "POST",
+            json_body=self.body or b"",
+        )
         end = self.now()
         variant = _variant(answer.body) if answer.status == OK else None
         self.records.append(
