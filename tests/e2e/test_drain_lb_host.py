@@ -273,7 +273,9 @@ def test_every_strategy_answers_lb_health_and_keeps_its_steady_state(
     assert "drained from the load balancer" not in again
 
 
-def test_lb_drain_off_gives_the_port_back_to_the_app(host: Sandbox, release: Artifact) -> None:
+def test_lb_drain_off_gives_the_port_back_to_the_app_and_on_takes_it_again(
+    host: Sandbox, release: Artifact
+) -> None:
     _deployed(host, release)
     assert_ok(run_deploy(host.inventory, release.data, "lb_drain=false"))
     assert serving_release(host.address) == release.release_id
@@ -284,3 +286,9 @@ def test_lb_drain_off_gives_the_port_back_to_the_app(host: Sandbox, release: Art
     assert requests.get(f"http://{host.address}:8000/lb-health", timeout=5).status_code == 404
     again = assert_ok(run_deploy(host.inventory, release.data, "lb_drain=false"))
     assert grand_total(again).success == 0, again
+    # And on again: the service lets go of the public port before nginx's front takes it.
+    back = assert_ok(run_deploy(host.inventory, release.data))
+    assert _lb_health(host)[0] == 200, back
+    listening = host.sudo("ss -Htlnp")
+    assert "127.0.0.1:18000" in listening and "nginx" in listening, listening
+    assert serving_release(host.address) == release.release_id

@@ -51,6 +51,11 @@ def is_steady(tree: AppTree, layout: Layout) -> bool:
 
 def go_live(remote: Remote, spec: Spec, before: Links, leave_others: Leave) -> Live:
     def take_port() -> int:
+        if front.must_move(remote, spec):
+            # lb_drain turned on or off: the public port changes hands between the service and
+            # nginx's front, so the service lets go of it first (it was drained, if at all,
+            # by the stop before: an old process on the public port has no front to drain).
+            remote.run(f"systemctl stop {shlex.quote(spec.service)}")
         leave_others()
         front.take(remote, spec)
         remote.run(f"systemctl enable {shlex.quote(spec.service)} 2>/dev/null || true")
