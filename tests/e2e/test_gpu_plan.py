@@ -110,10 +110,15 @@ def live_colour(sandbox: Sandbox) -> str:
 def state(sandbox: Sandbox) -> dict[str, object]:
     """What a plan must leave alone: the release served, each colour's unit (state and main
     process), the live colour, revisions.log and the last start."""
+    # A stopped colour's unit may be unloaded by systemd, which zeroes its timestamps: only a
+    # running colour's main process and start time say whether it was restarted.
     units = read_host(
         sandbox,
-        "for c in blue green; do systemctl show -p ActiveState -p MainPID "
-        "-p ActiveEnterTimestampMonotonic ai-server@$c.service; done",
+        "for c in blue green; do u=ai-server@$c.service\n"
+        "  s=$(systemctl show -p ActiveState --value $u)\n"
+        '  if [ "$s" = active ]; then echo "$c active $(systemctl show -p MainPID '
+        "-p ActiveEnterTimestampMonotonic --value $u | tr '\\n' ' ')\"\n"
+        '  else echo "$c $s"; fi\ndone',
         "the colours' units",
     )
     last = read_host(sandbox, f"cat {APP_ROOT}/last-start.json", "last-start.json")
@@ -127,7 +132,11 @@ def state(sandbox: Sandbox) -> dict[str, object]:
 
 
 def plan_line(out: str, name: str) -> str:
-    steps = [line for line in out.splitlines() if line.startswith("  canary") and name in line]
+    steps = [
+        line
+        for line in out.splitlines()
+        if line.startswith(("  canary", "  batch")) and name in line
+    ]
     assert len(steps) == 1, out
     return steps[0]
 
