@@ -100,7 +100,9 @@ def test_deploy_with_a_hand_written_inventory_uses_the_apps_settings(
     assert "SENTIMENT_MARK=from-relative-env" in listing
     assert {f"{APP}.log", f"{APP}-error.log", APP, f"{APP}-build"} <= set(listing)
     # No data directory it never asked for.
-    assert listing[-6:] == ["cache", "current", "healthy", "releases", "revisions.log", "venvs"]
+    assert listing[-7:] == [
+        "cache", "current", "healthy", "last-start.json", "releases", "revisions.log", "venvs"
+    ]  # fmt: skip
 
     leftovers = read_host(
         sandbox,

@@ -155,6 +155,7 @@ def test_fresh_host_deploy_serves_and_host_state_is_right(
             "cache",
             "current",
             "healthy",
+            "last-start.json",
             "releases",
             "revisions.log",
             "venvs",

@@ -24,6 +24,7 @@ from ai_deploy.report import secretlike
 from ai_deploy.report.notify import Outcome
 from ai_deploy.rollout import run as rollout_run
 from ai_deploy.rollout.fleetlock import Fleet
+from ai_deploy.rollout.floor import Floor
 from ai_deploy.rollout.plan import HostFacts
 from ai_deploy.rollout.pyinfra_run import PyinfraRun
 from ai_deploy.rollout.report import HostResult
@@ -133,9 +134,9 @@ def _one_step(run: Run, result: PyinfraRun, monkeypatch: pytest.MonkeyPatch) -> 
     )
     out = Outcome_([], [], [], [HostResult("10.0.0.5", "batch 1", "old", "old")])
     monkeypatch.setattr(rollout_run, "run_pyinfra_streamed", lambda *a, **k: result)
-    return rollout_run._Steps(rollout, Fleet(facts={"10.0.0.5": facts}), out, 0.0)._step(
-        ["10.0.0.5"]
-    )
+    fleet = Fleet(facts={"10.0.0.5": facts})
+    plan = ({}, Floor.of("1", 1))  # _step itself reads neither
+    return rollout_run._Steps(rollout, fleet, out, 0.0, plan)._step(["10.0.0.5"])
 
 
 def test_the_deploy_message_holds_outcomes_not_the_hosts_log_lines(
