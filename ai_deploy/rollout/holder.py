@@ -70,7 +70,7 @@ def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
         lock=tree.lock,
         model_blobs=more.blobs,
         units=strategies.get(spec.strategy).units(spec.layout),
-        lb_drain=str(_get(remote.data, "lb_drain")).lower() in ("true", "1", "yes"),
+        lb_drain=spec.lb_drain,  # as the host reads it (ai_deploy.host.settings.flag)
         gpu_when_short=spec.gpu_memory_when_short,
         gpu=more.gpu,
         last_start=more.last_start,
