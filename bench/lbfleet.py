@@ -30,7 +30,7 @@ from pathlib import Path
 from ai_deploy.sandbox import hosts
 from bench.fleet import Group
 from bench.fleet_cli import REPO, run_cli
-from bench.lbfleet_report import LbFleetResult, render_markdown, render_table
+from bench.lbfleet_report import LbFleetResult, render_markdown, render_table, stream_wait_s
 from bench.metrics import summarize
 from bench.ours import setup_host
 from bench.startup import guarded, header, remove_hosts, start
@@ -41,7 +41,8 @@ from testkit.remote import sudo
 from testkit.variants import Variant, build
 
 _T0 = time.monotonic()
-BEFORE_S = AFTER_S = 5.0  # steady traffic before the rollout, and after it
+BEFORE_S = 30.0  # steady traffic before the rollout (600 requests at 20/s: a steady p99)
+AFTER_S = 5.0  # and after it
 
 
 def log(message: str) -> None:
@@ -145,6 +146,7 @@ class LbFleetBench:
             )  # fmt: skip
         records = run.traffic.records
         r.rc, r.wall_s, r.serves_after = run.rc, run.wall_s, fleet.serving()
+        r.stream_wait_s = stream_wait_s(run.output)
         r.summary = summarize(
             records,
             steady=(0.0, run.started - 1e-6),
@@ -167,24 +169,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="writes lbfleet.md, lbfleet.json and lbfleet-logs/ there")  # fmt: skip
     p.add_argument("--rate", type=float, default=20.0, help="POSTs/s in all (default 20)")
     p.add_argument("--timeout", type=float, default=10.0, help="client timeout s (default 10)")
-    p.add_argument("--model-load", type=float, help="MODEL_LOAD_SECONDS (default 10)")
-    p.add_argument("--check-interval", type=float, help="HAProxy check interval s (default 1)")
+    p.add_argument("--model-load", type=float, help="MODEL_LOAD_SECONDS (default 60)")
+    p.add_argument("--check-interval", type=float,
+                   help="HAProxy check interval s (default 5, a GCP health check's)")  # fmt: skip
     p.add_argument("--threshold", type=int, default=2, help="checks in a row (default 2)")
-    p.add_argument("--drain-wait", type=float, help="lb_drain_wait_s (default 3)")
+    p.add_argument("--drain-wait", type=float, help="lb_drain_wait_s (default 12, its own)")
     p.add_argument("--streams", type=int, default=4, help="streams per rollout (default 4)")
-    p.add_argument("--stream-s", type=float, help="each stream's length s (default 30)")
+    p.add_argument("--stream-s", type=float, help="each stream's length s (default 60)")
     p.add_argument("--floor", type=int, default=1, help="rollout_max_unavailable (default 1)")
     args = p.parse_args(argv)
     quick = args.quick
     args.sizes = [3] if quick else sorted({int(n) for n in args.hosts.split(",")})
     if args.model_load is None:
-        args.model_load = 3.0 if quick else 10.0
+        args.model_load = 3.0 if quick else 60.0
     if args.check_interval is None:
-        args.check_interval = 0.5 if quick else 1.0
+        args.check_interval = 0.5 if quick else 5.0
     if args.drain_wait is None:
-        args.drain_wait = 2.0 if quick else 3.0
+        args.drain_wait = 2.0 if quick else 12.0
     if args.stream_s is None:
-        args.stream_s = 10.0 if quick else 30.0
+        args.stream_s = 10.0 if quick else 60.0
     args.stream_interval = 0.5
     args.stream_tokens = max(1, round(args.stream_s / args.stream_interval))
     if args.drain_wait < args.check_interval * args.threshold:
