@@ -1,6 +1,7 @@
 """`ai-deploy lock status|release`: who holds each host's deploy lock; remove a stale one (or,
 forced, any), with a line in revisions.log. Also what `ai-deploy deploy` runs after stopping its
-pyinfra: the lock that very run held is released (`python -m ai_deploy.commands.lock`)."""
+pyinfra: the lock that very run held is released, and a drain from the load balancer that its
+rollout set is cleared (`python -m ai_deploy.commands.lock`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from ai_deploy.commands.options import add_inventory
 from ai_deploy.commands.status import layout_of, lock_line
+from ai_deploy.host.lbdrain import undrain_script
 from ai_deploy.host.release.identity import this_machine
 from ai_deploy.host.release.lock import (
     lock_is_stale,
@@ -21,7 +23,7 @@ from ai_deploy.host.release.lock import (
 from ai_deploy.host.revisions import append_revision
 from ai_deploy.host.safetext import safe_line
 from ai_deploy.host.settings import Spec, deploy_who
-from ai_deploy.inventory import connected
+from ai_deploy.inventory import connected, connected_partly
 
 
 def lock_command(inventory: str | None, action: str, force: bool = False) -> int:
@@ -73,13 +75,23 @@ def lock_command(inventory: str | None, action: str, force: bool = False) -> int
 def release_held_by(inventory: str, items: list[str], deployer: str, pid: int) -> int:
     """Remove each host's lock if it is held by exactly the deploy PID of this machine (a
     pyinfra run, named DEPLOYER, that was stopped before its gate could release it); any other
-    holder's lock is left alone, another pid's or another machine's with the same name too."""
+    holder's lock is left alone, another pid's or another machine's with the same name too.
+    Under a rollout (ITEMS' rollout_lock_token), a host that rollout drained from its load
+    balancer is put back (its lb_health_path answers as its app's health again)."""
     from pyinfra_cli.util import parse_cli_arg
 
     data = {k: parse_cli_arg(v) for k, _, v in (item.partition("=") for item in items)}
-    with connected(inventory, data) as hosts:
-        for h in hosts:
+    token = str(data.get("rollout_lock_token") or "")
+    with connected_partly(inventory, data) as reached:  # each host it can reach
+        for h in reached.hosts:
             layout = layout_of(h)
+            if token and h.run(undrain_script(layout.lb_drained, token)).stdout[:1] == [
+                "UNDRAINED"
+            ]:
+                print(
+                    f"{h.name}: the stopped deploy had drained it from the load balancer: "
+                    "cleared (it is sent traffic again once its app answers healthy)"
+                )
             if release_if_held_by(h, layout, pid, this_machine()):
                 detail = f"reason='deploy stopped' holder={deployer!r} pid={pid}"
                 append_revision(h, layout, "lock-release", "-", "ok", deploy_who(), detail)

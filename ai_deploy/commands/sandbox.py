@@ -1,4 +1,5 @@
-"""`ai-deploy sandbox up|list|down`: throw-away local systemd hosts."""
+"""`ai-deploy sandbox up|list|down|lb`: throw-away local systemd hosts, and a load balancer
+(HAProxy) in front of some of them."""
 
 from __future__ import annotations
 
@@ -39,6 +40,74 @@ def down(names: list[str], everything: bool) -> int:
         return 2
     removed = hosts.down(None if everything else names)
     print(f"removed {len(removed)} sandbox host(s){': ' + ', '.join(removed) if removed else ''}")
+    from ai_deploy.sandbox import balancer
+
+    lb = balancer.running()
+    if lb is not None and (everything or {b.name for b in lb.backends} <= set(removed)):
+        balancer.stop()
+        print(f"stopped the sandbox load balancer at {lb.url}")
+    return 0
+
+
+def lb_up(names: list[str], check: Any, port: int | None, app_port: int) -> int:
+    from ai_deploy.sandbox import balancer, hosts
+    from ai_deploy.sandbox.lb import Backend, LoadBalancerError
+
+    known = {h.name: h for h in hosts.list_hosts()}
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        what = f"no sandbox host named {unknown[0]}" if unknown else "name the hosts behind it"
+        print(f"{what}; there are: {', '.join(sorted(known)) or 'none'}", file=sys.stderr)
+        return 2
+    try:
+        lb = balancer.start([Backend(n, known[n].address, app_port) for n in names], check, port)
+    except (LoadBalancerError, ValueError) as exc:
+        print(f"ai-deploy sandbox lb: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"load balancer (HAProxy) at {lb.url} in front of {', '.join(names)}: GET "
+        f"{check.path} on port {check.port} every {check.interval_s:g} s, {check.threshold} "
+        "in a row to take a host out or put it back; no retry, no redispatch\n"
+        "the hosts answer it when deployed with lb_drain = true; `ai-deploy sandbox lb "
+        "--status` shows each host's state, `--down` stops it",
+        file=sys.stderr,
+    )
+    print(lb.url)
+    return 0
+
+
+def lb_status() -> int:
+    from ai_deploy.sandbox import balancer
+    from ai_deploy.sandbox.lb import LoadBalancerError
+
+    lb = balancer.running()
+    if lb is None:
+        print("no sandbox load balancer is running", file=sys.stderr)
+        return 1
+    try:
+        states = {s.name: s for s in lb.states()}
+    except LoadBalancerError as exc:
+        print(f"ai-deploy sandbox lb: {exc}", file=sys.stderr)
+        return 1
+    c = lb.check
+    print(
+        f"{lb.url}: GET {c.path} on port {c.port} every {c.interval_s:g} s, {c.threshold} in a row"
+    )
+    print(f"{'NAME':<20} {'ADDRESS':<15} {'STATE':<12} OPEN")
+    for b in lb.backends:
+        s = states.get(b.name)
+        state = (
+            "unknown" if s is None else ("in service" if s.in_service else "out") + f" ({s.status})"
+        )
+        print(f"{b.name:<20} {b.address:<15} {state:<12} {'-' if s is None else s.sessions}")
+    return 0
+
+
+def lb_down() -> int:
+    from ai_deploy.sandbox import balancer
+
+    lb = balancer.stop()
+    print(f"stopped the sandbox load balancer at {lb.url}" if lb else "no sandbox load balancer")
     return 0
 
 
@@ -57,6 +126,23 @@ def add_parser(sub: Any) -> None:
     down_.add_argument("names", nargs="*", metavar="NAME")
     down_.add_argument("--all", action="store_true", help="remove every sandbox host")
     down_.set_defaults(func=_down)
+    lb = sandbox_sub.add_parser(
+        "lb",
+        help="a load balancer (HAProxy) in front of sandbox hosts, checking them as a GCP "
+        "backend service does; prints its URL",
+    )
+    lb.add_argument("names", nargs="*", metavar="NAME", help="the sandbox hosts behind it")
+    lb.add_argument("--port", type=int, help="its port on 127.0.0.1 (default: a free one)")
+    lb.add_argument("--app-port", type=int, default=8000, help="where requests go (default 8000)")
+    lb.add_argument("--health-path", default="/lb-health", help="(default /lb-health)")
+    lb.add_argument("--health-port", type=int, default=8000, help="(default 8000)")
+    lb.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between checks (default 5)"
+    )
+    lb.add_argument("--threshold", type=int, default=2, help="checks in a row (default 2)")
+    lb.add_argument("--status", action="store_true", help="each host's state, as it sees them")
+    lb.add_argument("--down", action="store_true", help="stop it")
+    lb.set_defaults(func=_lb)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -69,3 +155,16 @@ def _list(args: argparse.Namespace) -> int:
 
 def _down(args: argparse.Namespace) -> int:
     return down(args.names, args.all)
+
+
+def _lb(args: argparse.Namespace) -> int:
+    from ai_deploy.sandbox.lb import HealthCheck
+
+    if args.down or args.status:
+        return lb_down() if args.down else lb_status()
+    try:
+        check = HealthCheck(args.health_path, args.health_port, args.interval, args.threshold)
+    except ValueError as exc:
+        print(f"ai-deploy sandbox lb: {exc}", file=sys.stderr)
+        return 2
+    return lb_up(args.names, check, args.port, args.app_port)

@@ -6,7 +6,12 @@ balancer to see the host down (only when it was in service: a host already answe
 not sent traffic), then waits for the requests in flight on the app's port to finish, bounded
 by drain_timeout_s. `put_back` clears it once a release passed the health gate and waits
 lb_drain_wait_s for the load balancer to send traffic again. A host that ends unhealthy is
-never put back: it keeps answering 503. With lb_drain off both do nothing."""
+never put back: it keeps answering 503. With lb_drain off both do nothing.
+
+The flag names the rollout that set it (`flag_text`): a deploy stopped by a signal while a host
+is drained clears it afterwards (`undrain_script`, from ai_deploy.commands.lock), so the host is
+not left out of rotation; nginx then answers lb_health_path with the app's own health, so a host
+that was stopped mid-restart only comes back once its app answers."""
 
 from __future__ import annotations
 
@@ -48,6 +53,20 @@ def parse_lb_health(lines: list[str]) -> tuple[int, str]:
     return code, DRAINED if code == 503 and "drained" in text else NOT_READY
 
 
+def flag_text(token: str | None) -> str:
+    """What the drain flag holds: the rollout that set it (its lock token), when there is one."""
+    return f"drained by {token}" if token else "drained"
+
+
+def undrain_script(flag: str, token: str) -> str:
+    """Shell that removes the drain flag FLAG only when rollout TOKEN set it (prints UNDRAINED):
+    a flag another rollout set, or one set without a rollout, is left alone."""
+    return (
+        f'if [ "$(cat {shlex.quote(flag)} 2>/dev/null)" = {shlex.quote(flag_text(token))} ]; '
+        f"then rm -f {shlex.quote(flag)} && echo UNDRAINED; fi; true"
+    )
+
+
 def lb_health(remote: Remote, spec: Spec) -> tuple[int, str]:
     return parse_lb_health(remote.run(lb_health_script(spec)).stdout)
 
@@ -82,7 +101,7 @@ def take_out(
         return None
     code, _ = lb_health(remote, spec)
     flag = shlex.quote(spec.layout.lb_drained)
-    result = remote.run(f": > {flag}")
+    result = remote.run(f"printf '%s\\n' {shlex.quote(flag_text(spec.lock_token))} > {flag}")
     if not result.ok:
         raise DeployFailed("drain", f"could not drain the host: writing {flag} failed")
     wait = spec.lb_drain_wait_s

@@ -4,13 +4,17 @@ lb_health_path in front of the app; a restart turns it 200 -> 503 -> 200 in that
 deploy's lines for each step, and waits for a stream open through nginx before the stop; a
 release that fails stays drained (503 "drained", never "not ready" or 200) until the previous
 release is back; a second run drains nothing; lb_drain turned off gives the port back to the
-app and takes nginx away."""
+app and takes nginx away; a deploy stopped by SIGTERM while the host is drained (or while its
+new release starts) does not leave it out of rotation."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +23,8 @@ import requests
 
 from tests.e2e.conftest import Sandbox
 from tests.e2e.deploykit import (
+    PYTHON,
+    REPO,
     Artifact,
     assert_failed,
     assert_ok,
@@ -36,6 +42,7 @@ from tests.e2e.test_drain import open_stream
 pytestmark = pytest.mark.e2e
 WAIT_S = 3  # lb_drain_wait_s: short, the test's "load balancer" looks every 0.1 s
 SETTINGS = {"deploy_strategy": "restart", "lb_drain": True, "lb_drain_wait_s": WAIT_S}
+FLAG = "/run/ai-server.lb-drained"
 TOKENS = 150  # 30 s at the stream's 0.2 s: open when the restart reaches the drain
 
 
@@ -292,3 +299,87 @@ def test_lb_drain_off_gives_the_port_back_to_the_app_and_on_takes_it_again(
     listening = host.sudo("ss -Htlnp")
     assert "127.0.0.1:18000" in listening and "nginx" in listening, listening
     assert serving_release(host.address) == release.release_id
+
+
+def _deploy_in_background(
+    host: Sandbox, artifact: Artifact, *data: str
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """`ai-deploy deploy --no-gcp` of ARTIFACT in a session of its own, its lines as read."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GCP_ZONE", "GCP_INSTANCE")}
+    argv = [str(PYTHON), "-m", "ai_deploy.cli", "deploy", "--no-gcp", "-i", str(host.inventory)]
+    argv += ["--artifact", str(artifact.path), *(a for d in data for a in ("--data", d))]
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env={**env, "NO_COLOR": "1", "TERM": "dumb"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, bufsize=1,
+        start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True).start()
+    return proc, lines
+
+
+def _stopped_at(
+    proc: subprocess.Popen[str], lines: list[str], needle: str, before: Callable[[], None]
+) -> str:
+    """SIGTERM once a line holds NEEDLE (after BEFORE); the whole output once it has exited."""
+    deadline = time.monotonic() + 300
+    while not any(needle in line for line in lines):
+        assert proc.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.1)
+    time.sleep(1)
+    before()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    time.sleep(0.5)  # the reader's last lines
+    out = "".join(lines)
+    assert code == 143, out
+    return out
+
+
+@pytest.mark.parametrize("phase", ["drain", "start"])
+def test_a_deploy_stopped_by_sigterm_does_not_leave_the_host_drained(
+    host: Sandbox, release: Artifact, tmp_path: Path, phase: str
+) -> None:
+    """SIGTERM in the drain's wait: the old release still serves, and the host is put back at
+    once. SIGTERM while the new release starts: the host comes back once that release answers
+    its health, never before. Either way the rollout's drain flag is gone and nothing is
+    locked."""
+    _deployed(host, release)
+    slow = build_variant(
+        tmp_path,
+        f"l25-stopped-{phase}",
+        patch_main=lambda text: text.replace(
+            "from fastapi import FastAPI\n",
+            "from fastapi import FastAPI\nimport time\n\ntime.sleep(8)\n",
+            1,
+        ),
+    )
+    needle = {"drain": "drained from the load balancer; waiting 60 s"}.get(
+        phase, "current -> releases/"
+    )
+    proc, lines = _deploy_in_background(
+        host, slow, "lb_drain_wait_s=60" if phase == "drain" else "lb_drain_wait_s=3"
+    )
+
+    def drained_by_the_rollout() -> None:
+        assert _lb_health(host) == (503, "drained")
+        assert host.sudo(f"cat {FLAG}").strip().startswith("drained by rollout-")
+
+    out = _stopped_at(proc, lines, needle, drained_by_the_rollout)
+    assert "the stopped deploy had drained it from the load balancer: cleared" in out, out
+    assert host.sudo(f"test -e {FLAG} && echo left || true").strip() == ""
+    assert host.sudo("test -e /app/ai-server/.deploy.lock && echo held || true").strip() == ""
+    if phase == "drain":
+        assert _lb_health(host)[0] == 200  # the old release never stopped
+        assert serving_release(host.address) == release.release_id
+    else:
+        seen: list[tuple[int, str]] = []
+        deadline = time.monotonic() + 120
+        while not seen or seen[-1][0] != 200:
+            assert time.monotonic() < deadline, seen
+            seen.append(_lb_health(host))
+            time.sleep(0.2)
+        # Back only once the new release answers: "not ready" before, never "drained".
+        assert {body for code, body in seen if code != 200} <= {"not ready"}, seen
+        assert serving_release(host.address) == slow.release_id

@@ -9,18 +9,21 @@ the rollout, one host at a time.
   nothing;
 - a release that fails on the 2nd host: every host back on the previous release, drained and
   restored one at a time (2 in service at every sample), 0 failed requests;
-- lb_drain=false, checks on the app's /health: the rollout's failed requests (the baseline).
+- lb_drain=false, checks on the app's /health: the rollout's failed requests (the baseline);
+- `ai-deploy sandbox lb`: the same load balancer, as a user starts it in front of the hosts.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from ai_deploy.sandbox import hosts
 from bench.ours import setup_host
@@ -172,3 +175,58 @@ def test_3_without_drain_the_same_rollout_fails_requests(fleet: Fleet) -> None:
     print(f"lb_drain=false: {len(run.traffic.failed)} failed request(s), "
           f"{len(run.traffic.cut)} stream(s) cut")  # fmt: skip
     assert len(run.traffic.failed) > 0, explain(run)
+
+
+def _sandbox_lb(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(AI_DEPLOY), "sandbox", "lb", *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def _in_service(status: str) -> list[str]:
+    return [line.split()[0] for line in status.splitlines() if " in service " in line]
+
+
+def _until(what: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_4_a_user_puts_the_sandbox_hosts_behind_a_load_balancer(fleet: Fleet) -> None:
+    """`ai-deploy sandbox lb NAMES`: HAProxy in front of the hosts, as a user starts it; its
+    --status says which hosts it sends traffic to (a drained host goes out, then back); requests
+    through its URL reach the app; --down ends it and its port."""
+    put(fleet, fleet.base, DRAIN)
+    assert _sandbox_lb("nope").returncode == 2
+    started = _sandbox_lb(*fleet.names, "--interval", str(CHECK_EVERY_S))
+    try:
+        assert started.returncode == 0, started.stderr
+        url = started.stdout.strip()
+        assert url.startswith("http://127.0.0.1:"), started.stdout
+        assert "GET /lb-health on port 8000 every 0.5 s, 2 in a row" in started.stderr
+
+        def serving(names: list[str]) -> bool:
+            return sorted(_in_service(_sandbox_lb("--status").stdout)) == sorted(names)
+
+        assert serving(fleet.names) or _until(lambda: serving(fleet.names)), _sandbox_lb(
+            "--status"
+        ).stdout
+        for _ in range(6):
+            reply = requests.get(f"{url}/health", timeout=5)
+            assert reply.status_code == 200 and reply.json()["release"] == fleet.base.release_id
+        first, flag = fleet.hosts[0], "/run/ai-server.lb-drained"
+        first.sudo(f"touch {flag}")
+        try:
+            assert _until(lambda: serving(fleet.names[1:])), _sandbox_lb("--status").stdout
+        finally:
+            first.sudo(f"rm -f {flag}")
+        assert _until(lambda: serving(fleet.names)), _sandbox_lb("--status").stdout
+    finally:
+        stopped = _sandbox_lb("--down")
+    assert stopped.returncode == 0 and "stopped the sandbox load balancer" in stopped.stdout
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/health", timeout=5)
+    assert _sandbox_lb("--status").returncode == 1

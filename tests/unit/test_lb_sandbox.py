@@ -9,7 +9,6 @@ import pytest
 
 from bench.lbfleet_report import LbFleetResult, render_markdown, stream_wait_s
 from bench.metrics import Summary
-from testkit.guard import AddressRefused
 from testkit.lb import Backend, HealthCheck, Sample, fewest_up, parse_stat, render_config
 
 pytestmark = pytest.mark.unit
@@ -56,8 +55,9 @@ def test_no_backend_a_duplicate_name_or_an_outside_address_is_refused() -> None:
         config()
     with pytest.raises(ValueError, match="must differ"):
         config(Backend("h", "10.201.3.2"), Backend("h", "10.201.4.2"))
-    with pytest.raises(AddressRefused):
-        config(Backend("h", "10.0.0.5"))
+    for outside in ("10.0.0.5", "example.internal", "10.202.1.2"):
+        with pytest.raises(ValueError, match="only sandbox hosts .* not \\['" + outside):
+            config(Backend("h", outside))
 
 
 STAT = """\
@@ -131,7 +131,8 @@ def test_the_waits_for_open_streams_are_read_from_the_deploys_output_and_taken_o
         "[h1] drained from the load balancer; waiting 12 s",
         "[h1] 2 request(s) in flight, finished in 18.5 s",
         "[h2] no request in flight",
-        "[h3] 1 request(s) in flight, 1 still open after drain_timeout_s (90.0 s): the stop cuts them",
+        "[h3] 1 request(s) in flight, 1 still open after drain_timeout_s (90.0 s): the stop "
+        "cuts them",
         "[h4] ai-server.service: 1 connection(s) open at the stop, all finished, stopped in 4.5 s",
         "[h5] ai-server.service: no connection open at the stop",
     ])  # fmt: skip

@@ -86,6 +86,23 @@ def test_the_units_listen_behind_the_front_only_with_lb_drain() -> None:
     assert socket.unit_files(_data(lb_drain=True))[1].context["listen"] == "127.0.0.1:18000"
 
 
+@pytest.mark.parametrize(
+    ("over", "why"),
+    [
+        ({"app_port": 60000}, r"127\.0\.0\.1:70000 \(app_port \+ 10000\), which is past 65535"),
+        ({"lb_upstream_port": 8000}, r":8000 \(lb_upstream_port\), which is a port nginx"),
+        ({"lb_health_port": 9000, "lb_upstream_port": 9000}, r":9000 .* nginx's front listens"),
+    ],
+)
+def test_an_upstream_port_the_app_cannot_have_is_refused_with_the_fix(
+    over: dict[str, int], why: str
+) -> None:
+    with pytest.raises(ValueError, match=why) as raised:
+        front.listen(_data(lb_drain=True, **over))
+    assert "set lb_upstream_port to a free port from 1 to 65535" in str(raised.value)
+    assert front.listen(_data(**over))[0] == "0.0.0.0"  # without lb_drain it is never used
+
+
 @pytest.mark.parametrize("name", ["ai-server.service.j2", "ai-server@.service.j2"])
 def test_uvicorn_keeps_idle_connections_past_the_load_balancer_only_with_lb_drain(
     name: str,

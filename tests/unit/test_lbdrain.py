@@ -5,21 +5,27 @@ lb_drain off nothing at all is run."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from ai_deploy.host.lbdrain import (
     DRAINED,
     IN_SERVICE,
     NOT_READY,
+    flag_text,
     parse_lb_health,
     put_back,
     take_out,
+    undrain_script,
 )
 from ai_deploy.host.remote import Result
 from ai_deploy.host.settings import Spec
 
 pytestmark = pytest.mark.unit
 FLAG = "/run/ai-server.lb-drained"
+WRITE_FLAG = f"printf '%s\\n' drained > {FLAG}"  # no rollout: the flag names none
 
 
 class ScriptedHost:
@@ -65,15 +71,47 @@ def test_a_host_in_service_is_drained_waited_for_and_its_requests_finish() -> No
     host, slept = ScriptedHost(["ok 200"], [2, 2, 1, 0]), []
     taken = take_out(host, _spec(), 18000, sleep=slept.append)
     assert taken is not None and taken.was_in_service
-    assert f": > {FLAG}" in host.scripts
+    assert WRITE_FLAG in host.scripts
     assert slept == [12.0, 0.5, 0.5, 0.5]  # the wait, then one look per 0.5 s
     assert host.said[0] == "drained from the load balancer; waiting 12 s"
     assert taken.in_flight is not None and taken.in_flight.open_at_switch == 2
     assert taken.in_flight.still_open == 0
     assert host.said[1].startswith("2 request(s) in flight, finished in ")
     # The flag is set before the wait and the count: the load balancer is told first.
-    flag_at = host.scripts.index(f": > {FLAG}")
+    flag_at = host.scripts.index(WRITE_FLAG)
     assert all(not s.startswith("ss ") for s in host.scripts[:flag_at])
+
+
+def test_under_a_rollout_the_flag_names_its_lock_token() -> None:
+    host = ScriptedHost(["ok 200"], [0])
+    spec = _spec().with_run(lock_token="rollout-0123abcd")  # as deploy.py passes it
+    take_out(host, spec, 18000, sleep=lambda _: None)
+    assert f"printf '%s\\n' 'drained by rollout-0123abcd' > {FLAG}" in host.scripts
+
+
+@pytest.mark.parametrize(
+    ("content", "cleared"),
+    [
+        ("drained by rollout-aa11", True),  # this rollout's
+        ("drained by rollout-bb22", False),  # another rollout's
+        ("drained", False),  # a drain without a rollout (a plain pyinfra run)
+        ("drained by rollout-aa11 and more", False),
+        (None, False),  # no flag: nothing to do
+    ],
+)
+def test_a_stopped_rollout_clears_only_its_own_drain(
+    tmp_path: Path, content: str | None, cleared: bool
+) -> None:
+    flag = tmp_path / "ai-server.lb-drained"
+    if content is not None:
+        flag.write_text(content + "\n")  # as take_out's printf writes it
+    out = subprocess.run(
+        ["bash", "-c", undrain_script(str(flag), "rollout-aa11")], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert (out.stdout.strip() == "UNDRAINED") is cleared
+    assert flag.exists() is (content is not None and not cleared)
+    assert flag_text("rollout-aa11") == "drained by rollout-aa11" and flag_text(None) == "drained"
 
 
 def test_a_host_the_load_balancer_sees_down_is_not_waited_for() -> None:

@@ -17,10 +17,21 @@ from ai_deploy.host.strategies.nginx import nginx_installed, site_rendered
 
 
 def listen(data: Any) -> tuple[str, int]:
-    """Where the app (or its socket) listens: the public address, or loopback behind the front."""
-    if flag(data.lb_drain):
-        return "127.0.0.1", lb_upstream_port(data.app_port, data.lb_upstream_port)
-    return str(data.app_host), int(data.app_port)
+    """Where the app (or its socket) listens: the public address, or loopback behind the front
+    (ValueError naming the fix when that port cannot be: past 65535, or one nginx takes)."""
+    if not flag(data.lb_drain):
+        return str(data.app_host), int(data.app_port)
+    port = lb_upstream_port(data.app_port, data.lb_upstream_port)
+    taken = {int(data.app_port), int(data.lb_health_port or data.app_port)}
+    if port > 65535 or port in taken:
+        why = "is past 65535" if port > 65535 else "is a port nginx's front listens on"
+        given = "lb_upstream_port" if data.lb_upstream_port else "app_port + 10000"
+        raise ValueError(
+            f"with lb_drain the app listens on 127.0.0.1:{port} ({given}), which {why}: set "
+            "lb_upstream_port to a free port from 1 to 65535 other than app_port and "
+            "lb_health_port"
+        )
+    return "127.0.0.1", port
 
 
 def app_port(spec: Spec) -> int:
