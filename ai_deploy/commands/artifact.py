@@ -66,9 +66,19 @@ def add_parser(sub: Any) -> None:
         "build", help="deterministic tar.gz of an app directory (+ .sha256 beside it)"
     )
     parser.add_argument(
-        "dir", metavar="DIR", help="the app directory (has pyproject.toml, uv.lock)"
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        default=".",
+        help="the app directory (has pyproject.toml, uv.lock; default: the working directory)",
     )
-    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="dist",
+        metavar="OUTDIR",
+        help="where it is written (default dist)",
+    )
     parser.add_argument("--id", help="release id (CI passes the git SHA); default: content hash")
     parser.add_argument(
         "--app-module",
@@ -81,4 +91,5 @@ def add_parser(sub: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    return build(args.dir, args.output, args.id, args.app_module)
+    output = args.output or str(Path(args.dir) / "dist")
+    return build(args.dir, output, args.id, args.app_module)

@@ -233,3 +233,31 @@ def test_init_names_the_module_that_imports_the_file_it_found(
     assert imported_from(module, app, f"{service_pythonpath()}:{venv_stub}") == str(
         app / "src" / "main.py"
     )
+
+
+def test_artifact_build_with_no_arguments_packs_the_working_directory_into_its_dist(
+    tmp_path: Path,
+) -> None:
+    """`ai-deploy artifact build` in a `uv init --package` app: DIR is `.`, OUTDIR `./dist`,
+    and a second build packs the same members (dist/ itself is never packed)."""
+    app = uv_init(tmp_path / "svc", ["--package"])
+    module = add_app(app)
+    (app / "ai-deploy.toml").write_text(f'app_module = "{module}:app"\n')
+    uv = shutil.which("uv")
+    assert uv, "uv is not on PATH"
+    (app / "uv.lock").unlink()  # add_app's stub: a real lock for the build's check
+    env = {**os.environ, "UV_OFFLINE": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    subprocess.run([uv, "lock", "--no-config"], cwd=app, check=True, capture_output=True,
+                   env=env, timeout=120)  # fmt: skip
+    ids = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ai_deploy.cli", "artifact", "build"],
+            cwd=app,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        ids.append(sorted(p.name for p in (app / "dist").glob("*.tar.gz")))
+    assert len(ids[0]) == 1 and ids[0][0].startswith("sentiment-svc-") and ids[1] == ids[0]
