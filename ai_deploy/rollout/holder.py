@@ -69,12 +69,20 @@ def _facts(remote: Any, spec: Spec, address: str) -> HostFacts:
         venvs=list(tree.venvs),
         lock=tree.lock,
         model_blobs=more.blobs,
-        units=strategies.get(spec.strategy).units(spec.layout),
+        units=_going_live(spec, live),
         lb_drain=spec.lb_drain,  # as the host reads it (ai_deploy.host.settings.flag)
         gpu_when_short=spec.gpu_memory_when_short,
         gpu=more.gpu,
         last_start=more.last_start,
     )
+
+
+def _going_live(spec: Spec, live: str | None) -> list[str]:
+    """The units a release going live restarts: blue/green's idle colour (blue when none is
+    live, as its go_live picks), else the strategy's units."""
+    if spec.strategy == bluegreen.name:
+        return [spec.layout.colour_unit("green" if live == "blue" else "blue")]
+    return strategies.get(spec.strategy).units(spec.layout)
 
 
 def _wait_for_eof() -> None:

@@ -201,3 +201,47 @@ def test_a_failed_rollout_is_switched_back_one_host_at_a_time_and_never_ends_mix
     assert {name: s[:2] for name, s in state(fleet).items()} == {
         name: s[:2] for name, s in before.items()
     }
+
+
+def test_a_host_that_goes_down_mid_rollout_stops_it_before_a_step_would_break_the_floor(
+    fleet: Fleet,
+) -> None:
+    """A host stops serving while the first step runs: the next step would take a second host
+    out, so the rollout stops before it with exit 17, the host already switched keeps the new
+    release and the others are untouched; once the host is back, the same deploy finishes and
+    leaves the switched host alone."""
+    a, b, c = fleet.hosts
+    base, good = fleet.base.release_id, fleet.good.release_id
+    proc = subprocess.Popen(
+        [str(AI_DEPLOY), *deploy_args(fleet, fleet.good, "--canary", "0", "--batch-size", "1")],
+        cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(f"== batch 1: {a.name}"):
+                c.sudo("systemctl stop ai-server.socket ai-server.service")
+        code = proc.wait(timeout=600)
+        out = "".join(lines)
+        print(out)
+        assert code == 17, out
+        assert "rollout stopped before batch 2: batch 2 would take 2 of 3 host(s)" in out, out
+        assert f"{c.name}: unhealthy now" in out and "== batch 2:" not in out, out
+        assert serving_release(a.address) == good and serving_release(b.address) == base
+        assert all(not lock_left(h) for h in fleet.hosts)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        c.sudo("systemctl start ai-server.socket ai-server.service")
+    before_a = main_pid(a)
+    code, out = deploy(fleet, fleet.good, "--canary", "0", "--batch-size", "1")
+    assert code == 0, out
+    assert {h.name: serving_release(h.address) for h in fleet.hosts} == dict.fromkeys(
+        [h.name for h in fleet.hosts], good
+    )
+    assert main_pid(a) == before_a  # already on the release: left alone
+    code, out = deploy(fleet, fleet.base, "--canary", "0", "--batch-size", "1")
+    assert code == 0, out  # the next tests start from the base release

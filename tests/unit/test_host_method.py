@@ -143,3 +143,15 @@ def test_the_plan_prints_each_hosts_method_outage_and_gpu_line_and_says_it_as_da
         (ONE_COPY, True, 40.2), (BLUE_GREEN, False, 0), (None, False, 0),
     ]  # fmt: skip
     assert str(data[0]["gpu"]).startswith("GPU: live holds 128776 of 143771 MiB")
+
+
+def test_the_plan_names_the_colour_a_blue_green_release_starts_as() -> None:
+    from ai_deploy.host.settings import Spec
+    from ai_deploy.rollout.holder import _going_live
+
+    spec = Spec.from_data({"deploy_strategy": "bluegreen"})
+    assert _going_live(spec, "blue") == ["ai-server@green.service"]
+    assert _going_live(spec, "green") == ["ai-server@blue.service"]
+    assert _going_live(spec, None) == ["ai-server@blue.service"]  # the first start
+    restart = Spec.from_data({"deploy_strategy": "restart"})
+    assert _going_live(restart, None) == ["ai-server.service"]
