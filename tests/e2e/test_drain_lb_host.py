@@ -383,3 +383,30 @@ def test_a_deploy_stopped_by_sigterm_does_not_leave_the_host_drained(
         # Back only once the new release answers: "not ready" before, never "drained".
         assert {body for code, body in seen if code != 200} <= {"not ready"}, seen
         assert serving_release(host.address) == slow.release_id
+
+
+def test_the_health_check_on_a_port_of_its_own_answers_only_there(
+    host: Sandbox, release: Artifact
+) -> None:
+    """lb_health_port=9000: nginx answers lb_health_path there (and nothing else there), the
+    app keeps app_port, a second run changes nothing; back on app_port afterwards."""
+    _deployed(host, release)
+    try:
+        assert_ok(run_deploy(host.inventory, release.data, "lb_health_port=9000"))
+        at = f"http://{host.address}:9000"
+        assert requests.get(f"{at}/lb-health", timeout=5).status_code == 200
+        assert requests.get(f"{at}/health", timeout=5).status_code == 404
+        assert serving_release(host.address) == release.release_id  # app_port unchanged
+        host.sudo(f"touch {FLAG}")
+        try:
+            reply = requests.get(f"{at}/lb-health", timeout=5)
+            assert (reply.status_code, reply.text.strip()) == (503, "drained")
+        finally:
+            host.sudo(f"rm -f {FLAG}")
+        again = assert_ok(run_deploy(host.inventory, release.data, "lb_health_port=9000"))
+        assert grand_total(again).success == 0, again
+    finally:
+        assert_ok(run_deploy(host.inventory, release.data))
+    assert _lb_health(host)[0] == 200
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{host.address}:9000/lb-health", timeout=5)
