@@ -115,3 +115,17 @@ def test_uvicorn_keeps_idle_connections_past_the_load_balancer_only_with_lb_drai
     off = jinja2.Template(text).render(**values, keep_alive_s=None)
     assert f"--timeout-graceful-shutdown 300 --timeout-keep-alive {LB_KEEP_ALIVE_S}\n" in on
     assert "--timeout-keep-alive" not in off and "--timeout-graceful-shutdown 300\n" in off
+
+
+def test_a_changed_site_is_reloaded_only_where_nginx_serves_it() -> None:
+    import subprocess
+
+    from ai_deploy.host.paths import Layout
+    from ai_deploy.host.strategies.nginx import reload_if_served
+
+    script = reload_if_served(Layout.from_data(_data()))
+    assert "readlink /etc/nginx/sites-enabled/ai-server" in script
+    assert "= ../sites-available/ai-server ]" in script
+    assert "systemctl is-active --quiet nginx; then nginx -t -q && systemctl reload nginx" in script
+    # Where the site is not enabled the shell does nothing and succeeds.
+    assert subprocess.run(["sh", "-c", script], capture_output=True).returncode == 0

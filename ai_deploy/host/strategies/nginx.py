@@ -7,6 +7,7 @@ port (the front)."""
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Any
 
 from ai_deploy.host.drain import stop_timeout_s
@@ -92,9 +93,11 @@ def nginx_installed(data: Any) -> None:
 
 
 def site_rendered(data: Any, *, front: int | None, what: str) -> Any:
-    """Our site in sites-available (enabled when a release goes live); the operation."""
+    """Our site in sites-available (enabled when a release goes live); the operation. When it
+    changed while nginx serves it already (a setting such as lb_health_port or
+    drain_timeout_s, with the release unchanged), nginx reloads it gracefully."""
     from pyinfra.api import OperationError
-    from pyinfra.operations import files
+    from pyinfra.operations import files, server
 
     from ai_deploy.project import template
 
@@ -102,10 +105,26 @@ def site_rendered(data: Any, *, front: int | None, what: str) -> Any:
         values = site_values(data, front=front)
     except ValueError as exc:
         raise OperationError(str(exc)) from None
-    return files.template(
+    layout = Layout.from_data(data)
+    site = files.template(
         name=f"Ensure the nginx site for {what} is rendered",
         src=template("ai-server.nginx.j2"),
-        dest=Layout.from_data(data).nginx_site_available,
+        dest=layout.nginx_site_available,
         mode="644",
         **values,
+    )
+    server.shell(
+        name="Reload nginx: the site it serves changed (graceful)",
+        commands=[reload_if_served(layout)],
+        _if=site.did_change,
+    )
+    return site
+
+
+def reload_if_served(layout: Layout) -> str:
+    """Shell: a graceful reload of nginx when our site is the enabled one and nginx runs."""
+    enabled, target = shlex.quote(layout.nginx_site), f"../sites-available/{layout.app_name}"
+    return (
+        f'if [ "$(readlink {enabled} 2>/dev/null)" = {shlex.quote(target)} ] && '
+        "systemctl is-active --quiet nginx; then nginx -t -q && systemctl reload nginx; fi"
     )
