@@ -93,13 +93,13 @@ def lb_status() -> int:
     print(
         f"{lb.url}: GET {c.path} on port {c.port} every {c.interval_s:g} s, {c.threshold} in a row"
     )
-    print(f"{'NAME':<20} {'ADDRESS':<15} {'STATE':<12} OPEN")
+    print(f"{'NAME':<20} {'ADDRESS':<15} {'STATE':<22} OPEN")
     for b in lb.backends:
         s = states.get(b.name)
         state = (
             "unknown" if s is None else ("in service" if s.in_service else "out") + f" ({s.status})"
         )
-        print(f"{b.name:<20} {b.address:<15} {state:<12} {'-' if s is None else s.sessions}")
+        print(f"{b.name:<20} {b.address:<15} {state:<22} {'-' if s is None else s.sessions}")
     return 0
 
 
