@@ -348,6 +348,40 @@ def test_pyinfra_deploy_py_stops_before_its_first_operation() -> None:
     assert "Ensure" not in out  # no operation was even prepared
 
 
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (("app_port=60000",), "127.0.0.1:70000 (app_port + 10000), which is past 65535"),
+        (("lb_upstream_port=8000",), "127.0.0.1:8000 (lb_upstream_port), which is a port nginx"),
+    ],
+)
+def test_pyinfra_deploy_py_refuses_an_upstream_port_the_front_cannot_use(
+    data: tuple[str, ...], why: str
+) -> None:
+    args = [a for d in ("lb_drain=true", *data) for a in ("--data", d)]
+    proc = _run([str(VENV_BIN / "pyinfra"), "--dry", "@local", "deploy.py", *args], ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "deploy.py: invalid settings, nothing was changed" in out and why in out, out
+    assert "Ensure" not in out  # before the host's first operation
+    ok = _run(
+        [
+            str(VENV_BIN / "pyinfra"),
+            "--dry",
+            "@local",
+            "deploy.py",
+            "--data",
+            "app_port=60000",
+            "--data",
+            "lb_drain=false",
+            "--data",
+            "deploy_stratgy=x",
+        ],
+        ROOT,
+    )
+    assert "past 65535" not in ok.stdout + ok.stderr  # without lb_drain the port is never used
+
+
 _HOST_SETTINGS = (
     "import json, sys\n"
     "from ai_deploy.inventory import host_settings\n"
